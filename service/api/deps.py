@@ -1,0 +1,27 @@
+"""What handlers reach through `request.app[SERVICES]`; built once in `service.app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..config import Settings
+from ..decisions import Decisions
+from ..jobs import JobQueue
+from ..runs import Runs
+from ..store.db import Store
+from .auth import ApiAuth
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    jobs: JobQueue
+    runs: Runs
+    decisions: Decisions
+    auth: ApiAuth
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,108 @@
+"""Errors as RFC 9457 problem details, and the middleware that guarantees no request ever
+gets a bare 500: every failure becomes a JSON body that names what was wrong."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .. import metrics
+from ..domain import DomainError
+from ..logs import request_id
+from ..runs import IdempotencyConflict, NotFound
+
+log = logging.getLogger("service.api")
+PROBLEM_JSON = "application/problem+json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+          409: "Conflict", 413: "Payload too large", 415: "Unsupported media type", 422: "Validation failed",
+          500: "Internal error", 503: "Service unavailable"}
+
+
+def problem(status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None,
+            headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"type": f"https://countersign.dev/problems/{code}", "title": TITLES.get(status, "Error"),
+                            "status": status, "detail": detail, "request_id": request_id.get()}
+    if errors:
+        body["errors"] = errors
+    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers)
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ""
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        out.append({"field": loc or "body", "message": err["msg"]})
+    return out
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+    if len(rid) > 128 or not rid.isprintable():
+        rid = str(uuid.uuid4())
+    token = request_id.set(rid)
+    started = time.perf_counter()
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = problem(exc.status, exc.code, exc.detail, exc.errors, exc.headers)
+        except ValidationError as exc:
+            response = problem(422, "validation_error", "the request body is not valid", validation_errors(exc))
+        except NotFound as exc:
+            response = problem(404, "not_found", str(exc))
+        except IdempotencyConflict as exc:
+            response = problem(409, "idempotency_key_reused", str(exc))
+        except DomainError as exc:
+            field = exc.context.get("field")
+            response = problem(409, exc.code, exc.message, [{"field": field, "message": exc.message}] if field else None)
+        except web.HTTPRequestEntityTooLarge as exc:
+            response = problem(413, "payload_too_large", f"the request body is larger than {exc.max_size} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason,
+                               headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            response = problem(500, "internal_error", "an unexpected error occurred; it has been logged with this request id")
+        response.headers["X-Request-Id"] = rid
+        route = _route_name(request)
+        duration = time.perf_counter() - started
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+        metrics.HTTP_DURATION.labels(route).observe(duration)
+        if log.isEnabledFor(logging.INFO):
+            log.log(logging.ERROR if response.status >= 500 else logging.INFO, "%s %s %d", request.method,
+                    request.path, response.status, extra={"method": request.method, "path": request.path,
+                    "status": response.status, "duration_ms": round(duration * 1000, 2)})
+        return response
+    finally:
+        request_id.reset(token)

@@ -1,0 +1,38 @@
+"""`/api/jobs`: the dead letters an operator looks at, and the retry action."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from ..jobs import Job, JobStatus
+from ..store import tables as t
+from .body import read_authenticated
+from .deps import SERVICES
+from .errors import ApiError
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    services.auth.check(request, b"")
+    try:
+        status = JobStatus(request.query.get("status", JobStatus.DEAD.value))
+    except ValueError:
+        raise ApiError(422, "validation_error", "unknown status", [{"field": "status", "message":
+                       f"must be one of {', '.join(s.value for s in JobStatus)}"}]) from None
+    query = sa.select(t.jobs).where(t.jobs.c.status == status.value).order_by(t.jobs.c.created_at.desc()).limit(200)
+    if "run_id" in request.query:
+        query = query.where(t.jobs.c.run_id == request.query["run_id"])
+
+    async def q(conn: sa.ext.asyncio.AsyncConnection) -> list[Job]:
+        return [Job.from_row(r) for r in await conn.execute(query)]
+
+    jobs = await services.store.read(q)
+    return web.json_response({"items": [j.to_dict() for j in jobs]})
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    _body, principal = await read_authenticated(request)
+    job = await services.jobs.retry_dead(request.match_info["job_id"], actor=principal)
+    return web.json_response(job.to_dict())

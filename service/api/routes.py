@@ -1,0 +1,85 @@
+"""The ops API's routes, as data: registered on the app and described in the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from . import approvals, health, jobs, runs
+from .schemas import (
+    CancelIn,
+    DecisionIn,
+    DecisionOut,
+    Health,
+    JobOut,
+    JobPage,
+    RunAccepted,
+    RunCreate,
+    RunDetailOut,
+    RunOut,
+    RunPage,
+)
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    name: str
+    description: str
+    schema: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    ok_status: int = 200
+    ok_model: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_optional: bool = False
+    authenticated: bool = True
+    errors: tuple[int, ...] = ()
+    query: tuple[QueryParam, ...] = field(default=())
+    headers: tuple[str, ...] = ()
+
+
+RUN_STATUSES = ["drafting", "awaiting_approval", "delivering", "completed", "rejected", "cancelled", "failed", "expired"]
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/runs", runs.create_run, "Trigger a run", 202, RunAccepted, RunCreate,
+          errors=(400, 401, 409, 413, 415, 422), headers=("Idempotency-Key",)),
+    Route("GET", "/api/runs", runs.list_runs, "List runs, newest first", ok_model=RunPage, errors=(401, 422),
+          query=(QueryParam("status", "Only runs in this status", {"type": "string", "enum": RUN_STATUSES}),
+                 QueryParam("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+                 QueryParam("cursor", "next_cursor of the previous page", {"type": "string"}))),
+    Route("GET", "/api/runs/{run_id}", runs.get_run, "A run with its approvals, deliveries, jobs and timeline",
+          ok_model=RunDetailOut, errors=(401, 404)),
+    Route("POST", "/api/runs/{run_id}/cancel", runs.cancel_run, "Cancel a run that is not yet approved",
+          ok_model=RunOut, body=CancelIn, body_optional=True, errors=(401, 404, 409, 413, 415, 422)),
+    Route("POST", "/api/approvals/{approval_id}/decisions", approvals.decide,
+          "Approve, edit and approve, or reject an approval", ok_model=DecisionOut, body=DecisionIn,
+          errors=(400, 401, 403, 404, 409, 413, 415, 422)),
+    Route("GET", "/api/jobs", jobs.list_jobs, "List jobs by status (dead letters by default)", ok_model=JobPage,
+          errors=(401, 422),
+          query=(QueryParam("status", "Job status", {"type": "string", "enum": ["queued", "done", "dead", "cancelled"],
+                                                      "default": "dead"}),
+                 QueryParam("run_id", "Only this run's jobs", {"type": "string"}))),
+    Route("POST", "/api/jobs/{job_id}/retry", jobs.retry_job, "Retry a dead job", ok_model=JobOut,
+          errors=(401, 404, 409)),
+    Route("GET", "/healthz", health.healthz, "Liveness", ok_model=Health, authenticated=False),
+    Route("GET", "/readyz", health.readyz, "Readiness: database reachable and migrated", ok_model=Health,
+          authenticated=False, errors=(503,)),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    from .openapi import openapi_handler
+
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/api/openapi.json", openapi_handler)

@@ -1,0 +1,153 @@
+"""`/api/runs`: trigger a run, read it, list runs, cancel one."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..domain import EmailAction, RunStatus
+from ..policy import Policy, PolicyMode
+from ..runs import Customer, NewRun, RunDetail, RunSummary
+from .body import parse, read_authenticated
+from .deps import SERVICES, Services
+from .errors import ApiError
+from .schemas import CancelIn, PolicyIn, RunCreate
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _resolve_policy(services: Services, given: str | PolicyIn | None) -> Policy:
+    configured = services.settings.policies
+    if given is None:
+        return Policy.from_dict({"name": "default", **configured["default"]}) if "default" in configured else Policy()
+    if isinstance(given, str):
+        if given not in configured:
+            known = ", ".join(sorted(configured)) or "none configured"
+            raise ApiError(422, "validation_error", f"unknown policy {given!r}",
+                           [{"field": "policy", "message": f"no policy named {given!r} (known: {known})"}])
+        return Policy.from_dict({"name": given, **configured[given]})
+    return Policy(name=given.name or "inline", mode=PolicyMode(given.mode), reviewers=tuple(given.reviewers),
+                  allow_self_approval=given.allow_self_approval)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not key or len(key) > 255 or not key.isprintable():
+        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1-255 printable characters")
+    return key
+
+
+def run_url(services: Services, run_id: str) -> str:
+    return f"{services.settings.effective_public_url}/api/runs/{run_id}"
+
+
+async def create_run(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body, principal = await read_authenticated(request)
+    key = _idempotency_key(request)
+    data = parse(RunCreate, body, request)
+    policy = _resolve_policy(services, data.policy)
+    action = None
+    if data.action is not None:
+        a = data.action
+        action = EmailAction(to=tuple(a.to), cc=tuple(a.cc), subject=a.subject, body=a.body,
+                             in_reply_to=a.in_reply_to, references=tuple(a.references))
+    created = await services.runs.create(NewRun(
+        policy=policy, action=action, request=data.request,
+        customer=Customer(data.customer.email, data.customer.name) if data.customer else None,
+        requested_by=data.requested_by, callback_url=str(data.callback_url) if data.callback_url else None,
+        metadata=data.metadata, idempotency_key=key,
+        request_sha256=hashlib.sha256(data.model_dump_json().encode()).hexdigest() if key else None,
+    ))
+    status = RunStatus.AWAITING_APPROVAL if action else RunStatus.DRAFTING
+    if created.replayed:
+        status = (await services.runs.get(created.run_id)).run.status
+    url = run_url(services, created.run_id)
+    headers = {"Location": url}
+    if created.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response({"id": created.run_id, "status": status.value, "url": url}, status=202, headers=headers)
+
+
+def summary_json(services: Services, run: RunSummary) -> dict[str, Any]:
+    return {
+        "id": run.id, "kind": run.kind, "status": run.status.value, "requested_by": run.requested_by,
+        "created_at": run.created_at.isoformat(), "updated_at": run.updated_at.isoformat(),
+        "metadata": run.metadata, "summary": run.summary, "failure_reason": run.failure_reason,
+        "url": run_url(services, run.id),
+    }
+
+
+def detail_json(services: Services, detail: RunDetail) -> dict[str, Any]:
+    return {
+        **summary_json(services, detail.run), "request": detail.request, "customer": detail.customer,
+        "callback_url": detail.callback_url, "policy": detail.policy, "approvals": detail.approvals,
+        "decisions": detail.decisions, "deliveries": detail.deliveries,
+        "jobs": [j.to_dict() for j in detail.jobs], "timeline": detail.timeline,
+    }
+
+
+async def _authenticate_read(request: web.Request) -> Services:
+    services = request.app[SERVICES]
+    services.auth.check(request, b"")
+    return services
+
+
+async def get_run(request: web.Request) -> web.Response:
+    services = await _authenticate_read(request)
+    detail = await services.runs.get(request.match_info["run_id"])
+    return web.json_response(detail_json(services, detail))
+
+
+def _decode_cursor(value: str) -> tuple[datetime, str]:
+    try:
+        created, _, run_id = base64.urlsafe_b64decode(value.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), run_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(422, "validation_error", "the cursor is not valid",
+                       [{"field": "cursor", "message": "use the next_cursor value of a previous page"}]) from None
+
+
+def _encode_cursor(cursor: tuple[datetime, str]) -> str:
+    return base64.urlsafe_b64encode(f"{cursor[0].isoformat()}|{cursor[1]}".encode()).decode()
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    services = await _authenticate_read(request)
+    query = request.query
+    status = None
+    if "status" in query:
+        try:
+            status = RunStatus(query["status"])
+        except ValueError:
+            allowed = ", ".join(s.value for s in RunStatus)
+            raise ApiError(422, "validation_error", "unknown status",
+                           [{"field": "status", "message": f"must be one of {allowed}"}]) from None
+    try:
+        limit = int(query.get("limit", "50"))
+        if not 1 <= limit <= 200:
+            raise ValueError
+    except ValueError:
+        raise ApiError(422, "validation_error", "invalid limit",
+                       [{"field": "limit", "message": "must be an integer from 1 to 200"}]) from None
+    cursor = _decode_cursor(query["cursor"]) if "cursor" in query else None
+    page, next_cursor = await services.runs.list(status=status, limit=limit, cursor=cursor)
+    return web.json_response({
+        "items": [summary_json(services, r) for r in page],
+        "next_cursor": _encode_cursor(next_cursor) if next_cursor else None,
+    })
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body, principal = await read_authenticated(request)
+    data = parse(CancelIn, body, request, allow_empty=True)
+    run = await services.runs.cancel(request.match_info["run_id"], actor=principal, reason=data.reason)
+    return web.json_response(summary_json(services, run))

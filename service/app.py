@@ -1,0 +1,105 @@
+"""The one place where adapters are wired together: builds the aiohttp application, its
+store, job queue and workers, and starts and stops them with the app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from .api.auth import ApiAuth
+from .api.deps import SERVICES, Services
+from .api.errors import error_middleware
+from .api.routes import add_routes
+from .callbacks import Callbacks
+from .config import Settings
+from .decisions import SEND_EMAIL_JOB, Decisions
+from .jobs import JobQueue, Worker
+from .mail.delivery import EmailDelivery
+from .mail.smtp import SmtpTransport
+from .runs import CALLBACK_JOB, Runs
+from .store.db import Store
+from .store.migrate import check_migrated, upgrade
+
+log = logging.getLogger(__name__)
+
+
+def ensure_api_token(settings: Settings) -> Settings:
+    """With no API credential configured, use (or make) a token kept in the data directory.
+
+    The token is written to a file readable only by the owner and never logged: the log
+    says where it is."""
+    if settings.api_token or settings.webhook_secret:
+        return settings
+    path = settings.data_dir / "api-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    log.warning("no COUNTERSIGN_API_TOKEN or COUNTERSIGN_WEBHOOK_SECRET set; using the token in %s", path.resolve())
+    return settings.model_copy(update={"api_token": _secret(path)})
+
+
+def _secret(path: Path) -> object:
+    from pydantic import SecretStr
+
+    return SecretStr(path.read_text().strip())
+
+
+async def prepare_database(settings: Settings, store: Store) -> None:
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.auto_migrate:
+            await upgrade(store.writer_engine)
+    await check_migrated(store.writer_engine)
+
+
+def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
+    settings = ensure_api_token(settings)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, run_workers))
+    add_routes(app)
+    return app
+
+
+async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool) -> AsyncIterator[None]:
+    store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max)
+    try:
+        await prepare_database(settings, store)
+    except BaseException:
+        await store.close()
+        raise
+    await store.start()
+    jobs = JobQueue(store, max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds,
+                    backoff_base=settings.job_backoff_base_seconds, backoff_max=settings.job_backoff_max_seconds)
+    runs = Runs(store, jobs)
+    decisions = Decisions(store, jobs, runs, settings.message_id_domain)
+    transport = SmtpTransport(settings)
+    http = aiohttp.ClientSession()
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,
+                                                reply_to=settings.mail_reply_to).handler())
+    jobs.register(CALLBACK_JOB, Callbacks(runs, http, secret=secret, public_url=settings.effective_public_url,
+                                          timeout=settings.callback_timeout_seconds).handler())
+    app[SERVICES] = Services(
+        settings=settings, store=store, jobs=jobs, runs=runs, decisions=decisions,
+        auth=ApiAuth(settings.api_token.get_secret_value() if settings.api_token else None, secret,
+                     settings.signature_tolerance_seconds),
+    )
+    worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
+                    timeout_seconds=settings.job_timeout_seconds)
+    if run_workers:
+        worker.start()
+    try:
+        yield
+    finally:
+        await worker.stop()
+        await transport.close()
+        await http.close()
+        await store.close()

@@ -1,0 +1,197 @@
+"""`countersign`: serve | migrate | trigger | audit verify | audit export."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import logs
+from .config import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .store.migrate import NotMigrated
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    try:
+        web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
+                    access_log=None, print=None)
+    except NotMigrated as exc:
+        print(f"countersign: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store.db import Store
+    from .store.migrate import current_revision, upgrade
+
+    settings = _settings()
+
+    async def run() -> str | None:
+        if settings.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store.from_url(settings.effective_database_url)
+        try:
+            await upgrade(store.writer_engine)
+            return await current_revision(store.writer_engine)
+        finally:
+            await store.close()
+
+    print(f"database migrated to {asyncio.run(run())}")
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """POST a pre-drafted email (or an agent request) to a running service."""
+    import aiohttp
+
+    from .app import ensure_api_token
+    from .signing import HEADER, sign
+
+    settings = ensure_api_token(_settings()) if not args.sign else _settings()
+    if args.file:
+        with open(args.file, "rb") as f:
+            body = f.read()
+    elif args.request:
+        body = json.dumps({"request": args.request, "customer": {"email": args.to[0]}}).encode()
+    else:
+        if not (args.to and args.subject and args.body):
+            print("countersign trigger: give --file, --request, or --to/--subject/--body", file=sys.stderr)
+            return 2
+        body = json.dumps({"action": {"type": "send_email", "to": args.to, "subject": args.subject,
+                                      "body": args.body}}).encode()
+    headers = {"Content-Type": "application/json"}
+    if args.sign:
+        if not settings.webhook_secret:
+            print("countersign trigger: --sign needs COUNTERSIGN_WEBHOOK_SECRET", file=sys.stderr)
+            return 2
+        headers[HEADER] = sign(settings.webhook_secret.get_secret_value(), int(time.time()), body)
+    else:
+        assert settings.api_token is not None
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    url = (args.url or settings.effective_public_url).rstrip("/") + "/api/runs"
+
+    async def post() -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    status, answer = asyncio.run(post())
+    print(json.dumps(answer, indent=2))
+    return 0 if status < 300 else 1
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import verify_chain
+    from .store.audit_read import head, iter_events
+    from .store.db import Store
+
+    settings = _settings()
+
+    async def run() -> Any:
+        store = Store.from_url(settings.effective_database_url)
+        try:
+            seq, digest = await head(store.reader_engine)
+            events = [e async for e in iter_events(store.reader_engine)]
+            return verify_chain(events, seq, digest)
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    if report.ok:
+        print(f"audit chain intact: {report.events} events")
+        return 0
+    print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from .store.audit_read import iter_events
+    from .store.db import Store
+
+    settings = _settings()
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+
+    async def run() -> int:
+        store = Store.from_url(settings.effective_database_url)
+        count = 0
+        try:
+            writer = csv.writer(out) if args.format == "csv" else None
+            if writer:
+                writer.writerow(["seq", "at", "run_id", "kind", "actor", "data", "prev_hash", "hash"])
+            async for event in iter_events(store.reader_engine):
+                d = event.to_dict()
+                if writer:
+                    writer.writerow([d["seq"], d["at"], d["run_id"] or "", d["kind"], d["actor"],
+                                     json.dumps(d["data"], sort_keys=True), d["prev_hash"], d["hash"]])
+                else:
+                    out.write(json.dumps(d, ensure_ascii=False) + "\n")
+                count += 1
+        finally:
+            await store.close()
+        return count
+
+    try:
+        count = asyncio.run(run())
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} audit events", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="countersign", description="Human approval gateway for AI agent actions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (HTTP API, bot endpoint, workers)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    trigger = sub.add_parser("trigger", help="send a run to a running service")
+    trigger.add_argument("--url", help="service base URL (default COUNTERSIGN_PUBLIC_URL or http://host:port)")
+    trigger.add_argument("--file", help="a JSON body for POST /api/runs")
+    trigger.add_argument("--request", help="a customer request for the agent (with --to as the customer)")
+    trigger.add_argument("--to", action="append")
+    trigger.add_argument("--subject")
+    trigger.add_argument("--body")
+    trigger.add_argument("--idempotency-key")
+    trigger.add_argument("--sign", action="store_true", help="sign with COUNTERSIGN_WEBHOOK_SECRET instead of the token")
+    trigger.set_defaults(func=cmd_trigger)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    export = audit.add_parser("export", help="write the audit log")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--output", "-o")
+    export.set_defaults(func=cmd_audit_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Every setting in one typed place: environment variables, optionally a TOML file.
+
+Environment variables are `COUNTERSIGN_<NAME>`; `COUNTERSIGN_CONFIG=path.toml` adds a file
+(environment wins over the file). Policies are only practical in the file.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class SmtpSecurity(str, enum.Enum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    TLS = "tls"  # implicit TLS (port 465)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COUNTERSIGN_", extra="ignore", case_sensitive=False)
+
+    # Where SQLite, generated secrets and indexes live.
+    data_dir: Path = Path("./data")
+    # Empty: SQLite at <data_dir>/countersign.db. PostgreSQL: postgresql+asyncpg://user@host/db
+    database_url: str = ""
+    # SQLite is migrated on start; PostgreSQL must be migrated with `countersign migrate`.
+    auto_migrate: bool = True
+
+    host: str = "127.0.0.1"
+    port: int = 3978  # the Bot Framework samples' port
+    public_url: str = ""  # base URL in links handed out; default http://host:port
+
+    # Ops API credentials. With neither set, `serve` generates a token into the data dir.
+    api_token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    signature_tolerance_seconds: int = 300
+    max_body_bytes: int = 256 * 1024
+
+    # SMTP (aiosmtplib).
+    smtp_host: str = "localhost"
+    smtp_port: int = 1025
+    smtp_security: SmtpSecurity = SmtpSecurity.NONE
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None
+    smtp_timeout_seconds: float = 30.0
+    smtp_pool_size: int = 4
+    smtp_idle_seconds: float = 10.0  # how long an idle pooled connection is kept
+    mail_from: str = "Countersign <countersign@localhost>"
+    mail_reply_to: str | None = None
+    message_id_domain: str = "countersign.local"
+
+    # Jobs.
+    worker_concurrency: int = 8
+    job_lease_seconds: float = 120.0
+    job_timeout_seconds: float = 60.0
+    job_max_attempts: int = 8
+    job_backoff_base_seconds: float = 2.0
+    job_backoff_max_seconds: float = 3600.0
+    job_poll_seconds: float = 1.0
+    callback_timeout_seconds: float = 10.0
+
+    # Store: how many concurrent writes one transaction may take (group commit).
+    write_batch_max: int = 256
+
+    log_level: str = "INFO"
+
+    # Named approval policies, from the TOML file's [policies.NAME] tables.
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'countersign.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("COUNTERSIGN_CONFIG")
+        if toml_path:
+            if not Path(toml_path).is_file():
+                raise FileNotFoundError(f"COUNTERSIGN_CONFIG points at {toml_path!r}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)

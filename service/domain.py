@@ -1,0 +1,242 @@
+"""Runs, approvals, decisions and deliveries: their states and the rules that move them.
+
+Pure: no I/O, no framework. The store persists these shapes; the API and the channels
+(Teams, email) only ever change state through the transitions defined here.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    DRAFTING = "drafting"  # the agent is working on a draft
+    AWAITING_APPROVAL = "awaiting_approval"
+    DELIVERING = "delivering"  # approved; the action is being carried out
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATUSES
+
+
+TERMINAL_RUN_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.REJECTED, RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.EXPIRED}
+)
+
+
+class ApprovalStatus(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class DecisionKind(str, enum.Enum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    EDIT = "edit"  # edit and approve
+
+
+class DeliveryStatus(str, enum.Enum):
+    QUEUED = "queued"
+    # Committed before the SMTP DATA command: on restart a delivery found here is sent
+    # again with the same bytes and Message-ID (see README, "Exactly once").
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Channel(str, enum.Enum):
+    API = "api"
+    TEAMS = "teams"
+    EMAIL = "email"
+
+
+class ActionType(str, enum.Enum):
+    SEND_EMAIL = "send_email"
+
+
+class DomainError(Exception):
+    """A request that the current state does not allow; carries an HTTP-friendly code."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
+class NotAllowed(DomainError):
+    code = "not_allowed"
+
+
+class AlreadyDecided(DomainError):
+    code = "already_decided"
+
+
+class InvalidTransition(DomainError):
+    code = "invalid_transition"
+
+
+@dataclass(frozen=True, slots=True)
+class EmailAction:
+    """A drafted email: what a reviewer sees and, once approved, exactly what is sent."""
+
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+
+    type: ActionType = ActionType.SEND_EMAIL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type.value,
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "subject": self.subject,
+            "body": self.body,
+            "in_reply_to": self.in_reply_to,
+            "references": list(self.references),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmailAction:
+        return cls(
+            to=tuple(data["to"]),
+            cc=tuple(data.get("cc") or ()),
+            subject=data["subject"],
+            body=data["body"],
+            in_reply_to=data.get("in_reply_to"),
+            references=tuple(data.get("references") or ()),
+        )
+
+    def with_edit(self, subject: str | None, body: str | None) -> EmailAction:
+        return EmailAction(
+            to=self.to,
+            cc=self.cc,
+            subject=self.subject if subject is None else subject,
+            body=self.body if body is None else body,
+            in_reply_to=self.in_reply_to,
+            references=self.references,
+        )
+
+    def content_sha256(self) -> str:
+        """Hash of what a reviewer approves: recipients, subject, body and threading.
+
+        The delivery recomputes it from the MIME message it actually sends; the two must match.
+        """
+        canonical = json.dumps(
+            {
+                "to": list(self.to),
+                "cc": list(self.cc),
+                "subject": self.subject,
+                "body": self.body,
+                "in_reply_to": self.in_reply_to,
+                "references": list(self.references),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Reviewer:
+    """Whoever takes a decision. `id` is the stable identity (an AAD object id, an email)."""
+
+    id: str
+    name: str | None = None
+    email: str | None = None
+
+    def identities(self) -> set[str]:
+        return {v.casefold() for v in (self.id, self.email) if v}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    approval_id: str
+    kind: DecisionKind
+    reviewer: Reviewer
+    channel: Channel
+    reason: str | None = None
+    subject: str | None = None  # edit only
+    body: str | None = None  # edit only
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    id: str
+    run_id: str
+    revision: int
+    status: ApprovalStatus
+    action: EmailAction
+    policy: dict[str, Any]
+    requested_by: str | None
+    created_at: datetime
+    version: int = 0
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    approved_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    id: str
+    approval_id: str
+    kind: DecisionKind
+    reviewer: Reviewer
+    channel: Channel
+    created_at: datetime
+    reason: str | None = None
+    final_action: EmailAction | None = None  # what was approved (after edit), None on reject
+
+
+@dataclass(slots=True)
+class DecisionOutcome:
+    """What `decide` did: `decided` is False when the approval was already decided."""
+
+    approval_id: str
+    run_id: str
+    decided: bool
+    status: ApprovalStatus
+    decision: Decision | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_decision(approval: Approval, request: DecisionRequest) -> tuple[ApprovalStatus, EmailAction | None]:
+    """The approval status a decision leads to and the action that will be carried out.
+
+    Raises `AlreadyDecided` when the approval is no longer pending and `InvalidTransition`
+    for a decision that lacks what its kind needs.
+    """
+    if approval.status is not ApprovalStatus.PENDING:
+        raise AlreadyDecided(
+            f"approval {approval.id} is already {approval.status.value}",
+            approval_id=approval.id,
+            status=approval.status.value,
+        )
+    if request.kind is DecisionKind.APPROVE:
+        return ApprovalStatus.APPROVED, approval.action
+    if request.kind is DecisionKind.EDIT:
+        if request.subject is None and request.body is None:
+            raise InvalidTransition("an edit must change the subject or the body", field="subject")
+        return ApprovalStatus.APPROVED, approval.action.with_edit(request.subject, request.body)
+    if not (request.reason or "").strip():
+        raise InvalidTransition("a rejection needs a reason", field="reason")
+    return ApprovalStatus.REJECTED, None

@@ -1,0 +1,351 @@
+"""The jobs table: enqueue, lease, finish, retry with backoff, dead letters, timers.
+
+Every side effect (email, callback, card post, LLM call) is a job row written in the same
+transaction as the state change that asks for it. Workers lease due jobs (`FOR UPDATE
+SKIP LOCKED` on PostgreSQL, so several processes can share one database), run the
+handler outside any transaction, then record the outcome and finish the job in one
+transaction guarded by the lease token: a worker whose lease ran out cannot finish a job
+that another worker has taken over. A timer is a job with a future `due_at`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import metrics
+from .domain import InvalidTransition
+from .store import tables as t
+from .store.db import Op, Store, Tx, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    DONE = "done"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+class TransientError(Exception):
+    """Worth trying again later (connection refused, timeout, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Trying again cannot help (5xx SMTP reply, 4xx from a callback, bad data)."""
+
+
+class LeaseLost(Exception):
+    """The job's lease ran out and another worker took it; this outcome is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str
+    run_id: str | None
+    payload: dict[str, Any]
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    due_at: datetime
+    lease_token: str | None = None
+    last_error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        return cls(
+            id=row.id, kind=row.kind, run_id=row.run_id, payload=row.payload, status=JobStatus(row.status),
+            attempts=row.attempts, max_attempts=row.max_attempts, due_at=row.due_at,
+            lease_token=row.lease_token, last_error=row.last_error, created_at=row.created_at,
+            finished_at=row.finished_at,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "run_id": self.run_id, "status": self.status.value,
+            "attempts": self.attempts, "max_attempts": self.max_attempts, "due_at": self.due_at.isoformat(),
+            "last_error": self.last_error,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+
+# A handler does the side effect and returns the op that records its outcome; the worker
+# runs that op in the transaction that finishes the job.
+RunHandler = Callable[[Job], Awaitable[Op[None] | None]]
+DeadHook = Callable[[Tx, Job, str], Awaitable[None]]
+RetryHook = Callable[[Tx, Job], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobHandler:
+    run: RunHandler
+    on_dead: DeadHook | None = None  # record the permanent failure where users see it
+    on_retry: RetryHook | None = None  # undo on_dead when an operator retries
+    cancel_with_run: bool = True  # a cancelled run cancels its queued jobs of this kind
+
+
+def backoff_seconds(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
+    ceiling = min(cap, base * (2 ** max(attempts - 1, 0)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class JobQueue:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_attempts: int = 8,
+        lease_seconds: float = 120.0,
+        backoff_base: float = 2.0,
+        backoff_max: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.lease = timedelta(seconds=lease_seconds)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.handlers: dict[str, JobHandler] = {}
+        self.wakeup = asyncio.Event()
+
+    def register(self, kind: str, handler: JobHandler) -> None:
+        self.handlers[kind] = handler
+
+    async def enqueue(
+        self,
+        tx: Tx,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        run_id: str | None = None,
+        due_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        job_id = str(uuid.uuid4())
+        await tx.conn.execute(
+            t.jobs.insert().values(
+                id=job_id, kind=kind, run_id=run_id, payload=payload, status=JobStatus.QUEUED.value,
+                attempts=0, max_attempts=max_attempts or self.max_attempts, due_at=due_at or tx.now,
+                created_at=tx.now, updated_at=tx.now,
+            )
+        )
+        if due_at is None or due_at <= tx.now:
+            tx.after_commit(self.wakeup.set)
+        return job_id
+
+    async def cancel_for_run(self, tx: Tx, run_id: str) -> int:
+        kinds = [k for k, h in self.handlers.items() if h.cancel_with_run]
+        result = await tx.conn.execute(
+            t.jobs.update()
+            .where(t.jobs.c.run_id == run_id, t.jobs.c.status == JobStatus.QUEUED.value, t.jobs.c.kind.in_(kinds))
+            .values(status=JobStatus.CANCELLED.value, finished_at=tx.now, updated_at=tx.now)
+        )
+        return result.rowcount
+
+    async def has_due(self) -> bool:
+        now = utcnow()
+
+        async def q(conn: Any) -> bool:
+            row = (await conn.execute(sa.select(t.jobs.c.id).where(*self._due(now)).limit(1))).first()
+            return row is not None
+
+        return await self.store.read(q)
+
+    def _due(self, now: datetime) -> list[Any]:
+        return [
+            t.jobs.c.status == JobStatus.QUEUED.value,
+            t.jobs.c.due_at <= now,
+            sa.or_(t.jobs.c.leased_until.is_(None), t.jobs.c.leased_until < now),
+        ]
+
+    async def lease(self, limit: int, kinds: Iterable[str] | None = None) -> list[Job]:
+        kinds = list(kinds) if kinds is not None else list(self.handlers)
+
+        async def op(tx: Tx) -> list[Job]:
+            pick = (
+                sa.select(t.jobs.c.id)
+                .where(*self._due(tx.now), t.jobs.c.kind.in_(kinds))
+                .order_by(t.jobs.c.due_at)
+                .limit(limit)
+            )
+            if tx.dialect == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            token = str(uuid.uuid4())
+            rows = await tx.conn.execute(
+                t.jobs.update()
+                .where(t.jobs.c.id.in_(pick.scalar_subquery()))
+                .values(
+                    leased_until=tx.now + self.lease, lease_token=token,
+                    attempts=t.jobs.c.attempts + 1, updated_at=tx.now,
+                )
+                .returning(*t.jobs.c)
+            )
+            return [Job.from_row(r) for r in rows]
+
+        return await self.store.write(op)
+
+    async def _guard(self, tx: Tx, job: Job, **values: Any) -> None:
+        result = await tx.conn.execute(
+            t.jobs.update()
+            .where(t.jobs.c.id == job.id, t.jobs.c.lease_token == job.lease_token)
+            .values(leased_until=None, lease_token=None, updated_at=tx.now, **values)
+        )
+        if result.rowcount != 1:
+            raise LeaseLost(f"job {job.id} ({job.kind}) was taken over by another worker")
+
+    async def finish(self, job: Job, outcome: Op[None] | None) -> None:
+        async def op(tx: Tx) -> None:
+            await self._guard(tx, job, status=JobStatus.DONE.value, finished_at=tx.now, last_error=None)
+            if outcome is not None:
+                await outcome(tx)
+
+        await self.store.write(op)
+        metrics.JOBS.labels(kind=job.kind, outcome="done").inc()
+
+    async def fail(self, job: Job, error: BaseException) -> JobStatus:
+        """Record a failed attempt: schedule a retry, or move the job to the dead letters."""
+        message = f"{type(error).__name__}: {error}"[:2000]
+        transient = not isinstance(error, PermanentError)
+        handler = self.handlers.get(job.kind)
+
+        async def op(tx: Tx) -> JobStatus:
+            if transient and job.attempts < job.max_attempts:
+                delay = backoff_seconds(job.attempts, self.backoff_base, self.backoff_max)
+                retry_after = getattr(error, "retry_after", None)
+                if retry_after is not None:
+                    delay = max(delay, retry_after)
+                await self._guard(tx, job, due_at=tx.now + timedelta(seconds=delay), last_error=message)
+                return JobStatus.QUEUED
+            await self._guard(tx, job, status=JobStatus.DEAD.value, finished_at=tx.now, last_error=message)
+            tx.audit("job.dead", run_id=job.run_id, actor="system",
+                     data={"job_id": job.id, "kind": job.kind, "attempts": job.attempts, "error": message})
+            if handler and handler.on_dead:
+                await handler.on_dead(tx, job, message)
+            return JobStatus.DEAD
+
+        status = await self.store.write(op)
+        metrics.JOBS.labels(kind=job.kind, outcome="retry" if status is JobStatus.QUEUED else "dead").inc()
+        return status
+
+    async def retry_dead(self, job_id: str, actor: str) -> Job:
+        """Operator action: put a dead job back in the queue with a fresh attempt budget."""
+        async def op(tx: Tx) -> Job:
+            row = (await tx.conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).first()
+            if row is None:
+                raise LookupError(f"job {job_id} not found")
+            job = Job.from_row(row)
+            if job.status is not JobStatus.DEAD:
+                raise InvalidTransition(f"job {job_id} is {job.status.value}; only dead jobs can be retried", job_id=job_id)
+            await tx.conn.execute(
+                t.jobs.update().where(t.jobs.c.id == job_id).values(
+                    status=JobStatus.QUEUED.value, attempts=0, due_at=tx.now, finished_at=None, updated_at=tx.now,
+                )
+            )
+            tx.audit("job.retried", run_id=job.run_id, actor=actor, data={"job_id": job.id, "kind": job.kind})
+            handler = self.handlers.get(job.kind)
+            if handler and handler.on_retry:
+                await handler.on_retry(tx, job)
+            tx.after_commit(self.wakeup.set)
+            row = (await tx.conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).one()
+            return Job.from_row(row)
+
+        return await self.store.write(op)
+
+
+class Worker:
+    """Leases due jobs and runs their handlers, at most `concurrency` at a time."""
+
+    def __init__(self, queue: JobQueue, *, concurrency: int = 8, poll_seconds: float = 1.0, timeout_seconds: float = 60.0) -> None:
+        self.queue = queue
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.timeout_seconds = timeout_seconds
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._slot_free = asyncio.Event()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="job-worker")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        # Jobs in flight are abandoned, not failed: their lease runs out and they run again.
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                free = self.concurrency - len(self._tasks)
+                jobs: list[Job] = []
+                if free > 0:
+                    self.queue.wakeup.clear()
+                    if await self.queue.has_due():
+                        jobs = await self.queue.lease(free)
+                for job in jobs:
+                    task = asyncio.create_task(self._run(job), name=f"job-{job.kind}-{job.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._done)
+                if jobs and len(jobs) == free:
+                    await self._wait(self._slot_free)
+                elif not jobs:
+                    await self._wait(self.queue.wakeup)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be briefly away: keep polling
+                log.exception("job worker loop failed; retrying")
+                await asyncio.sleep(self.poll_seconds)
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout=self.poll_seconds)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_free.set()
+
+    async def _run(self, job: Job) -> None:
+        handler = self.queue.handlers[job.kind]
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                outcome = await handler.run(job)
+            await self.queue.finish(job, outcome)
+        except asyncio.CancelledError:
+            raise
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+        except Exception as exc:
+            if not isinstance(exc, (TransientError, PermanentError)):
+                log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
+            else:
+                log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
+            try:
+                await self.queue.fail(job, exc)
+            except LeaseLost as lost:
+                log.warning("%s", lost)
+            except Exception:
+                log.exception("could not record the failure of job %s", job.id)

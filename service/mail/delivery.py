@@ -1,0 +1,115 @@
+"""The `send_email` job: the delivery state machine around one SMTP send.
+
+queued -> sending (committed before the message goes out) -> sent | failed.
+The MIME bytes (with their Message-ID and Date) are built once and stored, so every
+attempt sends the same bytes; a delivery already `sent` is never sent again. The content
+hash is recomputed from the bytes and must equal the approved hash, or nothing is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import metrics
+from ..domain import DeliveryStatus, EmailAction, RunStatus
+from ..jobs import Job, JobHandler, PermanentError, Tx
+from ..runs import Runs
+from ..store import tables as t
+from ..store.db import Op, Store
+from .message import build_message, content_of
+from .smtp import SmtpTransport
+
+log = logging.getLogger(__name__)
+
+
+class EmailDelivery:
+    def __init__(self, store: Store, runs: Runs, transport: SmtpTransport, *, sender: str, reply_to: str | None) -> None:
+        self.store = store
+        self.runs = runs
+        self.transport = transport
+        self.sender = sender
+        self.reply_to = reply_to
+
+    def handler(self) -> JobHandler:
+        return JobHandler(run=self.run, on_dead=self.on_dead, on_retry=self.on_retry, cancel_with_run=False)
+
+    async def _load(self, delivery_id: str) -> Any:
+        async def q(conn: Any) -> Any:
+            return (await conn.execute(sa.select(t.deliveries).where(t.deliveries.c.id == delivery_id))).first()
+
+        row = await self.store.read(q)
+        if row is None:
+            raise PermanentError(f"delivery {delivery_id} does not exist")
+        return row
+
+    async def run(self, job: Job) -> Op[None] | None:
+        delivery_id = job.payload["delivery_id"]
+        row = await self._load(delivery_id)
+        status = DeliveryStatus(row.status)
+        if status is DeliveryStatus.SENT:
+            return None  # a retry after the outcome was recorded: nothing left to do
+        if status is DeliveryStatus.FAILED:
+            raise PermanentError(f"delivery {delivery_id} has failed: {row.error}")
+        if status is DeliveryStatus.SENDING:
+            log.warning("delivery %s was interrupted while sending; sending the same message (%s) again",
+                        delivery_id, row.message_id)
+
+        mime: bytes | None = row.mime
+        if mime is None:
+            action = EmailAction.from_dict(row.action)
+            mime = build_message(action, sender=self.sender, reply_to=self.reply_to,
+                                 message_id=row.message_id, date=row.created_at)
+        sent_sha256 = content_of(mime).content_sha256()
+        if sent_sha256 != row.approved_sha256:
+            raise PermanentError(
+                f"the message built for delivery {delivery_id} does not carry the approved content "
+                f"(approved {row.approved_sha256}, built {sent_sha256}); nothing was sent"
+            )
+        mime_sha256 = hashlib.sha256(mime).hexdigest()
+
+        async def mark_sending(tx: Tx) -> None:
+            await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
+                status=DeliveryStatus.SENDING.value, mime=mime, mime_sha256=mime_sha256, sent_sha256=sent_sha256,
+                sending_at=tx.now, attempts=t.deliveries.c.attempts + 1,
+            ))
+
+        await self.store.write(mark_sending)
+        action = EmailAction.from_dict(row.action)
+        recipients = [addr for _, addr in getaddresses([*action.to, *action.cc])]
+        reply = await self.transport.send(mime, parseaddr(self.sender)[1], recipients)
+
+        async def record_sent(tx: Tx) -> None:
+            await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
+                status=DeliveryStatus.SENT.value, smtp_reply=str(reply), sent_at=tx.now, error=None,
+            ))
+            tx.audit("delivery.sent", run_id=row.run_id, actor="system", data={
+                "delivery_id": delivery_id, "message_id": row.message_id, "smtp_reply": str(reply),
+                "approved_sha256": row.approved_sha256, "sent_sha256": sent_sha256, "mime_sha256": mime_sha256,
+            })
+            await self.runs.finish(tx, row.run_id, RunStatus.COMPLETED, actor="system",
+                                   summary=f"email {row.message_id} accepted by the SMTP server")
+            tx.after_commit(metrics.EMAILS_SENT.inc)
+
+        return record_sent
+
+    async def on_dead(self, tx: Tx, job: Job, error: str) -> None:
+        delivery_id = job.payload["delivery_id"]
+        await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
+            status=DeliveryStatus.FAILED.value, error=error,
+        ))
+        if job.run_id:
+            await self.runs.finish(tx, job.run_id, RunStatus.FAILED, actor="system",
+                                   failure_reason=f"email delivery failed: {error}")
+
+    async def on_retry(self, tx: Tx, job: Job) -> None:
+        delivery_id = job.payload["delivery_id"]
+        await tx.conn.execute(t.deliveries.update()
+                              .where(t.deliveries.c.id == delivery_id, t.deliveries.c.status == DeliveryStatus.FAILED.value)
+                              .values(status=DeliveryStatus.QUEUED.value))
+        if job.run_id:
+            await self.runs.set_status(tx, job.run_id, RunStatus.DELIVERING, actor="system", delivery_id=delivery_id)

@@ -1,0 +1,137 @@
+"""SMTP transport (aiosmtplib): a small pool of authenticated connections, reused while
+several emails are due, and SMTP replies sorted into transient and permanent failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from ..config import Settings, SmtpSecurity
+from ..jobs import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    code: int
+    message: str
+    refused: dict[str, str]  # recipients the server refused while accepting the others
+
+    def __str__(self) -> str:
+        text = f"{self.code} {self.message}"
+        if self.refused:
+            text += f" (refused: {', '.join(f'{r}: {m}' for r, m in self.refused.items())})"
+        return text
+
+
+@dataclass
+class _Connection:
+    client: aiosmtplib.SMTP
+    last_used: float
+
+
+class SmtpTransport:
+    # A pooled connection idle longer than this is checked with NOOP before it is trusted:
+    # a server that dropped it in the meantime must not turn into a failed delivery.
+    CHECK_AFTER_IDLE = 2.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        self._tls_context = self._make_tls_context()
+
+    def _make_tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.smtp_security is SmtpSecurity.NONE:
+            return None
+        context = ssl.create_default_context(cafile=str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None)
+        return context
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.smtp_host, port=s.smtp_port, timeout=s.smtp_timeout_seconds,
+            use_tls=s.smtp_security is SmtpSecurity.TLS,
+            start_tls=s.smtp_security is SmtpSecurity.STARTTLS,
+            tls_context=self._tls_context,
+        )
+        # Connecting is safe to repeat at once (nothing was sent yet): a few quick tries
+        # here spare the job a full backoff for a momentary refusal.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError)),
+            stop=stop_after_attempt(3), wait=wait_random_exponential(multiplier=0.1, max=1.0), reraise=True,
+        ):
+            with attempt:
+                await client.connect()
+        if s.smtp_username:
+            password = s.smtp_password.get_secret_value() if s.smtp_password else ""
+            await client.login(s.smtp_username, password)
+        return client
+
+    async def _checkout(self) -> _Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            idle_for = time.monotonic() - conn.last_used
+            if not conn.client.is_connected or idle_for > self.settings.smtp_idle_seconds:
+                await _quit_quietly(conn.client)
+                continue
+            if idle_for > self.CHECK_AFTER_IDLE:
+                try:
+                    await conn.client.noop()
+                except aiosmtplib.SMTPException:
+                    await _quit_quietly(conn.client)
+                    continue
+            return conn
+        return _Connection(await self._connect(), time.monotonic())
+
+    async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SmtpReply:
+        """Send one message. Raises `TransientError` or `PermanentError` with the server's words."""
+        async with self._slots:
+            conn: _Connection | None = None
+            try:
+                conn = await self._checkout()
+                refused, message = await conn.client.sendmail(sender, recipients, mime)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                raise _classify(exc.recipients[0] if exc.recipients else exc) from exc
+            except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                if conn is not None:
+                    await _quit_quietly(conn.client)
+                    conn = None
+                raise _classify(exc) from exc
+            finally:
+                if conn is not None:
+                    conn.last_used = time.monotonic()
+                    self._idle.append(conn)
+        code, _, text = message.partition(" ")
+        return SmtpReply(
+            code=int(code) if code.isdigit() else 250, message=text or message,
+            refused={r: f"{resp.code} {resp.message}" for r, resp in refused.items()},
+        )
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_quit_quietly(c.client) for c in idle))
+
+
+def _classify(exc: BaseException) -> TransientError | PermanentError:
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        text = f"SMTP {exc.code} {exc.message}"
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            text += " (check COUNTERSIGN_SMTP_USERNAME and COUNTERSIGN_SMTP_PASSWORD)"
+        return PermanentError(text) if 500 <= exc.code < 600 else TransientError(text)
+    return TransientError(f"SMTP connection to the server failed: {type(exc).__name__}: {exc}")
+
+
+async def _quit_quietly(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await asyncio.wait_for(client.quit(), timeout=2)
+    except Exception:
+        client.close()

@@ -1,0 +1,66 @@
+"""Who may decide on an approval. Pure: checked on the server against the stored policy.
+
+A policy is stored with each approval when it is created, so changing the configured
+policies later never changes the rules of a request already waiting.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .domain import NotAllowed, Reviewer
+
+
+class PolicyMode(str, enum.Enum):
+    # The first valid decision settles the approval. Further modes (all, quorum, stages)
+    # count the decisions table's votes; see architecture notes.
+    FIRST_RESPONDER = "first_responder"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str = "default"
+    mode: PolicyMode = PolicyMode.FIRST_RESPONDER
+    # Identities (AAD object ids or email addresses, compared case-insensitively) allowed to
+    # decide. Empty: anyone the channel authenticates as a reviewer.
+    reviewers: tuple[str, ...] = ()
+    allow_self_approval: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mode": self.mode.value,
+            "reviewers": list(self.reviewers),
+            "allow_self_approval": self.allow_self_approval,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        return cls(
+            name=data.get("name", "default"),
+            mode=PolicyMode(data.get("mode", PolicyMode.FIRST_RESPONDER.value)),
+            reviewers=tuple(data.get("reviewers") or ()),
+            allow_self_approval=bool(data.get("allow_self_approval", False)),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+def check_reviewer(policy: Policy, reviewer: Reviewer, requested_by: str | None) -> None:
+    """Raise `NotAllowed` unless `reviewer` may decide under `policy`."""
+    identities = reviewer.identities()
+    if policy.reviewers and not identities & {r.casefold() for r in policy.reviewers}:
+        raise NotAllowed(
+            f"reviewer {reviewer.id!r} is not among the reviewers of policy {policy.name!r}",
+            reviewer=reviewer.id,
+            policy=policy.name,
+        )
+    if not policy.allow_self_approval and requested_by and requested_by.casefold() in identities:
+        raise NotAllowed(
+            f"reviewer {reviewer.id!r} requested this action and policy {policy.name!r} forbids self-approval",
+            reviewer=reviewer.id,
+            policy=policy.name,
+        )

@@ -1,0 +1,294 @@
+"""Runs: intake, queries, cancellation and the end of a run. Every change is a store op."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import metrics
+from .domain import ApprovalStatus, EmailAction, InvalidTransition, RunStatus
+from .jobs import Job, JobQueue
+from .policy import Policy
+from .store import tables as t
+from .store.db import Store, Tx
+
+CALLBACK_JOB = "callback"
+AGENT_DRAFT_JOB = "agent.draft"
+
+
+class NotFound(LookupError):
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident} not found")
+        self.what = what
+        self.ident = ident
+
+
+class IdempotencyConflict(Exception):
+    def __init__(self, key: str, run_id: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used with a different request body (run {run_id})")
+        self.key = key
+        self.run_id = run_id
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    email: str
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"email": self.email, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A validated `POST /api/runs`: either a pre-drafted action or a request for the agent."""
+
+    policy: Policy
+    action: EmailAction | None = None
+    request: str | None = None
+    customer: Customer | None = None
+    requested_by: str | None = None
+    callback_url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRun:
+    run_id: str
+    replayed: bool  # True: the Idempotency-Key matched an earlier identical request
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    id: str
+    kind: str
+    status: RunStatus
+    requested_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    summary: str | None
+    failure_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunSummary:
+        return cls(
+            id=row.id, kind=row.kind, status=RunStatus(row.status), requested_by=row.requested_by,
+            created_at=row.created_at, updated_at=row.updated_at, metadata=row.metadata,
+            summary=row.summary, failure_reason=row.failure_reason,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    run: RunSummary
+    request: str | None
+    customer: dict[str, Any] | None
+    callback_url: str | None
+    policy: dict[str, Any]
+    approvals: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+    jobs: list[Job]
+    timeline: list[dict[str, Any]]
+
+
+class Runs:
+    def __init__(self, store: Store, jobs: JobQueue) -> None:
+        self.store = store
+        self.jobs = jobs
+
+    async def create(self, new: NewRun) -> CreatedRun:
+        async def op(tx: Tx) -> CreatedRun:
+            if new.idempotency_key:
+                row = (
+                    await tx.conn.execute(
+                        sa.select(t.idempotency_keys).where(t.idempotency_keys.c.key == new.idempotency_key)
+                    )
+                ).first()
+                if row is not None:
+                    if row.request_sha256 != new.request_sha256:
+                        raise IdempotencyConflict(new.idempotency_key, row.run_id)
+                    return CreatedRun(row.run_id, replayed=True)
+            run_id = str(uuid.uuid4())
+            kind = "action" if new.action else "agent"
+            status = RunStatus.AWAITING_APPROVAL if new.action else RunStatus.DRAFTING
+            await tx.conn.execute(
+                t.runs.insert().values(
+                    id=run_id, kind=kind, status=status.value, request=new.request,
+                    customer=new.customer.to_dict() if new.customer else None,
+                    requested_by=new.requested_by, callback_url=new.callback_url, metadata=new.metadata,
+                    policy=new.policy.to_dict(), created_at=tx.now, updated_at=tx.now,
+                )
+            )
+            tx.audit("run.created", run_id=run_id, actor=new.requested_by or "api",
+                     data={"kind": kind, "policy": new.policy.name, "metadata": new.metadata})
+            if new.action:
+                await self.add_approval(tx, run_id, 1, new.action, new.policy, new.requested_by)
+            else:
+                # Drafting is the agent's job (service.agent); it is queued here so the
+                # request is durable the moment it is accepted.
+                await self.jobs.enqueue(tx, AGENT_DRAFT_JOB, {"run_id": run_id}, run_id=run_id)
+            if new.idempotency_key:
+                await tx.conn.execute(
+                    t.idempotency_keys.insert().values(
+                        key=new.idempotency_key, request_sha256=new.request_sha256, run_id=run_id, created_at=tx.now
+                    )
+                )
+            tx.after_commit(metrics.RUNS_CREATED.labels(kind=kind).inc)
+            return CreatedRun(run_id, replayed=False)
+
+        return await self.store.write(op)
+
+    async def add_approval(
+        self, tx: Tx, run_id: str, revision: int, action: EmailAction, policy: Policy, requested_by: str | None
+    ) -> str:
+        approval_id = str(uuid.uuid4())
+        await tx.conn.execute(
+            t.approvals.insert().values(
+                id=approval_id, run_id=run_id, revision=revision, status=ApprovalStatus.PENDING.value,
+                action=action.to_dict(), policy=policy.to_dict(), requested_by=requested_by,
+                version=0, created_at=tx.now,
+            )
+        )
+        tx.audit("approval.requested", run_id=run_id, actor="system",
+                 data={"approval_id": approval_id, "revision": revision, "content_sha256": action.content_sha256()})
+        return approval_id
+
+    async def finish(
+        self, tx: Tx, run_id: str, status: RunStatus, *, actor: str, summary: str | None = None,
+        failure_reason: str | None = None,
+    ) -> None:
+        """Move a run to a terminal state and queue its callback."""
+        assert status.is_terminal, status
+        row = (await tx.conn.execute(sa.select(t.runs.c.callback_url).where(t.runs.c.id == run_id))).one()
+        values: dict[str, Any] = {"status": status.value, "updated_at": tx.now}
+        if summary is not None:
+            values["summary"] = summary
+        if failure_reason is not None:
+            values["failure_reason"] = failure_reason
+        await tx.conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(**values))
+        tx.audit(f"run.{status.value}", run_id=run_id, actor=actor,
+                 data={k: v for k, v in (("summary", summary), ("failure_reason", failure_reason)) if v})
+        if row.callback_url:
+            await self.jobs.enqueue(tx, CALLBACK_JOB, {"run_id": run_id, "status": status.value}, run_id=run_id)
+
+    async def set_status(self, tx: Tx, run_id: str, status: RunStatus, *, actor: str, **data: Any) -> None:
+        await tx.conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(status=status.value, updated_at=tx.now))
+        tx.audit(f"run.{status.value}", run_id=run_id, actor=actor, data=data)
+
+    async def cancel(self, run_id: str, *, actor: str, reason: str | None) -> RunSummary:
+        async def op(tx: Tx) -> RunSummary:
+            row = (await tx.conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()
+            if row is None:
+                raise NotFound("run", run_id)
+            status = RunStatus(row.status)
+            if status not in (RunStatus.DRAFTING, RunStatus.AWAITING_APPROVAL):
+                raise InvalidTransition(
+                    f"run {run_id} is {status.value}; only drafting or awaiting_approval runs can be cancelled",
+                    run_id=run_id, status=status.value,
+                )
+            await tx.conn.execute(
+                t.approvals.update()
+                .where(t.approvals.c.run_id == run_id, t.approvals.c.status == ApprovalStatus.PENDING.value)
+                .values(status=ApprovalStatus.CANCELLED.value, version=t.approvals.c.version + 1,
+                        decided_at=tx.now, decided_by=actor)
+            )
+            await self.jobs.cancel_for_run(tx, run_id)
+            await self.finish(tx, run_id, RunStatus.CANCELLED, actor=actor, failure_reason=reason)
+            new = (await tx.conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).one()
+            return RunSummary.from_row(new)
+
+        return await self.store.write(op)
+
+    async def get(self, run_id: str) -> RunDetail:
+        async def q(conn: AsyncConnection) -> RunDetail:
+            row = (await conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()
+            if row is None:
+                raise NotFound("run", run_id)
+            approvals = (await conn.execute(
+                sa.select(t.approvals).where(t.approvals.c.run_id == run_id).order_by(t.approvals.c.revision)
+            )).all()
+            decisions = (await conn.execute(
+                sa.select(t.decisions).where(t.decisions.c.run_id == run_id).order_by(t.decisions.c.created_at)
+            )).all()
+            deliveries = (await conn.execute(
+                sa.select(t.deliveries).where(t.deliveries.c.run_id == run_id).order_by(t.deliveries.c.created_at)
+            )).all()
+            jobs = (await conn.execute(
+                sa.select(t.jobs).where(t.jobs.c.run_id == run_id).order_by(t.jobs.c.created_at)
+            )).all()
+            events = (await conn.execute(
+                sa.select(t.audit_events).where(t.audit_events.c.run_id == run_id).order_by(t.audit_events.c.seq)
+            )).all()
+            return RunDetail(
+                run=RunSummary.from_row(row), request=row.request, customer=row.customer,
+                callback_url=row.callback_url, policy=row.policy,
+                approvals=[_approval_dict(a) for a in approvals],
+                decisions=[_decision_dict(d) for d in decisions],
+                deliveries=[_delivery_dict(d) for d in deliveries],
+                jobs=[Job.from_row(j) for j in jobs],
+                timeline=[{"seq": e.seq, "at": e.at.isoformat(), "event": e.kind, "actor": e.actor, "data": e.data}
+                          for e in events],
+            )
+
+        return await self.store.read(q)
+
+    async def list(
+        self, *, status: RunStatus | None, limit: int, cursor: tuple[datetime, str] | None
+    ) -> tuple[list[RunSummary], tuple[datetime, str] | None]:
+        """Newest first; the cursor is the (created_at, id) of the last run of the previous page."""
+
+        async def q(conn: AsyncConnection) -> tuple[list[RunSummary], tuple[datetime, str] | None]:
+            query = sa.select(t.runs).order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc()).limit(limit + 1)
+            if status is not None:
+                query = query.where(t.runs.c.status == status.value)
+            if cursor is not None:
+                created_at, run_id = cursor
+                query = query.where(
+                    sa.or_(t.runs.c.created_at < created_at,
+                           sa.and_(t.runs.c.created_at == created_at, t.runs.c.id < run_id))
+                )
+            rows = (await conn.execute(query)).all()
+            page = [RunSummary.from_row(r) for r in rows[:limit]]
+            next_cursor = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
+            return page, next_cursor
+
+        return await self.store.read(q)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _approval_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "revision": row.revision, "status": row.status, "action": row.action,
+        "policy": row.policy, "requested_by": row.requested_by, "created_at": _iso(row.created_at),
+        "decided_at": _iso(row.decided_at), "decided_by": row.decided_by,
+        "approved_action": row.approved_action, "approved_sha256": row.approved_sha256,
+    }
+
+
+def _decision_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "approval_id": row.approval_id, "kind": row.kind,
+        "reviewer": {"id": row.reviewer_id, "name": row.reviewer_name, "email": row.reviewer_email},
+        "channel": row.channel, "reason": row.reason, "created_at": _iso(row.created_at),
+    }
+
+
+def _delivery_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "approval_id": row.approval_id, "status": row.status, "message_id": row.message_id,
+        "approved_sha256": row.approved_sha256, "sent_sha256": row.sent_sha256, "mime_sha256": row.mime_sha256,
+        "smtp_reply": row.smtp_reply, "attempts": row.attempts, "error": row.error,
+        "created_at": _iso(row.created_at), "sending_at": _iso(row.sending_at), "sent_at": _iso(row.sent_at),
+    }

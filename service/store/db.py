@@ -1,0 +1,231 @@
+"""Engines and the one way state is written: `Store.write(op)`, committed in groups.
+
+Every state change is an async function of a `Tx`. Concurrent writes queue up and one
+writer task runs as many as are waiting in a single transaction (group commit), then
+answers each caller once that transaction is durable. SQLite has one writer anyway; this
+turns a commit per request into a commit per batch. If a batch fails, its ops are run
+again one transaction each, so one bad op never fails its neighbours.
+
+Ops must be pure database work (no network calls) because they may run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..audit import AuditEvent, event_hash
+from . import tables as t
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
+    """(writer, reader). On PostgreSQL they are the same engine."""
+    if not url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return engine, engine
+    writer = create_async_engine(url, pool_size=1, max_overflow=0)
+    reader = create_async_engine(url, pool_size=5, max_overflow=5)
+    _sqlite_setup(writer, begin="BEGIN IMMEDIATE")
+    _sqlite_setup(reader, begin="BEGIN")
+    return writer, reader
+
+
+def _sqlite_setup(engine: AsyncEngine, begin: str) -> None:
+    # pysqlite's own transaction handling is turned off so that the writer can take the
+    # write lock at BEGIN (IMMEDIATE): a deferred transaction that reads then writes can
+    # fail with SQLITE_BUSY when another process (the CLI) holds the lock.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+
+@dataclass
+class Tx:
+    """One transaction as seen by an op: the connection plus buffered audit events."""
+
+    conn: AsyncConnection
+    now: datetime = field(default_factory=utcnow)
+    _audit: list[tuple[str | None, str, str, dict[str, Any]]] = field(default_factory=list)
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def dialect(self) -> str:
+        return self.conn.dialect.name
+
+    def audit(self, kind: str, *, run_id: str | None, actor: str, data: dict[str, Any] | None = None) -> None:
+        self._audit.append((run_id, kind, actor, data or {}))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transaction is durable (wake workers, count metrics)."""
+        self._after_commit.append(callback)
+
+    async def flush_audit(self) -> list[AuditEvent]:
+        if not self._audit:
+            return []
+        head_q = sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        if self.dialect != "sqlite":
+            head_q = head_q.with_for_update()
+        head = (await self.conn.execute(head_q)).one()  # seeded by the first migration
+        seq, prev = head.seq, head.hash
+        events = []
+        for run_id, kind, actor, data in self._audit:
+            seq += 1
+            digest = event_hash(prev, seq, self.now, run_id, kind, actor, data)
+            events.append(AuditEvent(seq, self.now, run_id, kind, actor, data, prev, digest))
+            prev = digest
+        await self.conn.execute(
+            t.audit_events.insert(),
+            [
+                {"seq": e.seq, "at": e.at, "run_id": e.run_id, "kind": e.kind, "actor": e.actor,
+                 "data": e.data, "prev_hash": e.prev_hash, "hash": e.hash}
+                for e in events
+            ],
+        )
+        await self.conn.execute(t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
+        self._audit.clear()
+        return events
+
+
+Op = Callable[[Tx], Awaitable[T]]
+
+
+@dataclass
+class _Pending:
+    op: Op[Any]
+    future: asyncio.Future[Any]
+
+
+class Store:
+    def __init__(self, writer: AsyncEngine, reader: AsyncEngine, batch_max: int = 256) -> None:
+        self.writer_engine = writer
+        self.reader_engine = reader
+        self.batch_max = batch_max
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, batch_max: int = 256) -> Store:
+        writer, reader = create_engines(url)
+        return cls(writer, reader, batch_max)
+
+    @property
+    def dialect(self) -> str:
+        return self.writer_engine.dialect.name
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._writer_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("store closed before the write ran"))
+        await self.writer_engine.dispose()
+        if self.reader_engine is not self.writer_engine:
+            await self.reader_engine.dispose()
+
+    async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with self.reader_engine.connect() as conn:
+            return await fn(conn)
+
+    async def write(self, op: Op[T]) -> T:
+        if self._task is None:
+            # Not started (CLI, tests of one op): run it directly in its own transaction.
+            return await self._run_alone(op)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(op, future))
+        return await future
+
+    async def _run_alone(self, op: Op[T]) -> T:
+        async with self.writer_engine.begin() as conn:
+            tx = Tx(conn)
+            result = await op(tx)
+            await tx.flush_audit()
+        for callback in tx._after_commit:
+            _safe_call(callback)
+        return result
+
+    async def _writer_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [p for p in batch if not p.future.cancelled()]
+            if not batch:
+                continue
+            try:
+                await self._run_batch(batch)
+            except asyncio.CancelledError:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(RuntimeError("store closed while the write ran"))
+                raise
+            except Exception:  # the batch is rolled back; isolate the op that failed
+                if len(batch) > 1:
+                    log.debug("write batch of %d failed; running its ops one by one", len(batch))
+                for p in batch:
+                    try:
+                        result = await self._run_alone(p.op)
+                    except Exception as exc:  # the caller gets its own error
+                        _settle(p.future, exc=exc)
+                    else:
+                        _settle(p.future, result=result)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        results: list[Any] = []
+        async with self.writer_engine.begin() as conn:
+            tx = Tx(conn)
+            for p in batch:
+                results.append(await p.op(tx))
+            await tx.flush_audit()
+        for callback in tx._after_commit:
+            _safe_call(callback)
+        for p, result in zip(batch, results):
+            _settle(p.future, result=result)
+
+
+def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _safe_call(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # a failing notification must not undo a committed write
+        log.exception("after-commit callback failed")
