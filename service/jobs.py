@@ -120,7 +120,7 @@ class JobQueue:
     ) -> None:
         self.store = store
         self.max_attempts = max_attempts
-        self.lease = timedelta(seconds=lease_seconds)
+        self.lease_duration = timedelta(seconds=lease_seconds)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.handlers: dict[str, JobHandler] = {}
@@ -193,7 +193,7 @@ class JobQueue:
                 t.jobs.update()
                 .where(t.jobs.c.id.in_(pick.scalar_subquery()))
                 .values(
-                    leased_until=tx.now + self.lease, lease_token=token,
+                    leased_until=tx.now + self.lease_duration, lease_token=token,
                     attempts=t.jobs.c.attempts + 1, updated_at=tx.now,
                 )
                 .returning(*t.jobs.c)

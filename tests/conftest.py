@@ -1,0 +1,171 @@
+"""Shared fixtures: real peers (SMTP, PostgreSQL) and the service over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from service.app import create_app
+from service.config import Settings
+from service.signing import HEADER, sign
+
+from .peers.certs import TlsFiles, make_tls_files
+from .peers.postgres import PostgresServer
+from .peers.smtp import SmtpServer
+
+API_TOKEN = "test-api-token-0123456789"
+WEBHOOK_SECRET = "test-webhook-secret-abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def smtp_server(tmp_path: Path, tls: TlsFiles) -> Iterator[SmtpServer]:
+    server = SmtpServer(tmp_path / "smtp", tls, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'countersign.db'}"
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    return server.create_database()
+
+
+def test_settings(tmp_path: Path, db_url: str, smtp: SmtpServer | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data", "database_url": db_url, "auto_migrate": True,
+        "api_token": API_TOKEN, "webhook_secret": WEBHOOK_SECRET, "public_url": "http://countersign.test",
+        "job_poll_seconds": 0.05, "job_backoff_base_seconds": 0.05, "job_backoff_max_seconds": 0.5,
+        "job_max_attempts": 4, "mail_from": "Support Team <support@example.com>",
+        "mail_reply_to": "help@example.com", "message_id_domain": "countersign.example.com",
+    }
+    if smtp is not None:
+        values.update(smtp.settings())
+    values.update(overrides)
+    if not str(values["database_url"]).startswith("sqlite"):
+        values["auto_migrate"] = False
+    return Settings(**values)
+
+
+@dataclass
+class Service:
+    url: str
+    settings: Settings
+    http: aiohttp.ClientSession
+    app: Any
+
+    async def request(self, method: str, path: str, *, body: Any = None, raw: bytes | None = None,
+                      auth: str = "token", headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        h = {"Content-Type": "application/json"}
+        if auth == "token":
+            h["Authorization"] = f"Bearer {API_TOKEN}"
+        elif auth == "webhook":
+            h[HEADER] = sign(WEBHOOK_SECRET, int(time.time()), data)
+        h.update(headers or {})
+        async with self.http.request(method, self.url + path, data=data, headers=h) as r:
+            text = await r.text()
+            try:
+                payload = json.loads(text) if text else None
+            except ValueError:
+                payload = text
+            return r.status, payload, r.headers
+
+    async def create_run(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        status, payload, _ = await self.request("POST", "/api/runs", body=body, **kw)
+        assert status == 202, payload
+        return payload
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        status, payload, _ = await self.request("GET", f"/api/runs/{run_id}")
+        assert status == 200, payload
+        return payload
+
+    async def decide(self, approval_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        status, payload, _ = await self.request("POST", f"/api/approvals/{approval_id}/decisions", body=body)
+        return status, payload
+
+    async def wait_for(self, run_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await self.run(run_id)
+            if predicate(run):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} did not reach the expected state: {json.dumps(run, indent=1)[:3000]}")
+            await asyncio.sleep(0.05)
+
+    async def wait_status(self, run_id: str, status: str, timeout: float = 15) -> dict[str, Any]:
+        return await self.wait_for(run_id, lambda r: r["status"] == status, timeout)
+
+
+StartService = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture
+async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartService]:
+    started: list[tuple[TestServer, aiohttp.ClientSession]] = []
+
+    async def start(smtp: SmtpServer | None = None, **overrides: Any) -> Service:
+        settings = test_settings(tmp_path, db_url, smtp, **overrides)
+        if not settings.is_sqlite:
+            from service.store.db import Store
+            from service.store.migrate import upgrade
+
+            store = Store.from_url(settings.effective_database_url)
+            await upgrade(store.writer_engine)
+            await store.close()
+        app = create_app(settings)
+        server = TestServer(app, host="127.0.0.1", port=free_port())
+        await server.start_server()
+        http = aiohttp.ClientSession()
+        started.append((server, http))
+        return Service(str(server.make_url("")).rstrip("/"), settings, http, app)
+
+    yield start
+    for server, http in reversed(started):
+        await http.close()
+        await server.close()
+
+
+@pytest.fixture
+async def service(start_service: StartService, smtp_server: SmtpServer) -> Service:
+    return await start_service(smtp_server)
+
+
+def email_action(**overrides: Any) -> dict[str, Any]:
+    action = {"type": "send_email", "to": ["ann.customer@example.com"], "subject": "Your refund",
+              "body": "Dear Ann,\n\nYour refund was issued today.\n\nKind regards,\nSupport"}
+    action.update(overrides)
+    return action

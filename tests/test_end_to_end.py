@@ -1,0 +1,198 @@
+"""The whole path over HTTP: signed webhook -> pending approval -> API decision -> email at a
+real SMTP server (STARTTLS + AUTH required) -> recorded, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from service.domain import EmailAction
+from service.mail.message import content_of
+
+from .conftest import Service, email_action
+from .peers.smtp import SmtpServer
+
+
+async def test_webhook_to_approved_email(service: Service, smtp_server: SmtpServer) -> None:
+    body = {"action": email_action(cc=["billing@example.com"], in_reply_to="<original-123@customer.example.com>",
+                                   references=["<thread-1@customer.example.com>"]),
+            "requested_by": "ops-bot", "metadata": {"ticket": "T-42"}}
+    accepted = await service.create_run(body, auth="webhook")
+    assert accepted["status"] == "awaiting_approval"
+    assert accepted["url"] == f"http://countersign.test/api/runs/{accepted['id']}"
+
+    run = await service.run(accepted["id"])
+    assert run["status"] == "awaiting_approval" and run["metadata"] == {"ticket": "T-42"}
+    [approval] = run["approvals"]
+    assert approval["status"] == "pending" and approval["action"]["subject"] == "Your refund"
+    assert smtp_server.messages() == []
+
+    status, decision = await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    assert status == 200, decision
+    assert decision["status"] == "approved"
+
+    run = await service.wait_status(accepted["id"], "completed")
+    [message] = smtp_server.messages()
+    assert message["From"] == "Support Team <support@example.com>"
+    assert message["To"] == "ann.customer@example.com"
+    assert message["Cc"] == "billing@example.com"
+    assert message["Reply-To"] == "help@example.com"
+    assert message["Subject"] == "Your refund"
+    assert message["In-Reply-To"] == "<original-123@customer.example.com>"
+    assert message["References"].split() == ["<thread-1@customer.example.com>", "<original-123@customer.example.com>"]
+    assert message["Message-ID"].endswith("@countersign.example.com>")
+    assert message["Date"] is not None
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text == body["action"]["body"] + "\n"
+    html = message.get_body(("html",)).get_content()
+    assert "<p>Dear Ann,</p>" in html
+
+    # What was approved is what was sent, and the record proves it.
+    [delivery] = run["deliveries"]
+    assert delivery["status"] == "sent" and delivery["message_id"] == message["Message-ID"]
+    assert delivery["smtp_reply"].startswith("250")
+    [raw] = smtp_server.raw_messages()
+    assert delivery["approved_sha256"] == delivery["sent_sha256"] == content_of(raw).content_sha256()
+    assert run["approvals"][0]["approved_sha256"] == delivery["approved_sha256"]
+    events = [e["event"] for e in run["timeline"]]
+    assert events == ["run.created", "approval.requested", "decision.approve", "run.delivering", "delivery.sent",
+                      "run.completed"]
+
+
+async def test_reject_sends_nothing(service: Service, smtp_server: SmtpServer) -> None:
+    accepted = await service.create_run({"action": email_action()})
+    run = await service.run(accepted["id"])
+    approval_id = run["approvals"][0]["id"]
+    status, decision = await service.decide(approval_id, {"decision": "reject", "reviewer": {"id": "rita"},
+                                                          "reason": "Refund not yet approved by finance"})
+    assert status == 200 and decision["status"] == "rejected"
+    run = await service.wait_status(accepted["id"], "rejected")
+    assert run["failure_reason"] == "Refund not yet approved by finance"
+    assert run["deliveries"] == [] and [j for j in run["jobs"] if j["kind"] == "send_email"] == []
+    assert smtp_server.messages() == []
+
+
+async def test_edit_and_approve_sends_the_edit(service: Service, smtp_server: SmtpServer) -> None:
+    accepted = await service.create_run({"action": email_action()})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    edited = "Dear Ann,\r\n\r\nYour refund of EUR 40 was issued today.\r\n\r\nBest,\r\nRita\r\n"
+    status, _ = await service.decide(approval_id, {"decision": "edit", "reviewer": {"id": "rita"},
+                                                   "subject": "Your refund (EUR 40)", "body": edited})
+    assert status == 200
+    run = await service.wait_status(accepted["id"], "completed")
+    [message] = smtp_server.messages()
+    assert message["Subject"] == "Your refund (EUR 40)"
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == edited.replace("\r\n", "\n")
+    approved = EmailAction.from_dict(run["approvals"][0]["approved_action"])
+    assert approved.body == edited.replace("\r\n", "\n").rstrip("\n")
+    assert run["deliveries"][0]["sent_sha256"] == approved.content_sha256()
+
+
+async def test_second_decision_changes_nothing(service: Service, smtp_server: SmtpServer) -> None:
+    accepted = await service.create_run({"action": email_action()})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    first = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "rita"}})
+    again = await service.decide(approval_id, {"decision": "reject", "reviewer": {"id": "sam"}, "reason": "no"})
+    assert first[0] == 200
+    assert again[0] == 409 and again[1]["detail"].endswith("already approved")
+    run = await service.wait_status(accepted["id"], "completed")
+    assert len(run["decisions"]) == 1 and len(smtp_server.messages()) == 1
+    assert "decision.refused" in [e["event"] for e in run["timeline"]]
+
+
+async def test_policy_reviewers_and_self_approval(service: Service, smtp_server: SmtpServer) -> None:
+    accepted = await service.create_run({"action": email_action(), "requested_by": "rita@example.com",
+                                         "policy": {"reviewers": ["rita@example.com", "sam@example.com"]}})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    status, problem = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "mallory@example.com"}})
+    assert status == 403 and "not among the reviewers" in problem["detail"]
+    status, problem = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "RITA@example.com"}})
+    assert status == 403 and "self-approval" in problem["detail"]
+    status, _ = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "x1", "email": "sam@example.com"}})
+    assert status == 200
+    run = await service.wait_status(accepted["id"], "completed")
+    refused = [e for e in run["timeline"] if e["event"] == "decision.refused"]
+    assert [e["actor"] for e in refused] == ["mallory@example.com", "RITA@example.com"]
+
+
+async def test_cancel_then_decide(service: Service, smtp_server: SmtpServer) -> None:
+    accepted = await service.create_run({"action": email_action()})
+    status, run, _ = await service.request("POST", f"/api/runs/{accepted['id']}/cancel", body={"reason": "customer called"})
+    assert status == 200 and run["status"] == "cancelled"
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    status, problem = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "rita"}})
+    assert status == 409
+    status, problem, _ = await service.request("POST", f"/api/runs/{accepted['id']}/cancel")
+    assert status == 409 and problem["type"].endswith("invalid_transition")
+    assert smtp_server.messages() == []
+
+
+async def test_idempotency_key(service: Service) -> None:
+    body = {"action": email_action()}
+    headers = {"Idempotency-Key": "order-77-reply"}
+    s1, first, _ = await service.request("POST", "/api/runs", body=body, headers=headers)
+    s2, second, h2 = await service.request("POST", "/api/runs", raw=json.dumps(body, indent=2).encode(), headers=headers)
+    assert s1 == s2 == 202 and first["id"] == second["id"] and h2["Idempotent-Replayed"] == "true"
+    s3, problem, _ = await service.request("POST", "/api/runs", body={"action": email_action(subject="Other")}, headers=headers)
+    assert s3 == 409 and problem["type"].endswith("idempotency_key_reused")
+    status, page, _ = await service.request("GET", "/api/runs")
+    assert [r["id"] for r in page["items"]] == [first["id"]]
+
+
+async def test_list_runs_filters_and_paginates(service: Service) -> None:
+    ids = [(await service.create_run({"action": email_action(subject=f"n{i}")}))["id"] for i in range(5)]
+    await service.request("POST", f"/api/runs/{ids[0]}/cancel")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        path = "/api/runs?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, page, _ = await service.request("GET", path)
+        assert status == 200 and len(page["items"]) <= 2
+        seen += [r["id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    status, page, _ = await service.request("GET", "/api/runs?status=cancelled")
+    assert [r["id"] for r in page["items"]] == [ids[0]]
+
+
+async def test_callback_is_signed_and_retried(start_service, smtp_server: SmtpServer) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from service.signing import verify
+
+    from .conftest import WEBHOOK_SECRET, free_port
+
+    received: list[tuple[bytes, str]] = []
+    answers = [503, 200]
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.read(), request.headers.get("X-Countersign-Signature", "")))
+        return web.Response(status=answers.pop(0) if answers else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        service = await start_service(smtp_server)
+        accepted = await service.create_run({"action": email_action(), "callback_url": str(server.make_url("/hook"))})
+        approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+        await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "rita"}})
+        run = await service.wait_for(accepted["id"], lambda r: "callback.delivered" in [e["event"] for e in r["timeline"]])
+        assert len(received) == 2
+        body, signature = received[-1]
+        import time
+        verify(WEBHOOK_SECRET, signature, body, now=time.time(), tolerance=300)
+        payload = json.loads(body)
+        assert payload["event"] == "run.completed" and payload["run"]["id"] == accepted["id"]
+        assert [j["attempts"] for j in run["jobs"] if j["kind"] == "callback"] == [2]
+    finally:
+        await server.close()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
