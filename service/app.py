@@ -94,7 +94,7 @@ async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool
     )
     worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
                     timeout_seconds=settings.job_timeout_seconds)
-    if run_workers:
+    if run_workers and settings.worker_concurrency > 0:
         worker.start()
     try:
         yield

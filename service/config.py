@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     message_id_domain: str = "countersign.local"
 
     # Jobs.
-    worker_concurrency: int = 8
+    worker_concurrency: int = 8  # 0: this process runs no jobs (API only)
     job_lease_seconds: float = 120.0
     job_timeout_seconds: float = 60.0
     job_max_attempts: int = 8

@@ -78,10 +78,11 @@ class EmailDelivery:
                 sending_at=tx.now, attempts=t.deliveries.c.attempts + 1,
             ))
 
-        await self.store.write(mark_sending)
         action = EmailAction.from_dict(row.action)
         recipients = [addr for _, addr in getaddresses([*action.to, *action.cc])]
-        reply = await self.transport.send(mime, parseaddr(self.sender)[1], recipients)
+        async with self.transport.session() as smtp:
+            await self.store.write(mark_sending)
+            reply = await smtp.send(mime, parseaddr(self.sender)[1], recipients)
 
         async def record_sent(tx: Tx) -> None:
             await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(

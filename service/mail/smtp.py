@@ -4,9 +4,11 @@ several emails are due, and SMTP replies sorted into transient and permanent fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -29,6 +31,27 @@ class SmtpReply:
         if self.refused:
             text += f" (refused: {', '.join(f'{r}: {m}' for r, m in self.refused.items())})"
         return text
+
+
+class SmtpSession:
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self.broken = False
+
+    async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SmtpReply:
+        """Send one message. Raises `TransientError` or `PermanentError` with the server's words."""
+        try:
+            refused, message = await self.client.sendmail(sender, recipients, mime)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise _classify(exc.recipients[0] if exc.recipients else exc) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self.broken = True
+            raise _classify(exc) from exc
+        code, _, text = message.partition(" ")
+        return SmtpReply(
+            code=int(code) if code.isdigit() else 250, message=text or message,
+            refused={r: f"{resp.code} {resp.message}" for r, resp in refused.items()},
+        )
 
 
 @dataclass
@@ -91,29 +114,30 @@ class SmtpTransport:
             return conn
         return _Connection(await self._connect(), time.monotonic())
 
-    async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SmtpReply:
-        """Send one message. Raises `TransientError` or `PermanentError` with the server's words."""
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[SmtpSession]:
+        """An authenticated connection from the pool, returned to it afterwards.
+
+        Failing to get one raises `TransientError`/`PermanentError` before anything is sent,
+        so the caller can record "sending" only once a message is really about to go out."""
         async with self._slots:
-            conn: _Connection | None = None
             try:
                 conn = await self._checkout()
-                refused, message = await conn.client.sendmail(sender, recipients, mime)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                raise _classify(exc.recipients[0] if exc.recipients else exc) from exc
-            except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                if conn is not None:
-                    await _quit_quietly(conn.client)
-                    conn = None
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 raise _classify(exc) from exc
+            session = SmtpSession(conn.client)
+            try:
+                yield session
             finally:
-                if conn is not None:
+                if session.broken:
+                    await _quit_quietly(conn.client)
+                else:
                     conn.last_used = time.monotonic()
                     self._idle.append(conn)
-        code, _, text = message.partition(" ")
-        return SmtpReply(
-            code=int(code) if code.isdigit() else 250, message=text or message,
-            refused={r: f"{resp.code} {resp.message}" for r, resp in refused.items()},
-        )
+
+    async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SmtpReply:
+        async with self.session() as session:
+            return await session.send(mime, sender, recipients)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -22,6 +22,7 @@ class TlsFiles:
 
 
 def make_tls_files(directory: Path) -> TlsFiles:
+    directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Countersign test CA")])

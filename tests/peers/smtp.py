@@ -66,6 +66,12 @@ class SmtpServer:
                 and auth_data.password.decode() == PASSWORD
             return AuthResult(success=ok, handled=False)
 
+        self._authenticate = authenticate
+        self._context = context
+        self.port = port
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
         outer = self
 
         class CountingController(Controller):
@@ -73,19 +79,19 @@ class SmtpServer:
                 outer.connections += 1
                 return super().factory()
 
+        # A stopped controller cannot start again: each start builds a new one.
         self.controller = CountingController(
-            self.handler, hostname="127.0.0.1", port=port, server_hostname="localhost", tls_context=context,
-            require_starttls=True, auth_require_tls=True, authenticator=authenticate, auth_exclude_mechanism=["CRAM-MD5"],
-            ready_timeout=10,
+            self.handler, hostname="127.0.0.1", port=self.port, server_hostname="localhost",
+            tls_context=self._context, require_starttls=True, auth_require_tls=True,
+            authenticator=self._authenticate, auth_exclude_mechanism=["CRAM-MD5"], ready_timeout=10,
         )
-        self.port = port
-
-    def start(self) -> None:
         self.controller.start()
         self.connections = 0
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
 
     def messages(self) -> list[EmailMessage]:
         box = mailbox.Maildir(self.maildir_path, create=False)

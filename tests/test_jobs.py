@@ -1,0 +1,220 @@
+"""The store and the jobs table, on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from service.jobs import Job, JobHandler, JobQueue, JobStatus, LeaseLost, PermanentError, TransientError, Worker
+from service.store import tables as t
+from service.store.db import Store, Tx
+from service.store.migrate import upgrade
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = Store.from_url(db_url)
+    await upgrade(s.writer_engine)
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def _second_store(db_url: str) -> Store:
+    """Another connection pool and writer on the same database: a second service process."""
+    s = Store.from_url(db_url)
+    await s.start()
+    return s
+
+
+def _queue(store: Store, **kw: object) -> JobQueue:
+    return JobQueue(store, max_attempts=3, lease_seconds=30, backoff_base=0.01, backoff_max=0.05, **kw)  # type: ignore[arg-type]
+
+
+async def _enqueue(queue: JobQueue, kind: str, n: int, **kw: object) -> list[str]:
+    async def op(tx: Tx) -> list[str]:
+        return [await queue.enqueue(tx, kind, {"n": i}, **kw) for i in range(n)]  # type: ignore[arg-type]
+
+    return await queue.store.write(op)
+
+
+async def _jobs(store: Store) -> list[Job]:
+    async def q(conn: sa.ext.asyncio.AsyncConnection) -> list[Job]:
+        return [Job.from_row(r) for r in await conn.execute(sa.select(t.jobs).order_by(t.jobs.c.created_at))]
+
+    return await store.read(q)
+
+
+async def _wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_two_workers_never_run_a_job_twice(store: Store, db_url: str) -> None:
+    other = await _second_store(db_url)
+    runs: Counter[int] = Counter()
+
+    async def handle(job: Job) -> None:
+        runs[job.payload["n"]] += 1
+        await asyncio.sleep(0.001)
+
+    queues = [_queue(store), _queue(other)]
+    for q in queues:
+        q.register("count", JobHandler(run=handle))
+    await _enqueue(queues[0], "count", 300)
+    workers = [Worker(q, concurrency=8, poll_seconds=0.01) for q in queues]
+    for w in workers:
+        w.start()
+    try:
+        async def all_done() -> bool:
+            return all(j.status is JobStatus.DONE for j in await _jobs(store))
+
+        await _wait_until(all_done)
+    finally:
+        for w in workers:
+            await w.stop()
+        await other.close()
+    assert sorted(runs) == list(range(300))
+    assert set(runs.values()) == {1}
+
+
+async def test_transient_failures_retry_with_backoff_then_dead_letter(store: Store) -> None:
+    queue = _queue(store)
+    seen: list[int] = []
+    dead_hook: list[str] = []
+
+    async def flaky(job: Job) -> None:
+        seen.append(job.attempts)
+        raise TransientError("connection refused")
+
+    async def on_dead(tx: Tx, job: Job, error: str) -> None:
+        dead_hook.append(error)
+
+    queue.register("flaky", JobHandler(run=flaky, on_dead=on_dead))
+    [job_id] = await _enqueue(queue, "flaky", 1)
+    worker = Worker(queue, poll_seconds=0.01)
+    worker.start()
+    try:
+        async def dead() -> bool:
+            return (await _jobs(store))[0].status is JobStatus.DEAD
+
+        await _wait_until(dead)
+    finally:
+        await worker.stop()
+    [job] = await _jobs(store)
+    assert seen == [1, 2, 3] and job.attempts == 3
+    assert job.last_error == "TransientError: connection refused"
+    assert dead_hook == ["TransientError: connection refused"]
+
+    retried = await queue.retry_dead(job_id, actor="operator")
+    assert retried.status is JobStatus.QUEUED and retried.attempts == 0
+    with pytest.raises(Exception, match="only dead jobs"):
+        await queue.retry_dead(job_id, actor="operator")
+
+
+async def test_permanent_failure_goes_straight_to_dead_letters(store: Store) -> None:
+    queue = _queue(store)
+    calls = 0
+
+    async def broken(job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("550 mailbox unavailable")
+
+    queue.register("broken", JobHandler(run=broken))
+    await _enqueue(queue, "broken", 1)
+    [job] = await queue.lease(10)
+    worker = Worker(queue)
+    await worker._run(job)
+    [stored] = await _jobs(store)
+    assert calls == 1 and stored.status is JobStatus.DEAD and "550" in (stored.last_error or "")
+
+
+async def test_retry_after_is_honoured(store: Store) -> None:
+    queue = _queue(store)
+
+    async def throttled(job: Job) -> None:
+        raise TransientError("429", retry_after=30)
+
+    queue.register("throttled", JobHandler(run=throttled))
+    await _enqueue(queue, "throttled", 1)
+    [job] = await queue.lease(1)
+    await Worker(queue)._run(job)
+    [stored] = await _jobs(store)
+    assert stored.status is JobStatus.QUEUED
+    assert stored.due_at - job.due_at >= timedelta(seconds=29)
+
+
+async def test_timer_is_not_leased_before_it_is_due(store: Store) -> None:
+    queue = _queue(store)
+    queue.register("timer", JobHandler(run=lambda job: asyncio.sleep(0)))  # type: ignore[arg-type,return-value]
+
+    async def op(tx: Tx) -> None:
+        await queue.enqueue(tx, "timer", {}, due_at=tx.now + timedelta(hours=1))
+        await queue.enqueue(tx, "timer", {"now": True})
+
+    await store.write(op)
+    leased = await queue.lease(10)
+    assert [j.payload for j in leased] == [{"now": True}]
+    assert await queue.lease(10) == []
+
+
+async def test_expired_lease_is_taken_over_and_the_old_worker_cannot_finish(store: Store) -> None:
+    queue = JobQueue(store, lease_seconds=0.05, max_attempts=5)
+    queue.register("slow", JobHandler(run=lambda job: asyncio.sleep(0)))  # type: ignore[arg-type,return-value]
+    await _enqueue(queue, "slow", 1)
+    [first] = await queue.lease(1)
+    await asyncio.sleep(0.1)  # the first worker "hangs" past its lease
+    [second] = await queue.lease(1)
+    assert second.id == first.id and second.lease_token != first.lease_token and second.attempts == 2
+    with pytest.raises(LeaseLost):
+        await queue.finish(first, None)
+    await queue.finish(second, None)
+    [stored] = await _jobs(store)
+    assert stored.status is JobStatus.DONE
+
+
+async def test_outcome_is_rolled_back_when_the_lease_is_lost(store: Store) -> None:
+    queue = JobQueue(store, lease_seconds=0.05)
+    queue.register("k", JobHandler(run=lambda job: asyncio.sleep(0)))  # type: ignore[arg-type,return-value]
+    await _enqueue(queue, "k", 1)
+    [first] = await queue.lease(1)
+    await asyncio.sleep(0.1)
+    await queue.lease(1)
+
+    async def outcome(tx: Tx) -> None:
+        tx.audit("should.not.exist", run_id=None, actor="test")
+
+    with pytest.raises(LeaseLost):
+        await queue.finish(first, outcome)
+
+    async def kinds(conn: sa.ext.asyncio.AsyncConnection) -> list[str]:
+        return list((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
+
+    assert "should.not.exist" not in await store.read(kinds)
+
+
+async def test_one_failing_op_does_not_fail_its_batch_neighbours(store: Store) -> None:
+    async def good(tx: Tx) -> str:
+        tx.audit("good", run_id=None, actor="test")
+        return "ok"
+
+    async def bad(tx: Tx) -> str:
+        tx.audit("bad", run_id=None, actor="test")
+        raise ValueError("boom")
+
+    results = await asyncio.gather(*(store.write(good if i % 5 else bad) for i in range(50)), return_exceptions=True)
+    assert sum(r == "ok" for r in results) == 40
+    assert all(isinstance(r, ValueError) for i, r in enumerate(results) if i % 5 == 0)
+
+    async def kinds(conn: sa.ext.asyncio.AsyncConnection) -> Counter[str]:
+        return Counter((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
+
+    assert await store.read(kinds) == Counter({"good": 40})

@@ -1,0 +1,110 @@
+"""SMTP delivery against the real aiosmtpd server: retries, dead letters, reuse, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from .conftest import Service, StartService, email_action, free_port
+from .peers.smtp import SmtpServer
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+async def _approved_run(service: Service, **action: Any) -> str:
+    accepted = await service.create_run({"action": email_action(**action)})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    status, _ = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "rita"}})
+    assert status == 200
+    return accepted["id"]
+
+
+@sqlite_only
+async def test_transient_reply_is_retried(service: Service, smtp_server: SmtpServer) -> None:
+    smtp_server.handler.fail_next = ["451 4.7.1 greylisted, try again", "421 4.3.2 shutting down"]
+    run_id = await _approved_run(service)
+    run = await service.wait_status(run_id, "completed")
+    assert len(smtp_server.messages()) == 1
+    [job] = [j for j in run["jobs"] if j["kind"] == "send_email"]
+    assert job["attempts"] == 3 and job["status"] == "done"
+
+
+async def test_permanent_reply_dead_letters_then_operator_retry(service: Service, smtp_server: SmtpServer) -> None:
+    smtp_server.handler.fail_next = ["550 5.1.1 mailbox unavailable"]
+    run_id = await _approved_run(service)
+    run = await service.wait_status(run_id, "failed")
+    assert "550 5.1.1 mailbox unavailable" in run["failure_reason"]
+    assert run["deliveries"][0]["status"] == "failed"
+    [job] = [j for j in run["jobs"] if j["kind"] == "send_email"]
+    assert job["status"] == "dead" and job["attempts"] == 1
+    status, page, _ = await service.request("GET", "/api/jobs?status=dead")
+    assert status == 200 and [j["id"] for j in page["items"]] == [job["id"]]
+    assert smtp_server.messages() == []
+
+    status, retried, _ = await service.request("POST", f"/api/jobs/{job['id']}/retry")
+    assert status == 200 and retried["status"] == "queued"
+    run = await service.wait_status(run_id, "completed")
+    assert len(smtp_server.messages()) == 1
+    events = [e["event"] for e in run["timeline"]]
+    assert events.index("job.dead") < events.index("run.failed") < events.index("job.retried") < events.index("delivery.sent")
+
+
+@sqlite_only
+async def test_wrong_password_is_a_clear_dead_letter(start_service: StartService, smtp_server: SmtpServer) -> None:
+    service = await start_service(smtp_server, smtp_password="wrong")
+    run_id = await _approved_run(service)
+    run = await service.wait_status(run_id, "failed")
+    assert "535" in run["failure_reason"] and "COUNTERSIGN_SMTP_PASSWORD" in run["failure_reason"]
+    assert "wrong" not in run["failure_reason"]  # never the secret itself
+
+
+@sqlite_only
+async def test_untrusted_certificate_is_refused(start_service: StartService, smtp_server: SmtpServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from .peers.certs import make_tls_files
+
+    other_ca = make_tls_files(tmp_path / "other").ca_cert
+    service = await start_service(smtp_server, smtp_ca_file=str(other_ca), job_max_attempts=2)
+    run_id = await _approved_run(service)
+    run = await service.wait_status(run_id, "failed")
+    assert "CERTIFICATE_VERIFY_FAILED" in run["failure_reason"] or "certificate" in run["failure_reason"].lower()
+    assert smtp_server.messages() == []
+
+
+@sqlite_only
+async def test_server_down_then_up(start_service: StartService, smtp_server: SmtpServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    smtp_server.stop()
+    service = await start_service(smtp_server, job_max_attempts=50)
+    run_id = await _approved_run(service)
+    await asyncio.sleep(0.5)
+    run = await service.run(run_id)
+    [job] = [j for j in run["jobs"] if j["kind"] == "send_email"]
+    assert run["status"] == "delivering" and job["attempts"] >= 2
+    assert "Connect call failed" in job["last_error"]
+    assert run["deliveries"][0]["status"] == "queued"  # nothing was ever handed to a server
+    smtp_server.start()
+    await service.wait_status(run_id, "completed")
+    assert len(smtp_server.messages()) == 1
+
+
+@sqlite_only
+async def test_connection_is_reused_for_emails_due_together(start_service: StartService, smtp_server: SmtpServer) -> None:
+    service = await start_service(smtp_server, worker_concurrency=1, smtp_pool_size=1)
+    run_ids = [await _approved_run(service, subject=f"n{i}") for i in range(6)]
+    for run_id in run_ids:
+        await service.wait_status(run_id, "completed")
+    assert len(smtp_server.messages()) == 6
+    assert smtp_server.connections == 1
+
+
+@sqlite_only
+async def test_header_injection_cannot_reach_the_wire(service: Service, smtp_server: SmtpServer) -> None:
+    """Bodies with header-looking lines and markup stay body text; HTML is escaped."""
+    body = "Hello\nBcc: attacker@evil.example\n\n<script>alert(1)</script> [click](http://evil.example)"
+    run_id = await _approved_run(service, body=body)
+    await service.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert message["Bcc"] is None
+    html = message.get_body(("html",)).get_content()
+    assert "<script>" not in html and "&lt;script&gt;" in html
