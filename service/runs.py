@@ -145,7 +145,15 @@ class Runs:
             tx.after_commit(metrics.RUNS_CREATED.labels(kind=kind).inc)
             return CreatedRun(run_id, replayed=False)
 
-        return await self.store.write(op)
+        for attempt in range(3):
+            try:
+                return await self.store.write(op)
+            except sa.exc.IntegrityError:
+                # Another process inserted the same Idempotency-Key between our look-up and
+                # our insert. Its row is committed now: the next attempt replays it (or 409s).
+                if not new.idempotency_key or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def add_approval(
         self, tx: Tx, run_id: str, revision: int, action: EmailAction, policy: Policy, requested_by: str | None
