@@ -37,6 +37,22 @@ def ensure_installed(extra: str | None) -> None:
     stamp.write_text(digest)
 
 
+def ensure_postgres_server() -> None:
+    """The tests start a real PostgreSQL server; install Debian's if this machine has none."""
+    import glob
+    import shutil
+
+    if glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        print("dev.py: installing the PostgreSQL server for the tests (apt-get install postgresql)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env)
+        return
+    sys.exit("dev.py: the tests need PostgreSQL's server binaries (initdb, pg_ctl); install your OS's postgresql package")
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "help"
     rest = sys.argv[2:]
@@ -45,6 +61,7 @@ def main() -> int:
         return subprocess.call([str(BIN / "countersign"), "serve", *rest], cwd=ROOT)
     if command == "test":
         ensure_installed("test")
+        ensure_postgres_server()
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
     print(__doc__)
     return 0 if command == "help" else 2
