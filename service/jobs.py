@@ -164,7 +164,9 @@ class JobQueue:
         now = utcnow()
 
         async def q(conn: Any) -> bool:
-            row = (await conn.execute(sa.select(t.jobs.c.id).where(*self._due(now)).limit(1))).first()
+            row = (await conn.execute(
+                sa.select(t.jobs.c.id).where(*self._due(now), t.jobs.c.kind.in_(list(self.handlers))).limit(1)
+            )).first()
             return row is not None
 
         return await self.store.read(q)
