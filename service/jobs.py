@@ -152,10 +152,12 @@ class JobQueue:
         return job_id
 
     async def cancel_for_run(self, tx: Tx, run_id: str) -> int:
-        kinds = [k for k, h in self.handlers.items() if h.cancel_with_run]
+        # Everything queued for the run goes, except kinds that must outlive it (the
+        # callback announcing the cancellation, a delivery already under way).
+        keep = [k for k, h in self.handlers.items() if not h.cancel_with_run]
         result = await tx.conn.execute(
             t.jobs.update()
-            .where(t.jobs.c.run_id == run_id, t.jobs.c.status == JobStatus.QUEUED.value, t.jobs.c.kind.in_(kinds))
+            .where(t.jobs.c.run_id == run_id, t.jobs.c.status == JobStatus.QUEUED.value, t.jobs.c.kind.not_in(keep))
             .values(status=JobStatus.CANCELLED.value, finished_at=tx.now, updated_at=tx.now)
         )
         return result.rowcount
