@@ -53,6 +53,21 @@ def ensure_postgres_server() -> None:
     sys.exit("dev.py: the tests need PostgreSQL's server binaries (initdb, pg_ctl); install your OS's postgresql package")
 
 
+def ensure_node() -> None:
+    """The Adaptive Card tests run the official renderer (npm `adaptivecards`) under Node."""
+    import shutil
+
+    if shutil.which("node") and shutil.which("npm"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        print("dev.py: installing Node.js for the card renderer tests (apt-get install nodejs npm)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"], check=True, env=env)
+        return
+    sys.exit("dev.py: the tests need Node.js 18+ and npm (the official Adaptive Cards renderer runs on it)")
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "help"
     rest = sys.argv[2:]
@@ -62,6 +77,7 @@ def main() -> int:
     if command == "test":
         ensure_installed("test")
         ensure_postgres_server()
+        ensure_node()
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
     print(__doc__)
     return 0 if command == "help" else 2

@@ -1,0 +1,45 @@
+"""Adaptive Card builders for approvals (pure: standard library only, no I/O).
+
+The Teams adapter builds an `ApprovalView` and calls one of the builders; see
+`approval.py` for the cards and their actions, `text.py` for how untrusted text is
+escaped and `size.py` for the size budget.
+"""
+
+from .approval import (
+    INPUT_BODY,
+    INPUT_REASON,
+    INPUT_SUBJECT,
+    VERB_APPROVE,
+    VERB_EDIT,
+    VERB_REJECT,
+    CardTooLarge,
+    action_data,
+    build_card,
+    build_final_card,
+    build_not_allowed_card,
+    build_pending_card,
+)
+from .elements import CARD_VERSION
+from .size import CARD_BUDGET_BYTES, card_size
+from .view import ApprovalView, DeliveryView, SourceView
+
+__all__ = [
+    "CARD_BUDGET_BYTES",
+    "CARD_VERSION",
+    "INPUT_BODY",
+    "INPUT_REASON",
+    "INPUT_SUBJECT",
+    "VERB_APPROVE",
+    "VERB_EDIT",
+    "VERB_REJECT",
+    "ApprovalView",
+    "CardTooLarge",
+    "DeliveryView",
+    "SourceView",
+    "action_data",
+    "build_card",
+    "build_final_card",
+    "build_not_allowed_card",
+    "build_pending_card",
+    "card_size",
+]

@@ -30,7 +30,8 @@ from .domain import (
 )
 from .jobs import JobQueue
 from .policy import Policy, check_reviewer
-from .runs import NotFound, Runs
+from .domain import NotFound
+from .runs import Runs
 from .store import tables as t
 from .store.db import Store, Tx
 

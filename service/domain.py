@@ -78,6 +78,15 @@ class DomainError(Exception):
         self.context = context
 
 
+class NotFound(LookupError):
+    """No such run, approval or job."""
+
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident} not found")
+        self.what = what
+        self.ident = ident
+
+
 class NotAllowed(DomainError):
     code = "not_allowed"
 

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
-from .domain import InvalidTransition
+from .domain import InvalidTransition, NotFound
 from .store import tables as t
 from .store.db import Op, Store, Tx, utcnow
 
@@ -254,7 +254,7 @@ class JobQueue:
         async def op(tx: Tx) -> Job:
             row = (await tx.conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).first()
             if row is None:
-                raise LookupError(f"job {job_id} not found")
+                raise NotFound("job", job_id)
             job = Job.from_row(row)
             if job.status is not JobStatus.DEAD:
                 raise InvalidTransition(f"job {job_id} is {job.status.value}; only dead jobs can be retried", job_id=job_id)

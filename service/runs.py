@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import metrics
-from .domain import ApprovalStatus, EmailAction, InvalidTransition, RunStatus
+from .domain import ApprovalStatus, EmailAction, InvalidTransition, NotFound, RunStatus
 from .jobs import Job, JobQueue
 from .policy import Policy
 from .store import tables as t
@@ -19,13 +19,6 @@ from .store.db import Store, Tx
 
 CALLBACK_JOB = "callback"
 AGENT_DRAFT_JOB = "agent.draft"
-
-
-class NotFound(LookupError):
-    def __init__(self, what: str, ident: str) -> None:
-        super().__init__(f"{what} {ident} not found")
-        self.what = what
-        self.ident = ident
 
 
 class IdempotencyConflict(Exception):

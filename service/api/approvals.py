@@ -12,6 +12,7 @@ from ..domain import Channel, DecisionKind, DecisionRequest, Reviewer
 from .body import parse, read_authenticated
 from .deps import SERVICES
 from .errors import ApiError
+from .params import path_id
 from .schemas import DecisionIn
 
 
@@ -20,7 +21,7 @@ async def decide(request: web.Request) -> web.Response:
     body, _principal = await read_authenticated(request)
     data = parse(DecisionIn, body, request)
     outcome = await services.decisions.decide(DecisionRequest(
-        approval_id=request.match_info["approval_id"], kind=DecisionKind(data.decision),
+        approval_id=path_id(request, "approval_id", "approval"), kind=DecisionKind(data.decision),
         reviewer=Reviewer(id=data.reviewer.id, name=data.reviewer.name, email=data.reviewer.email),
         channel=Channel.API, reason=data.reason, subject=data.subject, body=data.body,
     ))

@@ -24,8 +24,9 @@ class ApiAuth:
         authorization = request.headers.get("Authorization")
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
+            # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
             if scheme.lower() == "bearer" and self.api_token and token and hmac.compare_digest(
-                token.strip().encode(), self.api_token.encode()
+                token.strip().encode("utf-8", "surrogateescape"), self.api_token.encode()
             ):
                 return "token"
             raise self._unauthorized("the bearer token is not valid")

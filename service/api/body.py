@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .deps import SERVICES
-from .errors import ApiError, validation_errors
+from .errors import ROOT_FIELD, ApiError, validation_errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,9 +30,14 @@ def parse(model: type[M], body: bytes, request: web.Request, *, allow_empty: boo
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        errors = validation_errors(exc)
-        if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
-            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {errors[0]['message']}") from None
-        if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors(include_url=False)):
-            raise ApiError(422, "validation_error", "the body must be a JSON object") from None
-        raise ApiError(422, "validation_error", "the request body is not valid", errors) from None
+        details = exc.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in details):
+            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {details[0]['msg']}") from None
+        if any(e["type"] == "model_type" and not e["loc"] for e in details):
+            raise ApiError(422, "validation_error", "the body must be a JSON object",
+                           [{"field": ROOT_FIELD, "message": "must be a JSON object"}]) from None
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # pydantic read it; the standard library should too, but never 500 over it
+            raise ApiError(422, "validation_error", "the request body is not valid", validation_errors(exc)) from None
+        raise ApiError(422, "validation_error", "the request body is not valid", validation_errors(exc, data)) from None

@@ -14,9 +14,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .. import metrics
-from ..domain import DomainError
+from ..domain import DomainError, NotFound
 from ..logs import request_id
-from ..runs import IdempotencyConflict, NotFound
+from ..runs import IdempotencyConflict
 
 log = logging.getLogger("service.api")
 PROBLEM_JSON = "application/problem+json"
@@ -48,13 +48,52 @@ def problem(status: int, code: str, detail: str, errors: list[dict[str, str]] | 
     return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers)
 
 
-def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    out = []
+_MISSING = object()
+ROOT_FIELD = "$"  # the body as a whole (not its `body` member, which DecisionIn has)
+
+
+def _field_path(loc: tuple[int | str, ...], data: Any, missing: bool) -> list[int | str]:
+    """The error's location as the caller wrote it: pydantic puts union branch labels in
+    `loc` ("send_email" for a tagged action, "function-after[...]" or "PolicyIn" for a
+    plain union); walking the submitted JSON alongside tells those apart from real keys."""
+    if data is _MISSING:
+        return list(loc)
+    path: list[int | str] = []
+    current = data
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and isinstance(current, list) and 0 <= part < len(current):
+            path.append(part)
+            current = current[part]
+        elif isinstance(part, str) and isinstance(current, dict) and part in current:
+            path.append(part)
+            current = current[part]
+        elif missing and i == len(loc) - 1:
+            path.append(part)  # the missing field itself
+        # else: a union branch label, not part of the document
+    return path
+
+
+def _dotted(path: list[int | str]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_errors(exc: ValidationError, data: Any = _MISSING) -> list[dict[str, str]]:
+    """`[{field, message}]` for a pydantic error; `data` is the submitted JSON, when there is one."""
+    out: list[dict[str, str]] = []
     for err in exc.errors(include_url=False):
-        loc = ""
-        for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-        out.append({"field": loc or "body", "message": err["msg"]})
+        path = _field_path(tuple(err["loc"]), data, err["type"] == "missing")
+        message = err["msg"]
+        cause = (err.get("ctx") or {}).get("error")
+        if err["type"] == "value_error" and isinstance(cause, ValueError):
+            message = str(cause)  # without pydantic's "Value error, " prefix
+        fields = [_dotted([*path, f]) for f in getattr(cause, "fields", ())] or [_dotted(path) or ROOT_FIELD]
+        for field in fields:
+            entry = {"field": field, "message": message}
+            if entry not in out:
+                out.append(entry)
     return out
 
 
@@ -63,10 +102,18 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPNotFound) and exc.text == "404: Not Found":
+        return f"no route matches {request.path}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}"
+    return exc.text or exc.reason
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request.headers.get("X-Request-Id") or str(uuid.uuid4())
-    if len(rid) > 128 or not rid.isprintable():
+    if len(rid) > 128 or not (rid.isascii() and rid.isprintable()):  # it is echoed in a header and logs
         rid = str(uuid.uuid4())
     token = request_id.set(rid)
     started = time.perf_counter()
@@ -84,12 +131,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except DomainError as exc:
             field = exc.context.get("field")
             response = problem(409, exc.code, exc.message, [{"field": field, "message": exc.message}] if field else None)
-        except web.HTTPRequestEntityTooLarge as exc:
-            response = problem(413, "payload_too_large", f"the request body is larger than {exc.max_size} bytes")
+        except web.HTTPRequestEntityTooLarge:
+            response = problem(413, "payload_too_large",
+                               f"the request body is larger than the {request.client_max_size} bytes allowed")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            response = problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason,
+            response = problem(exc.status, exc.reason.lower().replace(" ", "_"), _http_detail(request, exc),
                                headers={k: v for k, v in exc.headers.items() if k == "Allow"})
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)

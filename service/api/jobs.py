@@ -10,6 +10,7 @@ from ..store import tables as t
 from .body import read_authenticated
 from .deps import SERVICES
 from .errors import ApiError
+from .params import path_id, query_id
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -21,8 +22,9 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise ApiError(422, "validation_error", "unknown status", [{"field": "status", "message":
                        f"must be one of {', '.join(s.value for s in JobStatus)}"}]) from None
     query = sa.select(t.jobs).where(t.jobs.c.status == status.value).order_by(t.jobs.c.created_at.desc()).limit(200)
-    if "run_id" in request.query:
-        query = query.where(t.jobs.c.run_id == request.query["run_id"])
+    run_id = query_id(request, "run_id")
+    if run_id is not None:
+        query = query.where(t.jobs.c.run_id == run_id)
 
     async def q(conn: sa.ext.asyncio.AsyncConnection) -> list[Job]:
         return [Job.from_row(r) for r in await conn.execute(query)]
@@ -34,5 +36,6 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def retry_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     _body, principal = await read_authenticated(request)
-    job = await services.jobs.retry_dead(request.match_info["job_id"], actor=principal)
+    job_id = path_id(request, "job_id", "job")
+    job = await services.jobs.retry_dead(job_id, actor=principal)
     return web.json_response(job.to_dict())

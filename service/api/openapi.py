@@ -10,18 +10,24 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from .. import __version__
-from .errors import TITLES
+from .errors import PROBLEM_JSON, TITLES
 from .schemas import Problem
 from .routes import ROUTES, Route
 
 REF = "#/components/schemas/{model}"
+RESPONSE_HEADERS: dict[str, Any] = {
+    "Location": {"description": "The run's URL", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {"description": "`true` when the Idempotency-Key matched an earlier identical request; "
+                                           "the answer is that request's run", "schema": {"type": "string"}},
+}
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, Any]:
     schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
-    for name, definition in schema.pop("$defs", {}).items():
-        components[name] = definition
-    components[model.__name__] = schema
+    for name, definition in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+        # One name, one schema: a model whose request and answer shapes differ needs two names.
+        if components.setdefault(name, definition) != definition:
+            raise ValueError(f"two different schemas are both named {name!r} in the OpenAPI document")
     return {"$ref": REF.format(model=model.__name__)}
 
 
@@ -36,13 +42,18 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
                for h in route.headers]
     ok: dict[str, Any] = {"description": route.summary}
     if route.ok_model is not None:
-        ok["content"] = {"application/json": {"schema": _schema(route.ok_model, components, "serialization")}}
+        ok["content"] = {route.ok_media_type: {"schema": _schema(route.ok_model, components, "serialization")}}
+    elif route.ok_schema is not None:
+        ok["content"] = {route.ok_media_type: {"schema": route.ok_schema}}
+    if route.ok_headers:
+        ok["headers"] = {h: RESPONSE_HEADERS[h] for h in route.ok_headers}
     responses: dict[str, Any] = {str(route.ok_status): ok}
     for status in route.errors:
         if status == 503 and route.ok_model is not None:
             responses["503"] = {"description": TITLES[503], "content": ok["content"]}
             continue
         responses[str(status)] = {"$ref": f"#/components/responses/Problem{status}"}
+    responses["default"] = {"$ref": "#/components/responses/Problem"}
     operation: dict[str, Any] = {
         "summary": route.summary,
         "operationId": route.handler.__name__,
@@ -58,6 +69,11 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     if not route.authenticated:
         operation["security"] = []
     return operation
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(model="Problem")}}}}
 
 
 @lru_cache(maxsize=1)
@@ -76,9 +92,8 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": components,
             "responses": {
-                f"Problem{s}": {"description": TITLES.get(s, "Error"),
-                                "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}}
-                for s in statuses
+                **{f"Problem{s}": _problem_response(TITLES.get(s, "Error")) for s in statuses},
+                "Problem": _problem_response("Any other error (RFC 9457 problem details)"),
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "COUNTERSIGN_API_TOKEN"},

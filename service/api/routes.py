@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from ..domain import RunStatus
+from ..jobs import JobStatus
 from . import approvals, health, jobs, runs
 from .schemas import (
     CancelIn,
@@ -45,13 +48,25 @@ class Route:
     errors: tuple[int, ...] = ()
     query: tuple[QueryParam, ...] = field(default=())
     headers: tuple[str, ...] = ()
+    # An answer that is not a JSON model (metrics, the document itself): media type and schema.
+    ok_media_type: str = "application/json"
+    ok_schema: dict[str, Any] | None = None
+    ok_headers: tuple[str, ...] = ()
 
 
-RUN_STATUSES = ["drafting", "awaiting_approval", "delivering", "completed", "rejected", "cancelled", "failed", "expired"]
+async def openapi_json(request: web.Request) -> web.Response:
+    from .openapi import openapi_handler  # the document is built from this module's ROUTES
+
+    return await openapi_handler(request)
+
+
+RUN_STATUSES = [s.value for s in RunStatus]
+JOB_STATUSES = [s.value for s in JobStatus]
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/runs", runs.create_run, "Trigger a run", 202, RunAccepted, RunCreate,
-          errors=(400, 401, 409, 413, 415, 422), headers=("Idempotency-Key",)),
+          errors=(400, 401, 409, 413, 415, 422), headers=("Idempotency-Key",),
+          ok_headers=("Location", "Idempotent-Replayed")),
     Route("GET", "/api/runs", runs.list_runs, "List runs, newest first", ok_model=RunPage, errors=(401, 422),
           query=(QueryParam("status", "Only runs in this status", {"type": "string", "enum": RUN_STATUSES}),
                  QueryParam("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
@@ -59,27 +74,26 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/runs/{run_id}", runs.get_run, "A run with its approvals, deliveries, jobs and timeline",
           ok_model=RunDetailOut, errors=(401, 404)),
     Route("POST", "/api/runs/{run_id}/cancel", runs.cancel_run, "Cancel a run that is not yet approved",
-          ok_model=RunOut, body=CancelIn, body_optional=True, errors=(401, 404, 409, 413, 415, 422)),
+          ok_model=RunOut, body=CancelIn, body_optional=True, errors=(400, 401, 404, 409, 413, 415, 422)),
     Route("POST", "/api/approvals/{approval_id}/decisions", approvals.decide,
           "Approve, edit and approve, or reject an approval", ok_model=DecisionOut, body=DecisionIn,
           errors=(400, 401, 403, 404, 409, 413, 415, 422)),
     Route("GET", "/api/jobs", jobs.list_jobs, "List jobs by status (dead letters by default)", ok_model=JobPage,
           errors=(401, 422),
-          query=(QueryParam("status", "Job status", {"type": "string", "enum": ["queued", "done", "dead", "cancelled"],
-                                                      "default": "dead"}),
+          query=(QueryParam("status", "Job status", {"type": "string", "enum": JOB_STATUSES, "default": "dead"}),
                  QueryParam("run_id", "Only this run's jobs", {"type": "string"}))),
     Route("POST", "/api/jobs/{job_id}/retry", jobs.retry_job, "Retry a dead job", ok_model=JobOut,
-          errors=(401, 404, 409)),
+          errors=(401, 404, 409, 413)),
     Route("GET", "/healthz", health.healthz, "Liveness", ok_model=Health, authenticated=False),
     Route("GET", "/readyz", health.readyz, "Readiness: database reachable and migrated", ok_model=Health,
           authenticated=False, errors=(503,)),
+    Route("GET", "/metrics", health.metrics, "Prometheus metrics", authenticated=False,
+          ok_media_type="text/plain", ok_schema={"type": "string"}),
+    Route("GET", "/api/openapi.json", openapi_json, "This OpenAPI document", authenticated=False,
+          ok_schema={"type": "object", "description": "An OpenAPI 3.1 document"}),
 )
 
 
 def add_routes(app: web.Application) -> None:
-    from .openapi import openapi_handler
-
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
-    app.router.add_get("/metrics", health.metrics)
-    app.router.add_get("/api/openapi.json", openapi_handler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from ..runs import Customer, NewRun, RunDetail, RunSummary
 from .body import parse, read_authenticated
 from .deps import SERVICES, Services
 from .errors import ApiError
+from .params import path_id, valid_id
 from .schemas import CancelIn, PolicyIn, RunCreate
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -40,7 +41,8 @@ def _idempotency_key(request: web.Request) -> str | None:
     if key is None:
         return None
     if not key or len(key) > 255 or not key.isprintable():
-        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1-255 printable characters")
+        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1-255 printable characters",
+                       [{"field": IDEMPOTENCY_HEADER, "message": "must be 1-255 printable characters"}])
     return key
 
 
@@ -102,15 +104,18 @@ async def _authenticate_read(request: web.Request) -> Services:
 
 async def get_run(request: web.Request) -> web.Response:
     services = await _authenticate_read(request)
-    detail = await services.runs.get(request.match_info["run_id"])
+    detail = await services.runs.get(path_id(request, "run_id", "run"))
     return web.json_response(detail_json(services, detail))
 
 
 def _decode_cursor(value: str) -> tuple[datetime, str]:
     try:
-        created, _, run_id = base64.urlsafe_b64decode(value.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), run_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        created, sep, run_id = base64.urlsafe_b64decode(value.encode()).decode().partition("|")
+        at = datetime.fromisoformat(created)
+        if not sep or not valid_id(run_id) or at.tzinfo is None:
+            raise ValueError("not a cursor this service made")
+        return at.astimezone(timezone.utc), run_id
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ApiError(422, "validation_error", "the cursor is not valid",
                        [{"field": "cursor", "message": "use the next_cursor value of a previous page"}]) from None
 
@@ -149,5 +154,5 @@ async def cancel_run(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body, principal = await read_authenticated(request)
     data = parse(CancelIn, body, request, allow_empty=True)
-    run = await services.runs.cancel(request.match_info["run_id"], actor=principal, reason=data.reason)
+    run = await services.runs.cancel(path_id(request, "run_id", "run"), actor=principal, reason=data.reason)
     return web.json_response(summary_json(services, run))

@@ -3,16 +3,42 @@ from these models, and the tests validate real answers against it."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    EmailStr,
+    Field,
+    HttpUrl,
+    Tag,
+    UrlConstraints,
+    model_validator,
+)
 
+from ..domain import ActionType, ApprovalStatus, Channel, DecisionKind, DeliveryStatus, RunStatus
+from ..jobs import JobStatus
 from ..mail.message import normalize_body
+from ..policy import PolicyMode
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TEXT_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # keeps tab, LF and CR
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
+MAX_URL_LENGTH = 2048  # the `runs.callback_url` column
+
+
+class FieldsError(ValueError):
+    """A model-level check that is about particular fields: the API names them in `errors`."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 def _header_text(value: str) -> str:
@@ -32,6 +58,47 @@ def _body_text(value: str) -> str:
     return value
 
 
+def _free_text(value: str) -> str:
+    """Multi-line text stored as it is (requests, reasons): no NUL or other control characters,
+    which PostgreSQL refuses and no reader expects."""
+    if _TEXT_UNSAFE.search(value):
+        raise ValueError("must not contain control characters other than tab, newline and carriage return")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _finite_json(value: Any, path: str = "") -> Any:
+    """JSON has no NaN or Infinity: refuse them rather than store what PostgreSQL rejects and
+    what no JSON reader can parse back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"numbers must be finite (found {value} at {path or 'the top level'})")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite_json(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _finite_json(item, f"{path}[{i}]")
+    return value
+
+
+def _url_fits(value: HttpUrl) -> HttpUrl:
+    if len(str(value)) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters once normalised")
+    return value
+
+
+def _bare_address(value: Any) -> Any:
+    # EmailStr would turn "Name <a@b.example>" into "a@b.example", silently dropping the name.
+    if isinstance(value, str) and ("<" in value or ">" in value):
+        raise ValueError("give the bare address (name@example.com), without a display name or angle brackets")
+    return value
+
+
 def _message_id(value: str) -> str:
     if not _MESSAGE_ID.match(value):
         raise ValueError("must be a Message-ID like <id@host>")
@@ -42,6 +109,12 @@ HeaderText = Annotated[str, Field(max_length=500), AfterValidator(_header_text)]
 BodyText = Annotated[str, Field(max_length=100_000), AfterValidator(_body_text)]
 MessageId = Annotated[str, Field(max_length=255), AfterValidator(_message_id)]
 ShortText = Annotated[str, Field(max_length=320), AfterValidator(_header_text)]
+ReasonText = Annotated[str, Field(max_length=2000), AfterValidator(_free_text)]
+RequestText = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_free_text),
+                        AfterValidator(_not_blank)]
+CallbackUrl = Annotated[HttpUrl, UrlConstraints(max_length=MAX_URL_LENGTH), AfterValidator(_url_fits)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_finite_json)]
+Address = Annotated[EmailStr, BeforeValidator(_bare_address)]
 
 
 class Strict(BaseModel):
@@ -49,14 +122,14 @@ class Strict(BaseModel):
 
 
 class CustomerIn(Strict):
-    email: EmailStr
+    email: Address
     name: ShortText | None = None
 
 
 class SendEmailActionIn(Strict):
     type: Literal["send_email"]
-    to: list[EmailStr] = Field(min_length=1, max_length=50)
-    cc: list[EmailStr] = Field(default_factory=list, max_length=50)
+    to: list[Address] = Field(min_length=1, max_length=50)
+    cc: list[Address] = Field(default_factory=list, max_length=50)
     subject: HeaderText
     body: BodyText
     in_reply_to: MessageId | None = None
@@ -74,25 +147,41 @@ class PolicyIn(Strict):
     allow_self_approval: bool = False
 
 
+def _policy_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "name"
+    if isinstance(value, (dict, PolicyIn)):
+        return "inline"
+    return None
+
+
+# A name or an object: the discriminator picks the branch from the JSON type, so that an
+# error in an inline policy is reported once, at its field, not once per branch.
+PolicyRef = Annotated[
+    Annotated[ShortText, Tag("name")] | Annotated[PolicyIn, Tag("inline")],
+    Discriminator(_policy_kind, custom_error_type="policy_type",
+                  custom_error_message="must be a configured policy's name or a policy object"),
+]
+
+
 class RunCreate(Strict):
     """Either `request` (+ `customer`) for the agent to draft, or a pre-drafted `action`."""
 
-    request: Annotated[str, Field(min_length=1, max_length=20_000)] | None = None
+    request: RequestText | None = None
     customer: CustomerIn | None = None
     action: ActionIn | None = None
-    policy: ShortText | PolicyIn | None = Field(default=None, description="A configured policy's name, or a policy")
+    policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or a policy")
     requested_by: ShortText | None = None
-    callback_url: HttpUrl | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    callback_url: CallbackUrl | None = None
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_of(self) -> RunCreate:
         if (self.request is None) == (self.action is None):
-            raise ValueError("give exactly one of `request` (for the agent) or `action` (pre-drafted)")
+            raise FieldsError("give exactly one of `request` (for the agent) or `action` (pre-drafted)",
+                              "request", "action")
         if self.request is not None and self.customer is None:
-            raise ValueError("`customer` is required with `request`")
-        if self.callback_url is not None and self.callback_url.scheme not in ("http", "https"):
-            raise ValueError("`callback_url` must be http or https")
+            raise FieldsError("`customer` is required with `request`", "customer")
         return self
 
 
@@ -105,40 +194,47 @@ class ReviewerIn(Strict):
 class DecisionIn(Strict):
     decision: Literal["approve", "reject", "edit"]
     reviewer: ReviewerIn
-    reason: Annotated[str, Field(max_length=2000)] | None = None
+    reason: ReasonText | None = None
     subject: HeaderText | None = None
     body: BodyText | None = None
 
     @model_validator(mode="after")
     def _fits_kind(self) -> DecisionIn:
         if self.decision == "reject" and not (self.reason or "").strip():
-            raise ValueError("`reason` is required to reject")
+            raise FieldsError("`reason` is required to reject", "reason")
         if self.decision == "edit" and self.subject is None and self.body is None:
-            raise ValueError("`edit` needs a new `subject` or `body`")
+            raise FieldsError("`edit` needs a new `subject` or `body`", "subject", "body")
         if self.decision != "edit" and (self.subject is not None or self.body is not None):
-            raise ValueError("`subject` and `body` are only accepted with `edit`")
+            given = [f for f in ("subject", "body") if getattr(self, f) is not None]
+            raise FieldsError("`subject` and `body` are only accepted with `edit`", *given)
         return self
 
 
 class CancelIn(Strict):
-    reason: Annotated[str, Field(max_length=2000)] | None = None
+    reason: ReasonText | None = None
 
 
 # ---- answers ------------------------------------------------------------------------
+# The shapes the handlers (and `service.runs`) produce, field for field: tests/test_openapi.py
+# validates real answers against the document, refusing properties it does not declare.
+# Statuses are the domain's enums, so the document follows them.
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
 
 class RunAccepted(BaseModel):
     id: str
-    status: str
+    status: RunStatus
     url: str
 
 
 class RunOut(BaseModel):
     id: str
     kind: Literal["action", "agent"]
-    status: str
+    status: RunStatus
     requested_by: str | None
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
     metadata: dict[str, Any]
     summary: str | None
     failure_reason: str | None
@@ -149,25 +245,104 @@ class JobOut(BaseModel):
     id: str
     kind: str
     run_id: str | None
-    status: Literal["queued", "done", "dead", "cancelled"]
+    status: JobStatus
     attempts: int
     max_attempts: int
-    due_at: str
+    due_at: Timestamp
     last_error: str | None
-    created_at: str | None
-    finished_at: str | None
+    created_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class ActionOut(BaseModel):
+    """A drafted email as stored: what the reviewer saw, or what was approved."""
+
+    type: ActionType
+    to: list[str]
+    cc: list[str]
+    subject: str
+    body: str
+    in_reply_to: str | None
+    references: list[str]
+
+
+class PolicyOut(BaseModel):
+    name: str
+    mode: PolicyMode
+    reviewers: list[str]
+    allow_self_approval: bool
+    extra: dict[str, Any] | None = Field(default=None, description="Only present when the policy has extra settings")
+
+
+class CustomerOut(BaseModel):
+    email: str
+    name: str | None
+
+
+class ApprovalOut(BaseModel):
+    id: str
+    revision: int
+    status: ApprovalStatus
+    action: ActionOut
+    policy: PolicyOut
+    requested_by: str | None
+    created_at: Timestamp
+    decided_at: Timestamp | None
+    decided_by: str | None
+    approved_action: ActionOut | None
+    approved_sha256: str | None
+
+
+class ReviewerOut(BaseModel):
+    id: str
+    name: str | None
+    email: str | None
+
+
+class DecisionRecordOut(BaseModel):
+    id: str
+    approval_id: str
+    kind: DecisionKind
+    reviewer: ReviewerOut
+    channel: Channel
+    reason: str | None
+    created_at: Timestamp
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    approval_id: str
+    status: DeliveryStatus
+    message_id: str
+    approved_sha256: str
+    sent_sha256: str | None
+    mime_sha256: str | None
+    smtp_reply: str | None
+    attempts: int
+    error: str | None
+    created_at: Timestamp
+    sending_at: Timestamp | None
+    sent_at: Timestamp | None
+
+
+class TimelineEvent(BaseModel):
+    seq: int
+    at: Timestamp
+    event: str = Field(description="run.created, approval.requested, decision.approve, delivery.sent, ...")
+    actor: str
+    data: dict[str, Any]
 
 
 class RunDetailOut(RunOut):
     request: str | None
-    customer: dict[str, Any] | None
+    customer: CustomerOut | None
     callback_url: str | None
-    policy: dict[str, Any]
-    approvals: list[dict[str, Any]]
-    decisions: list[dict[str, Any]]
-    deliveries: list[dict[str, Any]]
+    policy: PolicyOut
+    approvals: list[ApprovalOut]
+    decisions: list[DecisionRecordOut]
+    deliveries: list[DeliveryOut]
     jobs: list[JobOut]
-    timeline: list[dict[str, Any]]
+    timeline: list[TimelineEvent]
 
 
 class RunPage(BaseModel):
@@ -182,12 +357,12 @@ class JobPage(BaseModel):
 class DecisionOut(BaseModel):
     approval_id: str
     run_id: str
-    status: Literal["pending", "approved", "rejected", "cancelled", "expired"]
+    status: ApprovalStatus
     decision_id: str
 
 
 class FieldError(BaseModel):
-    field: str
+    field: str = Field(description='Where the problem is, e.g. `action.to[0]`; `$` is the body as a whole')
     message: str
 
 

@@ -12,6 +12,8 @@ Ops must be pure database work (no network calls) because they may run twice.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,11 +37,13 @@ def utcnow() -> datetime:
 
 def create_engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
     """(writer, reader). On PostgreSQL they are the same engine."""
+    # NaN/Infinity are not JSON: PostgreSQL refuses them and no reader could parse them back.
+    json_options: dict[str, Any] = {"json_serializer": functools.partial(json.dumps, allow_nan=False)}
     if not url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **json_options)
         return engine, engine
-    writer = create_async_engine(url, pool_size=1, max_overflow=0)
-    reader = create_async_engine(url, pool_size=5, max_overflow=5)
+    writer = create_async_engine(url, pool_size=1, max_overflow=0, **json_options)
+    reader = create_async_engine(url, pool_size=5, max_overflow=5, **json_options)
     _sqlite_setup(writer, begin="BEGIN IMMEDIATE")
     _sqlite_setup(reader, begin="BEGIN")
     return writer, reader

@@ -1,0 +1,205 @@
+"""The parts every approval card is made of: facts, the draft, the sources, the outcome.
+
+Every untrusted string goes through `adaptive_cards.text` here; nothing else in the
+package puts customer or model text into a card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .elements import Element, container, fact_set, text_block
+from .size import Limits
+from .text import clip, escape_inline, format_datetime, markdown_paragraphs, truncation_note
+from .view import ApprovalView
+
+__all__ = [
+    "ACTION_LABELS",
+    "content_sections",
+    "decision_banner",
+    "notice",
+    "reference_line",
+]
+
+ACTION_LABELS = {"send_email": "Send an email"}
+
+EDIT_UNAVAILABLE = (
+    "This draft is too long to edit in Teams. To change it, edit it through the Countersign API, "
+    "or reject it with a reason."
+)
+
+
+def _short(text: str, limit: int) -> str:
+    """Escaped one-line value, cut to `limit` characters with a marker."""
+    shown, omitted = clip(text, limit)
+    value = escape_inline(shown)
+    if omitted:
+        value = f"{value} {truncation_note(omitted)}"
+    return value
+
+
+def _joined(items: Sequence[str], limits: Limits) -> str:
+    """Escaped comma-separated list, at most `items_shown` entries and `list_chars` characters."""
+    if not items:
+        return "(none)"
+    parts: list[str] = []
+    used = 0
+    for item in items[: limits.items_shown]:
+        cost = len(item) + (2 if parts else 0)
+        if used + cost > limits.list_chars:
+            break
+        parts.append(item)
+        used += cost
+    if parts:
+        value = escape_inline(", ".join(parts))
+        hidden = len(items) - len(parts)
+    else:  # the first entry alone is too long: show its start
+        value = escape_inline(clip(items[0], limits.list_chars)[0]) + " …"
+        hidden = len(items) - 1
+    if hidden:
+        value = f"{value} and {hidden:,} more"
+    return value
+
+
+def _paragraph_blocks(text: str, limit: int | None, *, empty: str) -> list[Element]:
+    """TextBlocks for a multi-line untrusted text, cut to `limit` characters with a marker."""
+    if limit is None:
+        shown, omitted = text, 0
+    else:
+        shown, omitted = clip(text, limit)
+    paragraphs = markdown_paragraphs(shown)
+    blocks = [text_block(p, spacing="Medium" if i else None) for i, p in enumerate(paragraphs)]
+    if not paragraphs and not omitted:
+        blocks.append(text_block(empty, subtle=True))
+    if omitted:
+        blocks.append(text_block(truncation_note(omitted), subtle=True, weight="Bolder", spacing="Medium"))
+    return blocks
+
+
+def action_facts(view: ApprovalView, limits: Limits, *, with_request: bool) -> Element:
+    facts: list[tuple[str, str]] = [("Action", ACTION_LABELS["send_email"]), ("To", _joined(view.to, limits))]
+    if view.cc:
+        facts.append(("Cc", _joined(view.cc, limits)))
+    facts.append(("Subject", _short(view.subject, limits.field_chars) if view.subject.strip() else "(no subject)"))
+    if view.in_reply_to:
+        facts.append(("In reply to", _short(view.in_reply_to, limits.field_chars)))
+    if with_request:
+        if view.requested_by:
+            facts.append(("Requested by", _short(view.requested_by, limits.field_chars)))
+        if view.policy:
+            facts.append(("Policy", _short(view.policy, limits.field_chars)))
+        if view.reviewers:
+            facts.append(("Reviewers", _joined(view.reviewers, limits)))
+        if view.deadline is not None:
+            facts.append(("Deadline", format_datetime(view.deadline)))
+    return fact_set(facts)
+
+
+def draft_section(view: ApprovalView, limits: Limits, *, title: str, edit_unavailable: bool) -> list[Element]:
+    items = _paragraph_blocks(view.body, limits.body_chars, empty="(empty body)")
+    section: list[Element] = [
+        text_block(title, weight="Bolder", spacing="Medium"),
+        container(items, style="emphasis", spacing="Small"),
+    ]
+    if edit_unavailable:
+        section.append(text_block(EDIT_UNAVAILABLE, subtle=True, spacing="Small"))
+    return section
+
+
+def sources_section(view: ApprovalView, limits: Limits) -> list[Element]:
+    if not view.sources:
+        return []
+    total = len(view.sources)
+    shown = view.sources[: limits.sources_shown]
+    heading = f"Sources ({total})" if len(shown) == total else f"Sources ({len(shown)} of {total} shown)"
+    section: list[Element] = [text_block(heading, weight="Bolder", spacing="Medium")]
+    for source in shown:
+        items: list[Element] = [
+            text_block(_short(source.title, limits.source_field_chars) or "(untitled)", weight="Bolder")
+        ]
+        if source.location and limits.source_field_chars:
+            items.append(text_block(_short(source.location, limits.source_field_chars), subtle=True, spacing="None"))
+        if source.snippet and limits.snippet_chars:
+            items.append(text_block(_short(source.snippet, limits.snippet_chars), spacing="Small"))
+        section.append(container(items, spacing="Small"))
+    if not shown:
+        section.append(text_block("Not shown here: the card is at its size limit.", subtle=True, spacing="Small"))
+    return section
+
+
+def content_sections(
+    view: ApprovalView, limits: Limits, *, draft_title: str, with_request: bool, edit_unavailable: bool = False
+) -> list[Element]:
+    """The action facts, the draft body and the sources."""
+    return [
+        action_facts(view, limits, with_request=with_request),
+        *draft_section(view, limits, title=draft_title, edit_unavailable=edit_unavailable),
+        *sources_section(view, limits),
+    ]
+
+
+def reference_line(view: ApprovalView) -> Element:
+    """Identifiers for support, small and subtle at the bottom."""
+    text = escape_inline(f"Approval {view.approval_id} · revision {view.revision} · run {view.run_id}")
+    return text_block(text, subtle=True, size="Small", spacing="Medium", separator=True)
+
+
+def notice(title: str, lines: list[str], *, style: str) -> Element:
+    """A coloured banner: a heading and a few lines of (already escaped) text."""
+    items = [text_block(title, heading=True, weight="Bolder", size="Medium")]
+    items.extend(text_block(line, spacing="Small") for line in lines)
+    return container(items, style=style)
+
+
+_DELIVERY_LABELS = {"queued": "Queued", "sending": "Sending", "sent": "Sent", "failed": "Failed"}
+
+
+def _by_and_when(verb: str, view: ApprovalView, limits: Limits) -> str:
+    text = verb
+    if view.decided_by:
+        text += f" by {_short(view.decided_by, limits.field_chars)}"
+    if view.decided_at is not None:
+        text += f" on {format_datetime(view.decided_at)}"
+    return text + "."
+
+
+def decision_banner(view: ApprovalView, limits: Limits) -> list[Element]:
+    """Who did what and when, the reason, and the delivery outcome."""
+    delivery = view.delivery
+    lines: list[str] = []
+    if view.status == "approved":
+        verb = "Edited and approved" if view.edited else "Approved"
+        lines.append(_by_and_when(verb, view, limits))
+        if delivery is None or delivery.status in ("queued", "sending"):
+            title, style = verb, "good"
+        elif delivery.status == "sent":
+            title, style = ("Edited, approved and sent" if view.edited else "Approved and sent"), "good"
+        else:
+            title, style = f"{verb}, but delivery failed", "attention"
+    elif view.status == "rejected":
+        title, style = "Rejected", "attention"
+        lines.append(_by_and_when("Rejected", view, limits))
+    elif view.status == "cancelled":
+        title, style = "Cancelled", "warning"
+        lines.append(_by_and_when("Cancelled", view, limits))
+    elif view.status == "expired":
+        title, style = "Expired", "warning"
+        when = f" by the deadline ({format_datetime(view.deadline)})" if view.deadline else " in time"
+        lines.append(f"No reviewer decided{when}; this email will not be sent.")
+    else:  # pragma: no cover - callers only pass decided views
+        raise ValueError(f"no decision banner for status {view.status!r}")
+
+    banner = notice(title, lines, style=style)
+    if view.reason:
+        banner["items"].append(text_block("Reason", weight="Bolder", spacing="Medium"))
+        banner["items"].extend(_paragraph_blocks(view.reason, limits.text_chars, empty="(none)"))
+    section: list[Element] = [banner]
+
+    if delivery is not None:
+        facts = [("Delivery", _DELIVERY_LABELS[delivery.status])]
+        if delivery.at is not None:
+            facts.append(("At", format_datetime(delivery.at)))
+        if delivery.detail:
+            facts.append(("Detail", _short(delivery.detail, limits.text_chars)))
+        section.append(fact_set(facts, spacing="Medium"))
+    return section

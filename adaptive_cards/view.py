@@ -1,0 +1,149 @@
+"""What an approval card shows: frozen, validated descriptions built by the Teams adapter.
+
+The card builders take only these views, never the store's rows, so they stay pure and
+can be tested without a database. Status strings equal the values of
+`service.domain.ApprovalStatus` and `DeliveryStatus` (their str enums may be passed as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "APPROVAL_STATUSES",
+    "DELIVERY_STATUSES",
+    "MAX_ID_LENGTH",
+    "ApprovalView",
+    "DeliveryView",
+    "SourceView",
+]
+
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "cancelled", "expired")
+DELIVERY_STATUSES = ("queued", "sending", "sent", "failed")
+# Identifiers travel in every action's data and cannot be shortened to fit a card.
+MAX_ID_LENGTH = 200
+
+
+def _status(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    text = value.value if hasattr(value, "value") else value
+    if not isinstance(text, str) or text not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+    return text
+
+
+def _aware(value: datetime | None, what: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime or None, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(f"{what} must be a sequence of strings, not a single string")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must contain strings, got {type(item).__name__}")
+    return items
+
+
+def _optional_text(value: Any, what: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceView:
+    """Something the agent used to write the draft."""
+
+    title: str
+    location: str | None = None  # a URL, a file path, a ticket or message id
+    snippet: str | None = None  # the passage that was used
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.title, str):
+            raise TypeError("source title must be a string")
+        _optional_text(self.location, "source location")
+        _optional_text(self.snippet, "source snippet")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryView:
+    """Outcome of carrying out an approved action."""
+
+    status: str  # queued | sending | sent | failed
+    detail: str | None = None  # e.g. the SMTP reply or the error
+    at: datetime | None = None  # when it reached this status (aware)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", _status(self.status, DELIVERY_STATUSES, "delivery status"))
+        _optional_text(self.detail, "delivery detail")
+        _aware(self.at, "delivery at")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalView:
+    """Everything an approval card can show.
+
+    `to`, `cc`, `subject`, `body` and `in_reply_to` are the action as it stands: the draft
+    while pending, and what was approved (after an edit) once approved. Lists are accepted
+    for the tuple fields and stored as tuples.
+    """
+
+    approval_id: str
+    run_id: str
+    revision: int
+    status: str  # pending | approved | rejected | cancelled | expired
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    sources: tuple[SourceView, ...] = ()
+    requested_by: str | None = None
+    policy: str | None = None  # the policy's name
+    reviewers: tuple[str, ...] = ()  # who may decide (empty: anyone the channel accepts)
+    deadline: datetime | None = None
+    decided_by: str | None = None  # a display name or identity
+    decided_at: datetime | None = None
+    reason: str | None = None  # rejection (or cancellation) reason
+    edited: bool = False  # approved after an edit
+    delivery: DeliveryView | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("approval_id", "run_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+            if len(value) > MAX_ID_LENGTH:
+                raise ValueError(f"{name} is longer than {MAX_ID_LENGTH} characters")
+        if isinstance(self.revision, bool) or not isinstance(self.revision, int) or self.revision < 0:
+            raise ValueError(f"revision must be a non-negative integer, got {self.revision!r}")
+        object.__setattr__(self, "status", _status(self.status, APPROVAL_STATUSES, "status"))
+        object.__setattr__(self, "to", _strings(self.to, "to"))
+        object.__setattr__(self, "cc", _strings(self.cc, "cc"))
+        object.__setattr__(self, "reviewers", _strings(self.reviewers, "reviewers"))
+        sources = tuple(self.sources)
+        for source in sources:
+            if not isinstance(source, SourceView):
+                raise TypeError(f"sources must contain SourceView, got {type(source).__name__}")
+        object.__setattr__(self, "sources", sources)
+        if not isinstance(self.subject, str) or not isinstance(self.body, str):
+            raise TypeError("subject and body must be strings")
+        for name in ("in_reply_to", "requested_by", "policy", "decided_by", "reason"):
+            _optional_text(getattr(self, name), name)
+        _aware(self.deadline, "deadline")
+        _aware(self.decided_at, "decided_at")
+        if not isinstance(self.edited, bool):
+            raise TypeError("edited must be a bool")
+        if self.delivery is not None and not isinstance(self.delivery, DeliveryView):
+            raise TypeError("delivery must be a DeliveryView or None")
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == "pending"
