@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .api.auth import ApiAuth
 from .api.deps import SERVICES, Services
-from .api.errors import error_middleware
+from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
 from .callbacks import Callbacks
 from .config import Settings
@@ -25,6 +25,9 @@ from .mail.smtp import SmtpTransport
 from .runs import CALLBACK_JOB, Runs
 from .store.db import Store
 from .store.migrate import check_migrated, upgrade
+from .teams.channel import TeamsChannel, TeamsNotConfigured
+
+TEAMS = web.AppKey("teams", object)
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,29 @@ async def prepare_database(settings: Settings, store: Store) -> None:
 
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
     settings = ensure_api_token(settings)
+    check_teams_settings(settings)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, run_workers))
     add_routes(app)
+    app.router.add_post("/api/messages", _bot_messages)
     return app
+
+
+def check_teams_settings(settings: Settings) -> None:
+    """Refuse to start when Teams is asked for but cannot be authenticated."""
+    wants_teams = bool(settings.microsoft_app_password) or any(
+        p.get("teams_channel") or p.get("teams_chat") for p in settings.policies.values())
+    if wants_teams and not settings.teams_enabled:
+        raise TeamsNotConfigured(
+            "Teams is configured (a password or a policy routes to Teams) but MicrosoftAppId is empty; set it, "
+            "or COUNTERSIGN_BOT_INSECURE_NO_AUTH=true for local development only")
+
+
+async def _bot_messages(request: web.Request) -> web.StreamResponse:
+    teams = request.app[TEAMS]
+    if teams is None:
+        raise ApiError(503, "teams_not_configured", "the Teams channel is not configured: set MicrosoftAppId")
+    return await teams.endpoint.handle(request)
 
 
 async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool) -> AsyncIterator[None]:
@@ -92,6 +114,8 @@ async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool
         auth=ApiAuth(settings.api_token.get_secret_value() if settings.api_token else None, secret,
                      settings.signature_tolerance_seconds),
     )
+    teams = TeamsChannel(settings, store, jobs, runs, decisions, http) if settings.teams_enabled else None
+    app[TEAMS] = teams
     worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
                     timeout_seconds=settings.job_timeout_seconds)
     if run_workers and settings.worker_concurrency > 0:
@@ -100,6 +124,8 @@ async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool
         yield
     finally:
         await worker.stop()
+        if teams is not None:
+            await teams.close()
         await transport.close()
         await http.close()
         await store.close()

@@ -25,13 +25,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .store.migrate import NotMigrated
+    from .teams.channel import TeamsNotConfigured
 
     settings = _settings()
     logs.configure(settings.log_level)
     try:
         web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
                     access_log=None, print=None)
-    except NotMigrated as exc:
+    except (NotMigrated, TeamsNotConfigured) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -19,6 +19,12 @@ class SmtpSecurity(str, enum.Enum):
     NONE = "none"
     STARTTLS = "starttls"
     TLS = "tls"  # implicit TLS (port 465)
+
+
+class BotAppType(str, enum.Enum):
+    MULTI_TENANT = "MultiTenant"
+    SINGLE_TENANT = "SingleTenant"
+    USER_ASSIGNED_MSI = "UserAssignedMSI"
 
 
 class Settings(BaseSettings):
@@ -68,6 +74,24 @@ class Settings(BaseSettings):
     # Store: how many concurrent writes one transaction may take (group commit).
     write_batch_max: int = 256
 
+    # Microsoft Teams through the Bot Framework. The names are the Bot Framework samples'.
+    microsoft_app_id: str = Field("", validation_alias=AliasChoices("MicrosoftAppId", "microsoft_app_id"))
+    microsoft_app_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("MicrosoftAppPassword", "microsoft_app_password"))
+    microsoft_app_type: BotAppType = Field(
+        BotAppType.MULTI_TENANT, validation_alias=AliasChoices("MicrosoftAppType", "microsoft_app_type"))
+    microsoft_app_tenant_id: str = Field(
+        "", validation_alias=AliasChoices("MicrosoftAppTenantId", "microsoft_app_tenant_id"))
+    # Where the keys that sign the Bot Connector's tokens are published (sovereign clouds, tests).
+    bot_openid_metadata_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    # OAuth token endpoint for outgoing calls; default: login.microsoftonline.com for the app type.
+    bot_token_url: str = ""
+    bot_token_scope: str = "https://api.botframework.com/.default"
+    # Development only: accept unauthenticated Bot Framework requests when there is no app id.
+    bot_insecure_no_auth: bool = False
+    bot_key_refresh_min_seconds: float = 60.0  # an unknown key id refetches the keys at most this often
+    bot_http_timeout_seconds: float = 10.0
+
     log_level: str = "INFO"
 
     # Named approval policies, from the TOML file's [policies.NAME] tables.
@@ -77,6 +101,17 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @property
+    def teams_enabled(self) -> bool:
+        return bool(self.microsoft_app_id) or self.bot_insecure_no_auth
+
+    @property
+    def effective_bot_token_url(self) -> str:
+        if self.bot_token_url:
+            return self.bot_token_url
+        tenant = self.microsoft_app_tenant_id if self.microsoft_app_type is BotAppType.SINGLE_TENANT else "botframework.com"
+        return f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
 
     @property
     def effective_database_url(self) -> str:

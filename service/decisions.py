@@ -68,7 +68,7 @@ class Decisions:
         so that the attempt is audited in the same transaction."""
 
         async def op(tx: Tx) -> DecisionOutcome:
-            row = (await tx.conn.execute(sa.select(t.approvals).where(t.approvals.c.id == request.approval_id))).first()
+            row = (await tx.execute(sa.select(t.approvals).where(t.approvals.c.id == request.approval_id))).first()
             if row is None:
                 raise NotFound("approval", request.approval_id)
             approval = _approval_from_row(row)
@@ -78,7 +78,7 @@ class Decisions:
             except (NotAllowed, AlreadyDecided) as refusal:
                 return self._refused(tx, approval, request, refusal)
 
-            won = await tx.conn.execute(
+            won = await tx.execute(
                 t.approvals.update()
                 .where(t.approvals.c.id == approval.id, t.approvals.c.version == approval.version)
                 .values(
@@ -89,7 +89,7 @@ class Decisions:
                 )
             )
             if won.rowcount != 1:  # another process decided between our read and write
-                current = (await tx.conn.execute(
+                current = (await tx.execute(
                     sa.select(t.approvals.c.status).where(t.approvals.c.id == approval.id))).scalar_one()
                 return self._refused(tx, approval, request, AlreadyDecided(
                     f"approval {approval.id} is already {current}", status=current))
@@ -98,7 +98,7 @@ class Decisions:
                 id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=request.reviewer,
                 channel=request.channel, created_at=tx.now, reason=request.reason, final_action=final_action,
             )
-            await tx.conn.execute(t.decisions.insert().values(
+            tx.insert(t.decisions, dict(
                 id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
                 reviewer_id=request.reviewer.id, reviewer_name=request.reviewer.name,
                 reviewer_email=request.reviewer.email, channel=request.channel.value, reason=request.reason,
@@ -112,6 +112,7 @@ class Decisions:
                 audit_data["reason"] = request.reason
             tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.reviewer.id, data=audit_data)
             await self._after_decision(tx, approval, new_status, final_action, decision)
+            await self.runs.approval_changed(tx, approval.id)
             tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
             return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision)
 
@@ -136,10 +137,11 @@ class Decisions:
         if status is ApprovalStatus.APPROVED:
             assert final_action is not None
             delivery_id = str(uuid.uuid4())
-            await tx.conn.execute(t.deliveries.insert().values(
+            tx.insert(t.deliveries, dict(
                 id=delivery_id, run_id=approval.run_id, approval_id=approval.id, status=DeliveryStatus.QUEUED.value,
                 message_id=f"<{uuid.uuid4()}@{self.message_id_domain}>", action=final_action.to_dict(),
-                approved_sha256=final_action.content_sha256(), attempts=0, created_at=tx.now,
+                approved_sha256=final_action.content_sha256(), mime=None, mime_sha256=None, sent_sha256=None,
+                smtp_reply=None, attempts=0, error=None, created_at=tx.now, sending_at=None, sent_at=None,
             ))
             await self.runs.set_status(tx, approval.run_id, RunStatus.DELIVERING, actor="system",
                                        delivery_id=delivery_id)

@@ -140,13 +140,12 @@ class JobQueue:
         max_attempts: int | None = None,
     ) -> str:
         job_id = str(uuid.uuid4())
-        await tx.conn.execute(
-            t.jobs.insert().values(
-                id=job_id, kind=kind, run_id=run_id, payload=payload, status=JobStatus.QUEUED.value,
-                attempts=0, max_attempts=max_attempts or self.max_attempts, due_at=due_at or tx.now,
-                created_at=tx.now, updated_at=tx.now,
-            )
-        )
+        tx.insert(t.jobs, dict(
+            id=job_id, kind=kind, run_id=run_id, payload=payload, status=JobStatus.QUEUED.value,
+            attempts=0, max_attempts=max_attempts or self.max_attempts, due_at=due_at or tx.now,
+            leased_until=None, lease_token=None, last_error=None, created_at=tx.now, updated_at=tx.now,
+            finished_at=None,
+        ))
         if due_at is None or due_at <= tx.now:
             tx.after_commit(self.wakeup.set)
         return job_id
@@ -155,7 +154,7 @@ class JobQueue:
         # Everything queued for the run goes, except kinds that must outlive it (the
         # callback announcing the cancellation, a delivery already under way).
         keep = [k for k, h in self.handlers.items() if not h.cancel_with_run]
-        result = await tx.conn.execute(
+        result = await tx.execute(
             t.jobs.update()
             .where(t.jobs.c.run_id == run_id, t.jobs.c.status == JobStatus.QUEUED.value, t.jobs.c.kind.not_in(keep))
             .values(status=JobStatus.CANCELLED.value, finished_at=tx.now, updated_at=tx.now)
@@ -193,7 +192,7 @@ class JobQueue:
             if tx.dialect == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
             token = str(uuid.uuid4())
-            rows = await tx.conn.execute(
+            rows = await tx.execute(
                 t.jobs.update()
                 .where(t.jobs.c.id.in_(pick.scalar_subquery()))
                 .values(
@@ -207,7 +206,7 @@ class JobQueue:
         return await self.store.write(op)
 
     async def _guard(self, tx: Tx, job: Job, **values: Any) -> None:
-        result = await tx.conn.execute(
+        result = await tx.execute(
             t.jobs.update()
             .where(t.jobs.c.id == job.id, t.jobs.c.lease_token == job.lease_token)
             .values(leased_until=None, lease_token=None, updated_at=tx.now, **values)
@@ -252,13 +251,13 @@ class JobQueue:
     async def retry_dead(self, job_id: str, actor: str) -> Job:
         """Operator action: put a dead job back in the queue with a fresh attempt budget."""
         async def op(tx: Tx) -> Job:
-            row = (await tx.conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).first()
+            row = (await tx.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).first()
             if row is None:
                 raise NotFound("job", job_id)
             job = Job.from_row(row)
             if job.status is not JobStatus.DEAD:
                 raise InvalidTransition(f"job {job_id} is {job.status.value}; only dead jobs can be retried", job_id=job_id)
-            await tx.conn.execute(
+            await tx.execute(
                 t.jobs.update().where(t.jobs.c.id == job_id).values(
                     status=JobStatus.QUEUED.value, attempts=0, due_at=tx.now, finished_at=None, updated_at=tx.now,
                 )
@@ -268,7 +267,7 @@ class JobQueue:
             if handler and handler.on_retry:
                 await handler.on_retry(tx, job)
             tx.after_commit(self.wakeup.set)
-            row = (await tx.conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).one()
+            row = (await tx.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).one()
             return Job.from_row(row)
 
         return await self.store.write(op)

@@ -27,6 +27,10 @@ class Policy:
     # decide. Empty: anyone the channel authenticates as a reviewer.
     reviewers: tuple[str, ...] = ()
     allow_self_approval: bool = False
+    # Where Teams shows the approval: a channel (a new thread each) and/or reviewers in
+    # personal chat (AAD object ids or emails of people the bot knows).
+    teams_channel: str | None = None
+    teams_chat: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -35,6 +39,8 @@ class Policy:
             "mode": self.mode.value,
             "reviewers": list(self.reviewers),
             "allow_self_approval": self.allow_self_approval,
+            "teams_channel": self.teams_channel,
+            "teams_chat": list(self.teams_chat),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -45,6 +51,8 @@ class Policy:
             mode=PolicyMode(data.get("mode", PolicyMode.FIRST_RESPONDER.value)),
             reviewers=tuple(data.get("reviewers") or ()),
             allow_self_approval=bool(data.get("allow_self_approval", False)),
+            teams_channel=data.get("teams_channel") or None,
+            teams_chat=tuple(data.get("teams_chat") or ()),
             extra=dict(data.get("extra") or {}),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -93,16 +94,35 @@ class RunDetail:
     timeline: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class NewApproval:
+    id: str
+    run_id: str
+    policy: Policy
+
+
+ApprovalListener = Callable[[Tx, str], Awaitable[None]]
+NewApprovalListener = Callable[[Tx, NewApproval], Awaitable[None]]
+
+
 class Runs:
     def __init__(self, store: Store, jobs: JobQueue) -> None:
         self.store = store
         self.jobs = jobs
+        # Reviewer channels (Teams, email) subscribe here: called inside the transaction
+        # that created an approval, or changed it or its delivery, to enqueue their jobs.
+        self.on_approval_created: list[NewApprovalListener] = []
+        self.on_approval_changed: list[ApprovalListener] = []
+
+    async def approval_changed(self, tx: Tx, approval_id: str) -> None:
+        for listener in self.on_approval_changed:
+            await listener(tx, approval_id)
 
     async def create(self, new: NewRun) -> CreatedRun:
         async def op(tx: Tx) -> CreatedRun:
             if new.idempotency_key:
                 row = (
-                    await tx.conn.execute(
+                    await tx.execute(
                         sa.select(t.idempotency_keys).where(t.idempotency_keys.c.key == new.idempotency_key)
                     )
                 ).first()
@@ -113,14 +133,12 @@ class Runs:
             run_id = str(uuid.uuid4())
             kind = "action" if new.action else "agent"
             status = RunStatus.AWAITING_APPROVAL if new.action else RunStatus.DRAFTING
-            await tx.conn.execute(
-                t.runs.insert().values(
-                    id=run_id, kind=kind, status=status.value, request=new.request,
-                    customer=new.customer.to_dict() if new.customer else None,
-                    requested_by=new.requested_by, callback_url=new.callback_url, metadata=new.metadata,
-                    policy=new.policy.to_dict(), created_at=tx.now, updated_at=tx.now,
-                )
-            )
+            tx.insert(t.runs, dict(
+                id=run_id, kind=kind, status=status.value, request=new.request,
+                customer=new.customer.to_dict() if new.customer else None,
+                requested_by=new.requested_by, callback_url=new.callback_url, metadata=new.metadata,
+                policy=new.policy.to_dict(), summary=None, failure_reason=None, created_at=tx.now, updated_at=tx.now,
+            ))
             tx.audit("run.created", run_id=run_id, actor=new.requested_by or "api",
                      data={"kind": kind, "policy": new.policy.name, "metadata": new.metadata})
             if new.action:
@@ -130,11 +148,8 @@ class Runs:
                 # request is durable the moment it is accepted.
                 await self.jobs.enqueue(tx, AGENT_DRAFT_JOB, {"run_id": run_id}, run_id=run_id)
             if new.idempotency_key:
-                await tx.conn.execute(
-                    t.idempotency_keys.insert().values(
-                        key=new.idempotency_key, request_sha256=new.request_sha256, run_id=run_id, created_at=tx.now
-                    )
-                )
+                tx.insert(t.idempotency_keys, dict(
+                    key=new.idempotency_key, request_sha256=new.request_sha256, run_id=run_id, created_at=tx.now))
             tx.after_commit(metrics.RUNS_CREATED.labels(kind=kind).inc)
             return CreatedRun(run_id, replayed=False)
 
@@ -152,15 +167,15 @@ class Runs:
         self, tx: Tx, run_id: str, revision: int, action: EmailAction, policy: Policy, requested_by: str | None
     ) -> str:
         approval_id = str(uuid.uuid4())
-        await tx.conn.execute(
-            t.approvals.insert().values(
-                id=approval_id, run_id=run_id, revision=revision, status=ApprovalStatus.PENDING.value,
-                action=action.to_dict(), policy=policy.to_dict(), requested_by=requested_by,
-                version=0, created_at=tx.now,
-            )
-        )
+        tx.insert(t.approvals, dict(
+            id=approval_id, run_id=run_id, revision=revision, status=ApprovalStatus.PENDING.value,
+            action=action.to_dict(), policy=policy.to_dict(), requested_by=requested_by, version=0, created_at=tx.now,
+            decided_at=None, decided_by=None, approved_action=None, approved_sha256=None,
+        ))
         tx.audit("approval.requested", run_id=run_id, actor="system",
                  data={"approval_id": approval_id, "revision": revision, "content_sha256": action.content_sha256()})
+        for listener in self.on_approval_created:
+            await listener(tx, NewApproval(approval_id, run_id, policy))
         return approval_id
 
     async def finish(
@@ -169,25 +184,25 @@ class Runs:
     ) -> None:
         """Move a run to a terminal state and queue its callback."""
         assert status.is_terminal, status
-        row = (await tx.conn.execute(sa.select(t.runs.c.callback_url).where(t.runs.c.id == run_id))).one()
+        row = (await tx.execute(sa.select(t.runs.c.callback_url).where(t.runs.c.id == run_id))).one()
         values: dict[str, Any] = {"status": status.value, "updated_at": tx.now}
         if summary is not None:
             values["summary"] = summary
         if failure_reason is not None:
             values["failure_reason"] = failure_reason
-        await tx.conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(**values))
+        await tx.execute(t.runs.update().where(t.runs.c.id == run_id).values(**values))
         tx.audit(f"run.{status.value}", run_id=run_id, actor=actor,
                  data={k: v for k, v in (("summary", summary), ("failure_reason", failure_reason)) if v})
         if row.callback_url:
             await self.jobs.enqueue(tx, CALLBACK_JOB, {"run_id": run_id, "status": status.value}, run_id=run_id)
 
     async def set_status(self, tx: Tx, run_id: str, status: RunStatus, *, actor: str, **data: Any) -> None:
-        await tx.conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(status=status.value, updated_at=tx.now))
+        await tx.execute(t.runs.update().where(t.runs.c.id == run_id).values(status=status.value, updated_at=tx.now))
         tx.audit(f"run.{status.value}", run_id=run_id, actor=actor, data=data)
 
     async def cancel(self, run_id: str, *, actor: str, reason: str | None) -> RunSummary:
         async def op(tx: Tx) -> RunSummary:
-            row = (await tx.conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()
+            row = (await tx.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()
             if row is None:
                 raise NotFound("run", run_id)
             status = RunStatus(row.status)
@@ -196,15 +211,21 @@ class Runs:
                     f"run {run_id} is {status.value}; only drafting or awaiting_approval runs can be cancelled",
                     run_id=run_id, status=status.value,
                 )
-            await tx.conn.execute(
-                t.approvals.update()
+            pending = (await tx.execute(
+                sa.select(t.approvals.c.id)
                 .where(t.approvals.c.run_id == run_id, t.approvals.c.status == ApprovalStatus.PENDING.value)
+            )).scalars().all()
+            await tx.execute(
+                t.approvals.update()
+                .where(t.approvals.c.id.in_(pending))
                 .values(status=ApprovalStatus.CANCELLED.value, version=t.approvals.c.version + 1,
                         decided_at=tx.now, decided_by=actor)
             )
             await self.jobs.cancel_for_run(tx, run_id)
             await self.finish(tx, run_id, RunStatus.CANCELLED, actor=actor, failure_reason=reason)
-            new = (await tx.conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).one()
+            for approval_id in pending:
+                await self.approval_changed(tx, approval_id)
+            new = (await tx.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).one()
             return RunSummary.from_row(new)
 
         return await self.store.write(op)

@@ -108,3 +108,32 @@ async def test_header_injection_cannot_reach_the_wire(service: Service, smtp_ser
     assert message["Bcc"] is None
     html = message.get_body(("html",)).get_content()
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+async def test_a_cancelled_send_never_returns_its_connection_to_the_pool(smtp_server: SmtpServer) -> None:
+    """A send interrupted mid-transaction (job timeout, shutdown) must not poison the next one."""
+    from service.config import Settings
+    from service.mail.smtp import SmtpTransport
+
+    stalled = asyncio.Event()
+
+    loop = asyncio.get_running_loop()
+
+    def slow(content: bytes) -> None:
+        loop.call_soon_threadsafe(stalled.set)
+        import time
+        time.sleep(0.5)  # the server's own thread: the client is left waiting mid-DATA
+        return None
+
+    smtp_server.handler.on_data = slow
+    transport = SmtpTransport(Settings(**smtp_server.settings(), smtp_pool_size=1))
+    message = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n\r\nhi\r\n"
+    task = asyncio.create_task(transport.send(message, "a@example.com", ["b@example.com"]))
+    await asyncio.wait_for(stalled.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    smtp_server.handler.on_data = None
+    reply = await transport.send(message, "a@example.com", ["b@example.com"])
+    assert reply.code == 250
+    await transport.close()

@@ -33,7 +33,8 @@ def _resolve_policy(services: Services, given: str | PolicyIn | None) -> Policy:
                            [{"field": "policy", "message": f"no policy named {given!r} (known: {known})"}])
         return Policy.from_dict({"name": given, **configured[given]})
     return Policy(name=given.name or "inline", mode=PolicyMode(given.mode), reviewers=tuple(given.reviewers),
-                  allow_self_approval=given.allow_self_approval)
+                  allow_self_approval=given.allow_self_approval, teams_channel=given.teams_channel,
+                  teams_chat=tuple(given.teams_chat))
 
 
 def _idempotency_key(request: web.Request) -> str | None:

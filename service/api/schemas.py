@@ -145,6 +145,9 @@ class PolicyIn(Strict):
     mode: Literal["first_responder"] = "first_responder"
     reviewers: list[ShortText] = Field(default_factory=list, max_length=500)
     allow_self_approval: bool = False
+    teams_channel: ShortText | None = Field(default=None, description="Teams channel id: a new thread per approval")
+    teams_chat: list[ShortText] = Field(default_factory=list, max_length=60,
+                                        description="Reviewers (AAD object ids or emails) asked in personal chat")
 
 
 def _policy_kind(value: Any) -> str | None:
@@ -271,6 +274,8 @@ class PolicyOut(BaseModel):
     mode: PolicyMode
     reviewers: list[str]
     allow_self_approval: bool
+    teams_channel: str | None
+    teams_chat: list[str]
     extra: dict[str, Any] | None = Field(default=None, description="Only present when the policy has extra settings")
 
 

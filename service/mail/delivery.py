@@ -73,7 +73,7 @@ class EmailDelivery:
         mime_sha256 = hashlib.sha256(mime).hexdigest()
 
         async def mark_sending(tx: Tx) -> None:
-            await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
+            await tx.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
                 status=DeliveryStatus.SENDING.value, mime=mime, mime_sha256=mime_sha256, sent_sha256=sent_sha256,
                 sending_at=tx.now, attempts=t.deliveries.c.attempts + 1,
             ))
@@ -85,7 +85,7 @@ class EmailDelivery:
             reply = await smtp.send(mime, parseaddr(self.sender)[1], recipients)
 
         async def record_sent(tx: Tx) -> None:
-            await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
+            await tx.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
                 status=DeliveryStatus.SENT.value, smtp_reply=str(reply), sent_at=tx.now, error=None,
             ))
             tx.audit("delivery.sent", run_id=row.run_id, actor="system", data={
@@ -94,22 +94,26 @@ class EmailDelivery:
             })
             await self.runs.finish(tx, row.run_id, RunStatus.COMPLETED, actor="system",
                                    summary=f"email {row.message_id} accepted by the SMTP server")
+            await self.runs.approval_changed(tx, row.approval_id)
             tx.after_commit(metrics.EMAILS_SENT.inc)
 
         return record_sent
 
     async def on_dead(self, tx: Tx, job: Job, error: str) -> None:
         delivery_id = job.payload["delivery_id"]
-        await tx.conn.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
+        await tx.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
             status=DeliveryStatus.FAILED.value, error=error,
         ))
         if job.run_id:
             await self.runs.finish(tx, job.run_id, RunStatus.FAILED, actor="system",
                                    failure_reason=f"email delivery failed: {error}")
+        approval_id = (await tx.execute(
+            sa.select(t.deliveries.c.approval_id).where(t.deliveries.c.id == delivery_id))).scalar_one()
+        await self.runs.approval_changed(tx, approval_id)
 
     async def on_retry(self, tx: Tx, job: Job) -> None:
         delivery_id = job.payload["delivery_id"]
-        await tx.conn.execute(t.deliveries.update()
+        await tx.execute(t.deliveries.update()
                               .where(t.deliveries.c.id == delivery_id, t.deliveries.c.status == DeliveryStatus.FAILED.value)
                               .values(status=DeliveryStatus.QUEUED.value))
         if job.run_id:

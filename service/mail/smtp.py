@@ -128,6 +128,11 @@ class SmtpTransport:
             session = SmtpSession(conn.client)
             try:
                 yield session
+            except BaseException:
+                # Whatever interrupted us (a job timeout, shutdown) may have left the
+                # connection mid-transaction: never hand it to the next message.
+                session.broken = True
+                raise
             finally:
                 if session.broken:
                     await _quit_quietly(conn.client)

@@ -68,16 +68,45 @@ def _sqlite_setup(engine: AsyncEngine, begin: str) -> None:
 
 @dataclass
 class Tx:
-    """One transaction as seen by an op: the connection plus buffered audit events."""
+    """One transaction as seen by an op: the connection, buffered inserts and audit events.
+
+    `insert` only queues a row; the queue is written one `executemany` per table (in
+    foreign-key order) before any other statement runs through `execute`, and at commit.
+    So the ops of a batch that only insert cost a statement per table, not per row, and an
+    op can never read or update around a row it queued.
+    """
 
     conn: AsyncConnection
     now: datetime = field(default_factory=utcnow)
+    _inserts: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)
     _audit: list[tuple[str | None, str, str, dict[str, Any]]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def dialect(self) -> str:
         return self.conn.dialect.name
+
+    def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+        self._inserts.setdefault(table, []).append(row)
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        await self.flush_inserts()
+        if parameters is None:
+            return await self.conn.execute(statement)
+        return await self.conn.execute(statement, parameters)
+
+    async def flush_inserts(self) -> None:
+        if not self._inserts:
+            return
+        pending, self._inserts = self._inserts, {}
+        for table in t.metadata.sorted_tables:
+            rows = pending.pop(table, None)
+            if rows:
+                await self.conn.execute(table.insert(), rows)
+
+    async def flush(self) -> list[AuditEvent]:
+        await self.flush_inserts()
+        return await self.flush_audit()
 
     def audit(self, kind: str, *, run_id: str | None, actor: str, data: dict[str, Any] | None = None) -> None:
         self._audit.append((run_id, kind, actor, data or {}))
@@ -175,7 +204,7 @@ class Store:
         async with self.writer_engine.begin() as conn:
             tx = Tx(conn)
             result = await op(tx)
-            await tx.flush_audit()
+            await tx.flush()
         for callback in tx._after_commit:
             _safe_call(callback)
         return result
@@ -212,7 +241,7 @@ class Store:
             tx = Tx(conn)
             for p in batch:
                 results.append(await p.op(tx))
-            await tx.flush_audit()
+            await tx.flush()
         for callback in tx._after_commit:
             _safe_call(callback)
         for p, result in zip(batch, results):

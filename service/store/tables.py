@@ -172,3 +172,50 @@ audit_head = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+# Microsoft Teams: where the bot is installed (kept current from conversationUpdate and
+# installationUpdate activities), the cards it posted, and reviewers' emails looked up.
+teams_conversations = sa.Table(
+    "teams_conversations",
+    metadata,
+    sa.Column("id", sa.String(512), primary_key=True),  # the Bot Framework conversation id
+    sa.Column("kind", sa.String(16), nullable=False),  # channel | groupChat | personal
+    sa.Column("service_url", sa.String(512), nullable=False),
+    sa.Column("tenant_id", sa.String(64)),
+    sa.Column("team_id", sa.String(512), index=True),
+    sa.Column("channel_id", sa.String(512), index=True),
+    sa.Column("user_aad_object_id", sa.String(64), index=True),  # personal chats
+    sa.Column("reference", sa.JSON, nullable=False),  # the ConversationReference, serialised
+    sa.Column("installed_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+teams_cards = sa.Table(
+    "teams_cards",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("approval_id", ID, sa.ForeignKey("approvals.id"), nullable=False, index=True),
+    sa.Column("conversation_id", sa.String(512)),  # the thread or chat the card is in, once posted
+    sa.Column("target", sa.String(512), nullable=False),  # the channel id or reviewer it was routed to
+    sa.Column("activity_id", sa.String(512)),  # set once posted; updates PUT to it
+    sa.Column("service_url", sa.String(512)),
+    sa.Column("tenant_id", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # posting | posted | failed
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("approval_id", "target"),
+)
+
+teams_members = sa.Table(
+    "teams_members",
+    metadata,
+    sa.Column("aad_object_id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(512)),  # the Teams user id ("29:..."), for proactive 1:1 chats
+    sa.Column("tenant_id", sa.String(64)),
+    sa.Column("service_url", sa.String(512)),
+    sa.Column("email", sa.String(320), index=True),
+    sa.Column("user_principal_name", sa.String(320)),
+    sa.Column("name", sa.String(320)),
+    sa.Column("fetched_at", UtcDateTime, nullable=False),
+)

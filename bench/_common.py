@@ -1,0 +1,250 @@
+"""Shared helpers for the benchmarks: tools, ports, server processes, CPU time, statistics,
+and the real SMTP peer (tests/peers/smtp.py) run as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = sys.executable
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def require_tools(*names: str) -> None:
+    """Exit with install instructions when a load tool is missing (the test suite never needs them)."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        print(f"missing load tool(s): {', '.join(missing)}\n"
+              f"install them as root:  apt-get update && apt-get install -y {' '.join(missing)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (aiosqlite's included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def countersign_argv() -> list[str]:
+    script = Path(PYTHON).parent / "countersign"
+    return [str(script)] if script.exists() else [PYTHON, "-m", "service"]
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment without any COUNTERSIGN_* of the caller, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERSIGN_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    """An HTTP server in its own process (the service or a bare baseline)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, argv: Sequence[str], *, port: int, env: Mapping[str, str], log: Path,
+              ready_path: str = "/healthz", timeout: float = 60.0) -> Server:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(list(argv), env=dict(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        server = cls(name, proc, f"http://127.0.0.1:{port}", log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(server.url + ready_path, timeout=2):
+                    return server
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    server.stop()
+                    raise RuntimeError(f"{name} not ready after {timeout} s:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.1)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # aiohttp's run_app shuts down gracefully
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---- statistics -------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0-100)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median_range(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
+    """'median (min-max)'."""
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**MISSED**"
+
+
+def header(title: str) -> str:
+    """A Markdown section head with the exact command, the date and a machine note."""
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(PYTHON, ROOT) if PYTHON.startswith(str(ROOT)) else PYTHON,
+                                                 os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]])
+    return (f"## {title}\n\n"
+            f"- command: `{command}` (from `{ROOT}`)\n"
+            f"- code: {code_version()}\n"
+            f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+            f"- machine: {machine_note()}\n")
+
+
+def code_version() -> str:
+    """The commit measured, and whether service/ had uncommitted changes at the time."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "service")
+    return f"commit {commit}" + (" with uncommitted changes in service/" if dirty else "")
+
+
+def machine_note() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    from importlib.metadata import version
+
+    return (f"{os.cpu_count()} CPUs ({model or 'unknown model'}), shared; load average at start {load}; "
+            f"Linux {platform.release()}; Python {platform.python_version()}; aiohttp {version('aiohttp')}, "
+            f"SQLAlchemy {version('sqlalchemy')}, aiosqlite {version('aiosqlite')}, aiosmtplib {version('aiosmtplib')}, "
+            f"aiosmtpd {version('aiosmtpd')}")
+
+
+# ---- the real SMTP peer -----------------------------------------------------------------
+
+@dataclass
+class SmtpPeer:
+    """tests/peers/smtp.py's aiosmtpd server (STARTTLS + AUTH, Maildir) in its own process
+    (bench/smtp_peer.py), so that it never shares a GIL with the client or the service.
+
+    With `announce`, the peer prints the CLOCK_MONOTONIC time (comparable across processes
+    on Linux) at which each message's DATA reached its `on_data` hook, keyed by Subject."""
+
+    proc: asyncio.subprocess.Process
+    settings: dict[str, Any]
+    _accepted: dict[str, int] = field(default_factory=dict)
+    _waiting: dict[str, asyncio.Future[int]] = field(default_factory=dict)
+    _stats: asyncio.Queue[dict[str, int]] = field(default_factory=asyncio.Queue)
+    _reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, directory: Path, *, announce: bool) -> SmtpPeer:
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, str(BENCH / "smtp_peer.py"), "--dir", str(directory), "--port", str(free_port()),
+            *(["--announce"] if announce else []),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        )
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        if not line:
+            raise RuntimeError("the SMTP peer did not start (see its stderr above)")
+        peer = cls(proc, json.loads(line)["settings"])
+        peer._reader = asyncio.create_task(peer._read())
+        return peer
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            text = line.decode().rstrip("\n")
+            if text.startswith("ACCEPTED "):
+                _, ns, subject = text.split(" ", 2)
+                waiter = self._waiting.pop(subject, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(int(ns))
+                else:
+                    self._accepted[subject] = int(ns)
+            elif text.startswith("{"):
+                self._stats.put_nowait(json.loads(text))
+
+    async def accepted_at(self, subject: str, timeout: float = 30.0) -> int:
+        """time.monotonic_ns() at which the message with this Subject reached the server's on_data."""
+        if subject in self._accepted:
+            return self._accepted.pop(subject)
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting[subject] = waiter
+        return await asyncio.wait_for(waiter, timeout)
+
+    async def stats(self) -> dict[str, int]:
+        """{"connections": sessions opened so far, "messages": messages in the Maildir}."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stats\n")
+        await self.proc.stdin.drain()
+        return await asyncio.wait_for(self._stats.get(), timeout=30)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def env(self) -> dict[str, str]:
+        """The service's environment variables that reach this server."""
+        return {f"COUNTERSIGN_{k.upper()}": str(v) for k, v in self.settings.items()}
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()

@@ -1,0 +1,224 @@
+"""The bot: remembers where it is installed, turns card clicks into decisions, and answers
+`status` and `help` in channels and chats.
+
+A click is decided through the same `Decisions.decide` as the ops API. The reviewer is
+the activity's `from.aadObjectId` (checked by the Bot Connector's signed token), never
+anything in the card's data; the card only says which approval was clicked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from botbuilder.core import ActivityHandler, MessageFactory, TurnContext
+from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
+from botbuilder.schema.teams import TeamsChannelAccount
+from pydantic import ValidationError
+
+from adaptive_cards import VERB_APPROVE, VERB_EDIT, VERB_REJECT, build_card, build_not_allowed_card
+from adaptive_cards.text import escape_inline
+
+from ..api.schemas import DecisionIn
+from ..decisions import Decisions
+from ..domain import Channel, DecisionKind, DecisionRequest, NotFound, Reviewer
+from ..store import tables as t
+from ..store.db import Store
+from .conversations import Conversation, Conversations, Member
+from .views import load_view
+
+log = logging.getLogger(__name__)
+
+CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+ERROR_CONTENT_TYPE = "application/vnd.microsoft.error"
+VERBS = {VERB_APPROVE: DecisionKind.APPROVE, VERB_EDIT: DecisionKind.EDIT, VERB_REJECT: DecisionKind.REJECT}
+MEMBER_LOOKUP_SECONDS = 2.0  # an invoke must be answered within about 5 s
+HELP = ("I post approvals for Countersign here. Decide on a card with **Approve**, **Edit and approve** or "
+        "**Reject**. Commands: `status` lists the approvals waiting here, `help` shows this.")
+
+
+def conversation_of(activity: Activity) -> Conversation:
+    conversation = activity.conversation
+    channel_data: dict[str, Any] = activity.channel_data if isinstance(activity.channel_data, dict) else {}
+    kind = conversation.conversation_type or ("groupChat" if conversation.is_group else "personal")
+    tenant = (channel_data.get("tenant") or {}).get("id") or conversation.tenant_id
+    team_id = (channel_data.get("team") or {}).get("id")
+    channel_id = (channel_data.get("channel") or {}).get("id")
+    sender = activity.from_property
+    return Conversation(
+        id=conversation.id, kind=kind, service_url=activity.service_url, tenant_id=tenant, team_id=team_id,
+        channel_id=channel_id, user_aad_object_id=sender.aad_object_id if kind == "personal" and sender else None,
+        reference=TurnContext.get_conversation_reference(activity),
+    )
+
+
+class ApprovalBot(ActivityHandler):
+    def __init__(self, store: Store, decisions: Decisions, conversations: Conversations) -> None:
+        self.store = store
+        self.decisions = decisions
+        self.conversations = conversations
+
+    # ---- where the bot is ---------------------------------------------------------------
+
+    async def on_conversation_update_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        bot_id = activity.recipient.id if activity.recipient else None
+        if any(m.id == bot_id for m in activity.members_removed or []):
+            conversation = conversation_of(activity)
+            await self.conversations.remove(conversation_id=conversation.id, team_id=conversation.team_id)
+            return
+        await self._remember(turn_context)
+
+    async def on_installation_update_add(self, turn_context: TurnContext) -> None:
+        await self._remember(turn_context)
+
+    async def on_installation_update_remove(self, turn_context: TurnContext) -> None:
+        conversation = conversation_of(turn_context.activity)
+        await self.conversations.remove(conversation_id=conversation.id, team_id=conversation.team_id)
+
+    async def _remember(self, turn_context: TurnContext) -> None:
+        conversation = conversation_of(turn_context.activity)
+        await self.conversations.save(conversation)
+        sender = turn_context.activity.from_property
+        if conversation.kind == "personal" and sender and sender.aad_object_id:
+            await self._member(turn_context, sender)
+
+    async def _member(self, turn_context: TurnContext, sender: ChannelAccount) -> Member | None:
+        """The sender's email and UPN, from our cache or the Teams member API."""
+        known = await self.conversations.member(sender.aad_object_id)
+        if known is not None and known.user_id:
+            return known
+        try:
+            async with asyncio.timeout(MEMBER_LOOKUP_SECONDS):
+                info = await _conversation_member(turn_context, sender.id)
+        except Exception as exc:  # the lookup is a nicety: decide without it rather than fail the click
+            log.warning("Teams member lookup for %s failed: %s", sender.aad_object_id, exc)
+            return known
+        member = Member(
+            aad_object_id=sender.aad_object_id, user_id=sender.id,
+            tenant_id=conversation_of(turn_context.activity).tenant_id,
+            service_url=turn_context.activity.service_url, email=info.email,
+            user_principal_name=info.user_principal_name, name=info.name or sender.name,
+            fetched_at=known.fetched_at if known else None,  # type: ignore[arg-type]
+        )
+        await self.conversations.save_member(member)
+        return member
+
+    # ---- decisions ----------------------------------------------------------------------
+
+    async def on_adaptive_card_invoke(
+        self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
+    ) -> AdaptiveCardInvokeResponse:
+        action = invoke_value.action
+        data = dict(action.data or {}) if action else {}
+        return (await self._decide(turn_context, action.verb if action else None, data)).response
+
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        value = turn_context.activity.value
+        if isinstance(value, dict) and value.get("verb"):  # Action.Submit fallback of older clients
+            # The posted card is updated for everyone by a job; only a refusal needs a word here.
+            result = await self._decide(turn_context, value.get("verb"), value)
+            if result.message:
+                await turn_context.send_activity(MessageFactory.text(_plain(result.message)))
+            return
+        text = (TurnContext.remove_recipient_mention(turn_context.activity) or "").strip().lower()
+        if text.startswith("status"):
+            await turn_context.send_activity(MessageFactory.text(await self._status(turn_context.activity)))
+        else:
+            await turn_context.send_activity(MessageFactory.text(HELP))
+
+    async def _decide(self, turn_context: TurnContext, verb: str | None, data: dict[str, Any]) -> ClickResult:
+        kind = VERBS.get(verb or "")
+        approval_id = data.get("approval_id")
+        if kind is None or not isinstance(approval_id, str):
+            return ClickResult.error(400, "BadRequest", f"unknown card action {verb!r}")
+        sender = turn_context.activity.from_property
+        if sender is None or not (sender.aad_object_id or sender.id):
+            return ClickResult.error(401, "Unauthorized", "the activity does not say who clicked")
+        try:
+            fields = DecisionIn.model_validate({
+                "decision": kind.value, "reviewer": {"id": sender.aad_object_id or sender.id},
+                **({"reason": data.get("reason")} if kind is DecisionKind.REJECT else {}),
+                **({k: data[k] for k in ("subject", "body") if data.get(k) is not None} if kind is DecisionKind.EDIT else {}),
+            })
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"]) or "input"
+            return ClickResult.error(400, "BadRequest", f"{field}: {first['msg']}")
+        try:
+            approval = await self.decisions.get_approval(approval_id)
+        except NotFound:
+            return ClickResult.error(404, "NotFound", "this approval no longer exists")
+        email = None
+        if any("@" in r for r in approval.policy.get("reviewers") or ()):
+            member = await self._member(turn_context, sender)
+            email = member.email or member.user_principal_name if member else None
+        outcome = await self.decisions.decide(DecisionRequest(
+            approval_id=approval_id, kind=kind, channel=Channel.TEAMS,
+            reviewer=Reviewer(id=sender.aad_object_id or sender.id, name=sender.name, email=email),
+            reason=fields.reason, subject=fields.subject, body=fields.body,
+        ))
+        view = await load_view(self.store, approval_id)
+        if not outcome.decided and outcome.detail.get("reason") == "not_allowed":
+            return ClickResult.card(build_not_allowed_card(view, outcome.detail["message"]), outcome.detail["message"])
+        return ClickResult.card(build_card(view))
+
+    # ---- commands -----------------------------------------------------------------------
+
+    async def _status(self, activity: Activity) -> str:
+        conversation = conversation_of(activity)
+        targets = [v for v in (conversation.channel_id, conversation.id, conversation.user_aad_object_id) if v]
+
+        async def q(conn: Any) -> list[Any]:
+            return (await conn.execute(
+                sa.select(t.approvals.c.id, t.approvals.c.action, t.approvals.c.run_id, t.approvals.c.created_at)
+                .join(t.teams_cards, t.teams_cards.c.approval_id == t.approvals.c.id)
+                .where(t.teams_cards.c.target.in_(targets), t.approvals.c.status == "pending")
+                .order_by(t.approvals.c.created_at).limit(20))).all()
+
+        rows = await self.store.read(q)
+        if not rows:
+            return "No approvals are waiting here."
+        lines = [f"{len(rows)} approval(s) waiting here:"]
+        for row in rows:
+            to = ", ".join(row.action["to"])
+            lines.append(f"- {_plain(row.action['subject'])} (to {_plain(to)}), run {row.run_id}")
+        return "\n".join(lines)
+
+
+async def _conversation_member(turn_context: TurnContext, user_id: str) -> TeamsChannelAccount:
+    """GET /v3/conversations/{id}/members/{user} through the turn's async connector client.
+
+    `TeamsInfo.get_member` uses a synchronous client (blocking the event loop) in team
+    conversations, and the generic `ChannelAccount` drops the email and UPN: read the raw
+    answer as a `TeamsChannelAccount` instead."""
+    connector = turn_context.turn_state[turn_context.adapter.BOT_CONNECTOR_CLIENT_KEY]
+    raw = await connector.conversations.get_conversation_member(
+        turn_context.activity.conversation.id, user_id, raw=True)
+    return TeamsChannelAccount().deserialize(json.loads(raw.response.text()))
+
+
+def _plain(text: str) -> str:
+    """Customer and model text in a chat message: the cards' own escaping."""
+    return escape_inline(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ClickResult:
+    """The invoke answer for a click, and the refusal to tell a Submit-fallback client."""
+
+    response: AdaptiveCardInvokeResponse
+    message: str | None = None
+
+    @classmethod
+    def card(cls, card: dict[str, Any], refusal: str | None = None) -> ClickResult:
+        return cls(AdaptiveCardInvokeResponse(status_code=200, type=CARD_CONTENT_TYPE, value=card), refusal)
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str) -> ClickResult:
+        return cls(AdaptiveCardInvokeResponse(status_code=status, type=ERROR_CONTENT_TYPE,
+                                              value={"code": code, "message": message}), message)

@@ -1,0 +1,89 @@
+"""The Teams reviewer channel, assembled: adapter, authentication, bot, card jobs.
+
+`app.py` builds one `TeamsChannel` when Teams is configured and mounts its endpoint;
+this is the only module that knows how the Bot Framework pieces fit together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from botbuilder.core import TurnContext
+from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+
+from ..config import Settings
+from ..decisions import Decisions
+from ..jobs import JobQueue
+from ..runs import Runs
+from ..store.db import Store
+from .auth import CountersignBotAuthentication
+from .bot import ApprovalBot
+from .cards import TeamsCards
+from .conversations import Conversations
+from .credentials import CachedCredentialsFactory
+from .endpoint import MessagesEndpoint
+from .ratelimit import TeamsRateLimiter
+from .tokens import ChannelTokenValidator, validator_from_settings
+
+log = logging.getLogger(__name__)
+
+
+class TeamsNotConfigured(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class _SdkConfiguration:
+    """The attribute names `ConfigurationBotFrameworkAuthentication` reads."""
+
+    APP_ID: str
+    APP_PASSWORD: str
+    APP_TYPE: str
+    APP_TENANTID: str
+    CHANNEL_SERVICE: None = None
+
+
+class TeamsChannel:
+    def __init__(self, settings: Settings, store: Store, jobs: JobQueue, runs: Runs, decisions: Decisions,
+                 http: aiohttp.ClientSession) -> None:
+        if not settings.microsoft_app_id and not settings.bot_insecure_no_auth:
+            raise TeamsNotConfigured(
+                "Teams needs MicrosoftAppId (and MicrosoftAppPassword); for local development only, "
+                "COUNTERSIGN_BOT_INSECURE_NO_AUTH=true accepts unauthenticated Bot Framework requests")
+        self.validator: ChannelTokenValidator | None = (
+            validator_from_settings(settings, http) if settings.microsoft_app_id else None)
+        self.credentials = CachedCredentialsFactory.from_settings(settings, http)
+        self.settings_app_id = settings.microsoft_app_id
+        password = settings.microsoft_app_password.get_secret_value() if settings.microsoft_app_password else ""
+        inner = ConfigurationBotFrameworkAuthentication(
+            _SdkConfiguration(settings.microsoft_app_id, password, settings.microsoft_app_type.value,
+                              settings.microsoft_app_tenant_id),
+            credentials_factory=self.credentials,
+        )
+        self.adapter = CloudAdapter(CountersignBotAuthentication(inner, self.validator))
+        self.adapter.on_turn_error = self._on_turn_error
+        self.conversations = Conversations(store)
+        self.bot = ApprovalBot(store, decisions, self.conversations)
+        self.cards = TeamsCards(store, jobs, self.conversations, self.adapter, bot_app_id=settings.microsoft_app_id,
+                                limiter=TeamsRateLimiter(), token_ready=self._token_ready)
+        self.cards.register()
+        runs.on_approval_created.append(self.cards.on_approval_created)
+        runs.on_approval_changed.append(self.cards.on_approval_changed)
+        self.endpoint = MessagesEndpoint(self.adapter, self.bot, insecure=self.validator is None)
+        if self.validator is None:
+            log.warning("Teams channel running WITHOUT Bot Framework authentication (development mode)")
+
+    async def _token_ready(self) -> None:
+        if self.validator is None and not self.settings_app_id:
+            return  # development mode: no app id, no token
+        await self.credentials.credentials_for().ensure_fresh()
+
+    async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
+        # Re-raised so the endpoint answers with a problem document and the log has the trace.
+        raise error
+
+    async def close(self) -> None:
+        if self.validator is not None:
+            await self.validator.keys.aclose()

@@ -1,0 +1,147 @@
+"""Where the bot is installed, and who the people it has met are (store ops)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from botbuilder.schema import ConversationReference
+
+from ..store import tables as t
+from ..store.db import Store, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    kind: str  # channel | groupChat | personal
+    service_url: str
+    tenant_id: str | None
+    team_id: str | None
+    channel_id: str | None
+    user_aad_object_id: str | None
+    reference: ConversationReference
+
+    @classmethod
+    def from_row(cls, row: Any) -> Conversation:
+        return cls(row.id, row.kind, row.service_url, row.tenant_id, row.team_id, row.channel_id,
+                   row.user_aad_object_id, ConversationReference().deserialize(row.reference))
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    aad_object_id: str
+    user_id: str | None
+    tenant_id: str | None
+    service_url: str | None
+    email: str | None
+    user_principal_name: str | None
+    name: str | None
+    fetched_at: datetime
+
+
+class Conversations:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def save(self, conversation: Conversation) -> None:
+        async def op(tx: Tx) -> None:
+            values = {
+                "kind": conversation.kind, "service_url": conversation.service_url,
+                "tenant_id": conversation.tenant_id, "team_id": conversation.team_id,
+                "channel_id": conversation.channel_id, "user_aad_object_id": conversation.user_aad_object_id,
+                "reference": conversation.reference.serialize(), "updated_at": tx.now,
+            }
+            updated = await tx.execute(
+                t.teams_conversations.update().where(t.teams_conversations.c.id == conversation.id).values(**values))
+            if updated.rowcount == 0:
+                await tx.execute(t.teams_conversations.insert().values(
+                    id=conversation.id, installed_at=tx.now, **values))
+                tx.audit("teams.installed", run_id=None, actor="teams",
+                         data={"conversation_id": conversation.id, "kind": conversation.kind,
+                               "team_id": conversation.team_id, "tenant_id": conversation.tenant_id})
+
+        await self.store.write(op)
+
+    async def remove(self, *, conversation_id: str | None = None, team_id: str | None = None) -> int:
+        async def op(tx: Tx) -> int:
+            where = (t.teams_conversations.c.team_id == team_id) if team_id else (
+                t.teams_conversations.c.id == conversation_id)
+            removed = (await tx.execute(t.teams_conversations.delete().where(where))).rowcount
+            if removed:
+                tx.audit("teams.uninstalled", run_id=None, actor="teams",
+                         data={"conversation_id": conversation_id, "team_id": team_id, "removed": removed})
+            return removed
+
+        return await self.store.write(op)
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        async def q(conn: Any) -> Conversation | None:
+            row = (await conn.execute(
+                sa.select(t.teams_conversations).where(t.teams_conversations.c.id == conversation_id))).first()
+            return Conversation.from_row(row) if row else None
+
+        return await self.store.read(q)
+
+    async def for_channel(self, channel_id: str) -> Conversation | None:
+        """A stored reference in the team that holds `channel_id` (to start threads there)."""
+        async def q(conn: Any) -> Conversation | None:
+            row = (await conn.execute(
+                sa.select(t.teams_conversations)
+                .where(sa.or_(t.teams_conversations.c.channel_id == channel_id,
+                              t.teams_conversations.c.id == channel_id))
+                .order_by(t.teams_conversations.c.updated_at.desc()).limit(1))).first()
+            return Conversation.from_row(row) if row else None
+
+        return await self.store.read(q)
+
+    async def personal_with(self, aad_object_id: str) -> Conversation | None:
+        async def q(conn: Any) -> Conversation | None:
+            row = (await conn.execute(
+                sa.select(t.teams_conversations)
+                .where(t.teams_conversations.c.kind == "personal",
+                       t.teams_conversations.c.user_aad_object_id == aad_object_id)
+                .order_by(t.teams_conversations.c.updated_at.desc()).limit(1))).first()
+            return Conversation.from_row(row) if row else None
+
+        return await self.store.read(q)
+
+    async def any_in_tenant(self, tenant_id: str | None) -> Conversation | None:
+        """Any reference in the tenant: its service URL is where new conversations are created."""
+        async def q(conn: Any) -> Conversation | None:
+            query = sa.select(t.teams_conversations).order_by(t.teams_conversations.c.updated_at.desc()).limit(1)
+            if tenant_id:
+                query = query.where(t.teams_conversations.c.tenant_id == tenant_id)
+            row = (await conn.execute(query)).first()
+            return Conversation.from_row(row) if row else None
+
+        return await self.store.read(q)
+
+    async def save_member(self, member: Member) -> None:
+        async def op(tx: Tx) -> None:
+            values = {"user_id": member.user_id, "tenant_id": member.tenant_id, "service_url": member.service_url,
+                      "email": member.email, "user_principal_name": member.user_principal_name,
+                      "name": member.name, "fetched_at": tx.now}
+            updated = await tx.execute(t.teams_members.update()
+                                            .where(t.teams_members.c.aad_object_id == member.aad_object_id)
+                                            .values(**values))
+            if updated.rowcount == 0:
+                await tx.execute(t.teams_members.insert().values(aad_object_id=member.aad_object_id, **values))
+
+        await self.store.write(op)
+
+    async def member(self, identity: str) -> Member | None:
+        """A person by AAD object id, email or UPN (case-insensitive)."""
+        async def q(conn: Any) -> Member | None:
+            folded = identity.casefold()
+            row = (await conn.execute(sa.select(t.teams_members).where(sa.or_(
+                t.teams_members.c.aad_object_id == identity,
+                sa.func.lower(t.teams_members.c.email) == folded,
+                sa.func.lower(t.teams_members.c.user_principal_name) == folded,
+            )).limit(1))).first()
+            return Member(row.aad_object_id, row.user_id, row.tenant_id, row.service_url, row.email,
+                          row.user_principal_name, row.name, row.fetched_at) if row else None
+
+        return await self.store.read(q)
