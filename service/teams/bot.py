@@ -113,9 +113,12 @@ class ApprovalBot(ActivityHandler):
     async def on_adaptive_card_invoke(
         self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
     ) -> AdaptiveCardInvokeResponse:
+        # The SDK hands the action over as a plain dict (it does not deserialise it).
         action = invoke_value.action
-        data = dict(action.data or {}) if action else {}
-        return (await self._decide(turn_context, action.verb if action else None, data)).response
+        if not isinstance(action, dict):
+            action = action.serialize() if action is not None else {}
+        data = action.get("data")
+        return (await self._decide(turn_context, action.get("verb"), dict(data) if isinstance(data, dict) else {})).response
 
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         value = turn_context.activity.value
@@ -177,7 +180,9 @@ class ApprovalBot(ActivityHandler):
             return (await conn.execute(
                 sa.select(t.approvals.c.id, t.approvals.c.action, t.approvals.c.run_id, t.approvals.c.created_at)
                 .join(t.teams_cards, t.teams_cards.c.approval_id == t.approvals.c.id)
-                .where(t.teams_cards.c.target.in_(targets), t.approvals.c.status == "pending")
+                .where(sa.or_(t.teams_cards.c.target.in_(targets),
+                              t.teams_cards.c.conversation_id == conversation.id),
+                       t.approvals.c.status == "pending")
                 .order_by(t.approvals.c.created_at).limit(20))).all()
 
         rows = await self.store.read(q)
@@ -199,7 +204,8 @@ async def _conversation_member(turn_context: TurnContext, user_id: str) -> Teams
     connector = turn_context.turn_state[turn_context.adapter.BOT_CONNECTOR_CLIENT_KEY]
     raw = await connector.conversations.get_conversation_member(
         turn_context.activity.conversation.id, user_id, raw=True)
-    return TeamsChannelAccount().deserialize(json.loads(raw.response.text()))
+    text = raw.response.text  # a method on some msrest transports, a str on the async one
+    return TeamsChannelAccount().deserialize(json.loads(text() if callable(text) else text))
 
 
 def _plain(text: str) -> str:

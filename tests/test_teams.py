@@ -1,0 +1,337 @@
+"""Teams over real HTTP: a local key server signs the Bot Connector's tokens, a local fake
+Bot Connector plays Teams' side, the service runs with real authentication, and approved
+emails reach the real SMTP server. No test skips authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from .conftest import Service, StartService, email_action, free_port
+from .peers.bot_connector import Failure, FakeConnector
+from .peers.bot_keys import METADATA_PATH, BotKeyServer, TokenFactory
+from .peers.smtp import SmtpServer
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+APP_ID = "test-app-id"
+TENANT = "tenant-1"
+TEAM = "19:team-1@thread.tacv2"
+CHANNEL = "19:approvals@thread.tacv2"
+
+
+@dataclass
+class Teams:
+    service: Service
+    connector: FakeConnector
+    keys: BotKeyServer
+    tokens: TokenFactory
+    connector_url: str
+
+    def activity(self, kind: str, *, sender: str = "rita", conversation: str = CHANNEL,
+                 conversation_type: str = "channel", **fields: Any) -> dict[str, Any]:
+        activity: dict[str, Any] = {
+            "type": kind, "id": f"act-{time.monotonic_ns()}", "channelId": "msteams",
+            "serviceUrl": self.connector_url, "timestamp": "2026-11-21T10:00:00Z",
+            "from": {"id": f"29:{sender}", "aadObjectId": f"aad-{sender}", "name": sender.title()},
+            "recipient": {"id": f"28:{APP_ID}", "name": "Countersign"},
+            "conversation": {"id": conversation, "conversationType": conversation_type, "tenantId": TENANT,
+                             "isGroup": conversation_type != "personal"},
+            "channelData": {"tenant": {"id": TENANT}},
+        }
+        if conversation_type == "channel":
+            activity["channelData"].update({"team": {"id": TEAM}, "channel": {"id": CHANNEL}})
+        activity.update(fields)
+        return activity
+
+    def click(self, approval_id: str, verb: str, *, sender: str = "rita", **inputs: Any) -> dict[str, Any]:
+        return self.activity("invoke", sender=sender, conversation=f"{CHANNEL};messageid=1", name="adaptiveCard/action",
+                             replyToId="activity-1", value={"action": {
+                                 "type": "Action.Execute", "verb": verb,
+                                 "data": {"approval_id": approval_id, "revision": 1, **inputs}}, "trigger": "manual"})
+
+    async def post(self, activity: dict[str, Any], *, token: str | None = None,
+                   auth: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": auth if auth is not None else f"Bearer {token or self.tokens.token()}"}
+        status, body, _ = await self.service.request("POST", "/api/messages", body=activity, auth="none",
+                                                     headers=headers)
+        return status, body
+
+    async def install(self) -> None:
+        status, _ = await self.post(self.activity("conversationUpdate", membersAdded=[{"id": f"28:{APP_ID}"}]))
+        assert status == 200
+
+    async def pending_run(self, **policy: Any) -> tuple[str, str]:
+        accepted = await self.service.create_run({"action": email_action(), "requested_by": "ops@example.com",
+                                                  "policy": {"teams_channel": CHANNEL, **policy}})
+        run = await self.service.run(accepted["id"])
+        return accepted["id"], run["approvals"][0]["id"]
+
+    async def wait_calls(self, method: str, count: int, prefix: str = "/v3/", timeout: float = 10) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.connector.of(method, prefix)) < count:
+            assert time.monotonic() < deadline, [(c.method, c.path, c.status) for c in self.connector.calls]
+            await asyncio.sleep(0.02)
+        return self.connector.of(method, prefix)
+
+
+@pytest.fixture
+async def teams(start_service: StartService, smtp_server: SmtpServer) -> AsyncIterator[Teams]:
+    keys = BotKeyServer()
+    keys.add_key("key-1", endorsements=["msteams"])
+    key_server = TestServer(keys.app(), host="127.0.0.1", port=free_port())
+    connector = FakeConnector()
+    connector_server = TestServer(connector.app(), host="127.0.0.1", port=free_port())
+    await key_server.start_server()
+    await connector_server.start_server()
+    connector_url = str(connector_server.make_url("")).rstrip("/")
+    try:
+        service = await start_service(
+            smtp_server, microsoft_app_id=APP_ID, microsoft_app_password="test-app-password",
+            bot_openid_metadata_url=str(key_server.make_url(METADATA_PATH)),
+            bot_token_url=f"{connector_url}/oauth2/v2.0/token", bot_key_refresh_min_seconds=0.5)
+        yield Teams(service, connector, keys, TokenFactory(keys, app_id=APP_ID, service_url=connector_url),
+                    connector_url)
+    finally:
+        keys.release()
+        await connector_server.close()
+        await key_server.close()
+
+
+async def test_install_is_remembered_and_removal_forgets(teams: Teams) -> None:
+    await teams.install()
+    status, page, _ = await teams.service.request("GET", "/api/runs")  # the app is healthy
+    assert status == 200
+    accepted = await teams.service.create_run({"action": email_action(), "policy": {"teams_channel": CHANNEL}})
+    await teams.wait_calls("POST", 1, "/v3/conversations")
+    status, _ = await teams.post(teams.activity("conversationUpdate", membersRemoved=[{"id": f"28:{APP_ID}"}]))
+    assert status == 200
+    await teams.service.create_run({"action": email_action(subject="after removal"),
+                                    "policy": {"teams_channel": CHANNEL}})
+    run = await teams.service.wait_for(
+        (await teams.service.request("GET", "/api/runs"))[1]["items"][0]["id"],
+        lambda r: any(j["kind"] == "teams.post_card" and j["status"] == "dead" for j in r["jobs"]))
+    [job] = [j for j in run["jobs"] if j["kind"] == "teams.post_card"]
+    assert "not installed" in job["last_error"]
+    assert accepted["id"] != run["id"]
+
+
+async def test_card_posted_approved_updated_and_emailed(teams: Teams, smtp_server: SmtpServer) -> None:
+    await teams.install()
+    run_id, approval_id = await teams.pending_run()
+    [create] = await teams.wait_calls("POST", 1, "/v3/conversations")
+    assert create.path == "/v3/conversations" and create.body["channelData"]["channel"]["id"] == CHANNEL
+    card = create.body["activity"]["attachments"][0]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    verbs = {a.get("verb") for a in _actions(card["content"])}
+    assert {"countersign.approve", "countersign.reject"} <= verbs
+
+    smtp_server.handler.on_data = lambda content: time.sleep(1.0)  # type: ignore[func-returns-value]
+    started = time.monotonic()
+    status, answer = await teams.post(teams.click(approval_id, "countersign.approve"))
+    elapsed = time.monotonic() - started
+    assert status == 200 and answer["statusCode"] == 200
+    assert answer["type"] == "application/vnd.microsoft.card.adaptive"
+    assert _actions(answer["value"]) == []  # the decided card has no buttons
+    assert elapsed < 1.0  # answered without waiting for the (slow) SMTP server
+
+    run = await teams.service.wait_status(run_id, "completed")
+    assert run["decisions"][0]["channel"] == "teams" and run["decisions"][0]["reviewer"]["id"] == "aad-rita"
+    assert len(smtp_server.messages()) == 1
+    updates = await teams.wait_calls("PUT", 1)
+    assert updates[0].path.endswith("/activities/activity-1")
+    assert all(c.authorization == "Bearer connector-test-access-token" for c in teams.connector.calls
+               if c.path.startswith("/v3/"))
+    assert teams.connector.token_requests == 1  # one token, cached
+
+
+async def test_edit_and_reject_from_teams(teams: Teams, smtp_server: SmtpServer) -> None:
+    await teams.install()
+    run_id, approval_id = await teams.pending_run()
+    status, answer = await teams.post(teams.click(approval_id, "countersign.edit", subject="Edited in Teams",
+                                                  body="New body from Rita"))
+    assert status == 200 and answer["statusCode"] == 200
+    await teams.service.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert message["Subject"] == "Edited in Teams"
+    assert message.get_body(("plain",)).get_content().strip() == "New body from Rita"
+
+    run_id, approval_id = await teams.pending_run()
+    status, answer = await teams.post(teams.click(approval_id, "countersign.reject", reason="   "))
+    assert status == 200 and answer["statusCode"] == 400  # a reason is required
+    status, answer = await teams.post(teams.click(approval_id, "countersign.reject", reason="Wrong customer"))
+    assert answer["statusCode"] == 200
+    run = await teams.service.wait_status(run_id, "rejected")
+    assert run["failure_reason"] == "Wrong customer" and len(smtp_server.messages()) == 1
+
+
+async def test_unauthorized_reviewer_gets_told_and_is_audited(teams: Teams) -> None:
+    await teams.install()
+    run_id, approval_id = await teams.pending_run(reviewers=["aad-sam"])
+    status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="mallory"))
+    assert status == 200 and answer["statusCode"] == 200
+    texts = " ".join(_texts(answer["value"]))
+    assert "not among the reviewers" in texts and _actions(answer["value"]) == []
+    run = await teams.service.run(run_id)
+    assert run["status"] == "awaiting_approval"
+    [refused] = [e for e in run["timeline"] if e["event"] == "decision.refused"]
+    assert refused["actor"] == "aad-mallory" and refused["data"]["channel"] == "teams"
+    # The card's data cannot speak for someone else: identity comes from the signed activity.
+    click = teams.click(approval_id, "countersign.approve", sender="mallory")
+    click["value"]["action"]["data"]["reviewer"] = {"id": "aad-sam"}
+    await teams.post(click)
+    assert (await teams.service.run(run_id))["status"] == "awaiting_approval"
+
+
+async def test_duplicate_and_concurrent_clicks_decide_once(teams: Teams, smtp_server: SmtpServer) -> None:
+    await teams.install()
+    run_id, approval_id = await teams.pending_run()
+    clicks = [teams.click(approval_id, "countersign.approve" if i % 2 else "countersign.reject", sender=f"r{i}",
+                          reason="no") for i in range(12)]
+    results = await asyncio.gather(*(teams.post(c) for c in clicks))
+    assert all(status == 200 and answer["statusCode"] == 200 for status, answer in results)
+    assert all(_actions(answer["value"]) == [] for _, answer in results)  # everyone sees the decided card
+    run = await teams.service.wait_for(run_id, lambda r: r["status"] in ("completed", "rejected"))
+    assert len(run["decisions"]) == 1
+    assert len(smtp_server.messages()) == (1 if run["status"] == "completed" else 0)
+
+
+@pytest.mark.parametrize("case", [
+    "missing", "not bearer", "garbage", "expired", "wrong audience", "wrong issuer", "alg none",
+    "hs256 with public key", "wrong key", "unknown kid", "tampered", "wrong serviceurl", "not yet valid",
+])
+async def test_every_bad_token_is_401_and_changes_nothing(teams: Teams, case: str) -> None:
+    run_id, approval_id = await teams.pending_run()
+    tokens = teams.tokens
+    auth = {
+        "missing": "", "not bearer": f"Basic {tokens.token()}", "garbage": "Bearer not.a.jwt",
+        "expired": f"Bearer {tokens.expired()}", "wrong audience": f"Bearer {tokens.token(aud='another-app')}",
+        "wrong issuer": f"Bearer {tokens.token(iss='https://evil.example')}", "alg none": f"Bearer {tokens.alg_none()}",
+        "hs256 with public key": f"Bearer {tokens.hs256_with_public_key()}", "wrong key": f"Bearer {tokens.wrong_key()}",
+        "unknown kid": f"Bearer {tokens.unknown_kid()}", "tampered": f"Bearer {tokens.tampered(aud=APP_ID + 'x')}",
+        "wrong serviceurl": f"Bearer {tokens.token(serviceurl='https://evil.example/')}",
+        "not yet valid": f"Bearer {tokens.not_yet_valid()}",
+    }[case]
+    status, problem = await teams.post(teams.click(approval_id, "countersign.approve"), auth=auth)
+    assert status == 401 and problem["status"] == 401 and problem["type"].endswith("unauthorized")
+    run = await teams.service.run(run_id)
+    assert run["status"] == "awaiting_approval" and run["decisions"] == []
+
+
+async def test_rotated_signing_key_is_accepted_at_once(teams: Teams) -> None:
+    await teams.install()
+    new_kid = teams.keys.rotate(endorsements=["msteams"])
+    await asyncio.sleep(0.6)  # past the minimum refresh interval of this test configuration
+    status, _ = await teams.post(teams.activity("conversationUpdate", membersAdded=[]), token=teams.tokens.token(new_kid))
+    assert status == 200
+
+
+async def test_throttling_is_retried_within_limits(teams: Teams) -> None:
+    await teams.install()
+    teams.connector.fail_next(Failure(429, retry_after=0.3, code="TooManyRequests"), Failure(502), Failure(503))
+    run_id, _ = await teams.pending_run()
+    await teams.wait_calls("POST", 1, "/v3/conversations", timeout=15)
+    attempts = [c for c in teams.connector.calls if c.path == "/v3/conversations"]
+    assert [c.status for c in attempts] == [429, 502, 503, 200]
+    assert attempts[1].at - attempts[0].at >= 0.3  # Retry-After honoured
+    run = await teams.service.wait_for(run_id, lambda r: any(
+        j["kind"] == "teams.post_card" and j["status"] == "done" for j in r["jobs"]))
+    [job] = [j for j in run["jobs"] if j["kind"] == "teams.post_card"]
+    assert job["attempts"] == 4
+
+
+async def test_oversized_or_forbidden_is_a_dead_letter_on_the_run(teams: Teams) -> None:
+    await teams.install()
+    teams.connector.fail_next(Failure(413, code="MessageSizeTooBig"))
+    run_id, _ = await teams.pending_run()
+    run = await teams.service.wait_for(run_id, lambda r: any(
+        j["kind"] == "teams.post_card" and j["status"] == "dead" for j in r["jobs"]))
+    [job] = [j for j in run["jobs"] if j["kind"] == "teams.post_card"]
+    assert "413" in job["last_error"] and "MessageSizeTooBig" in job["last_error"] and job["attempts"] == 1
+    assert "job.dead" in [e["event"] for e in run["timeline"]]
+
+
+async def test_personal_chat_reviewer_and_status_command(teams: Teams) -> None:
+    # Sam installs the app personally: the bot learns the chat and Sam's email.
+    teams.connector.members["29:sam"] = {"id": "29:sam", "name": "Sam", "aadObjectId": "aad-sam",
+                                         "email": "sam@example.com", "userPrincipalName": "sam@example.com"}
+    status, _ = await teams.post(teams.activity("installationUpdate", sender="sam", conversation="a:chat-sam",
+                                                conversation_type="personal", action="add"))
+    assert status == 200
+    run_id, approval_id = await teams.pending_run(teams_channel=None, teams_chat=["sam@example.com"],
+                                                  reviewers=["sam@example.com"])
+    # Posted into Sam's existing chat (a reply to the continuation), not a new conversation.
+    sends = await teams.wait_calls("POST", 1, "/v3/conversations/a:chat-sam/activities")
+    assert sends[0].body["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
+
+    status, _ = await teams.post(teams.activity("message", sender="sam", conversation="a:chat-sam",
+                                                conversation_type="personal", text="status"))
+    assert status == 200
+    replies = await teams.wait_calls("POST", 2, "/v3/conversations/a:chat-sam/activities")
+    assert "1 approval(s) waiting here" in replies[-1].body["text"]
+
+    status, answer = await teams.post({**teams.click(approval_id, "countersign.approve", sender="sam"),
+                                       "conversation": {"id": "a:chat-sam", "conversationType": "personal",
+                                                        "tenantId": TENANT}})
+    assert answer["statusCode"] == 200 and _actions(answer["value"]) == []
+    run = await teams.service.wait_status(run_id, "completed")
+    assert run["decisions"][0]["reviewer"]["email"] == "sam@example.com"
+
+
+async def test_action_submit_fallback_decides_too(teams: Teams) -> None:
+    await teams.install()
+    run_id, approval_id = await teams.pending_run()
+    status, _ = await teams.post(teams.activity("message", conversation=f"{CHANNEL};messageid=1", replyToId="activity-1",
+                                                value={"verb": "countersign.approve", "approval_id": approval_id,
+                                                       "revision": 1}))
+    assert status == 200
+    run = await teams.service.wait_status(run_id, "completed")
+    assert run["decisions"][0]["channel"] == "teams"
+
+
+async def test_bad_activity_bodies_are_4xx(teams: Teams) -> None:
+    for raw, expected in ((b"{not json", 400), (b"[]", 400), (b'{"type": "message"}', 400)):
+        status, problem, _ = await teams.service.request(
+            "POST", "/api/messages", raw=raw, auth="none", headers={"Authorization": f"Bearer {teams.tokens.token()}"})
+        assert status == expected and problem["status"] == expected
+
+
+def _actions(card: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if str(node.get("type", "")).startswith("Action."):
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(card.get("actions", []))
+    walk(card.get("body", []))
+    return found
+
+
+def _texts(card: dict[str, Any]) -> list[str]:
+    texts: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "TextBlock":
+                texts.append(node.get("text", ""))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(card)
+    return texts
