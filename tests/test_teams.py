@@ -335,3 +335,44 @@ def _texts(card: dict[str, Any]) -> list[str]:
 
     walk(card)
     return texts
+
+
+async def test_uninstall_by_installation_update(teams: Teams) -> None:
+    await teams.install()
+    status, _ = await teams.post(teams.activity("installationUpdate", action="remove"))
+    assert status == 200
+    await teams.pending_run()
+    run = await teams.service.wait_for((await teams.service.request("GET", "/api/runs"))[1]["items"][0]["id"],
+                                       lambda r: any(j["status"] == "dead" for j in r["jobs"]))
+    assert "not installed" in run["jobs"][0]["last_error"]
+
+
+def test_teams_without_app_id_refuses_to_start(tmp_path, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    from service.app import create_app
+    from service.config import Settings
+    from service.teams.channel import TeamsNotConfigured
+
+    for settings in (
+        Settings(data_dir=tmp_path, api_token="x" * 20, microsoft_app_password="secret"),
+        Settings(data_dir=tmp_path, api_token="x" * 20, policies={"default": {"teams_channel": CHANNEL}}),
+    ):
+        with pytest.raises(TeamsNotConfigured, match="MicrosoftAppId"):
+            create_app(settings)
+
+
+async def test_insecure_development_mode_is_explicit_and_loud(start_service: StartService, smtp_server: SmtpServer,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    service = await start_service(smtp_server, bot_insecure_no_auth=True)
+    activity = {"type": "conversationUpdate", "id": "1", "channelId": "msteams", "serviceUrl": "http://127.0.0.1:9",
+                "from": {"id": "29:x"}, "recipient": {"id": "28:bot"},
+                "conversation": {"id": CHANNEL, "conversationType": "channel"}, "membersAdded": []}
+    for _ in range(2):
+        status, _, _ = await service.request("POST", "/api/messages", body=activity, auth="none")
+        assert status == 200
+    warnings = [r for r in caplog.records if "authentication is OFF" in r.getMessage()]
+    assert len(warnings) == 2  # on every request
+
+
+async def test_without_teams_the_endpoint_says_so(service: Service) -> None:
+    status, problem, _ = await service.request("POST", "/api/messages", body={"type": "message"}, auth="none")
+    assert status == 503 and problem["type"].endswith("teams_not_configured")
