@@ -376,3 +376,24 @@ async def test_insecure_development_mode_is_explicit_and_loud(start_service: Sta
 async def test_without_teams_the_endpoint_says_so(service: Service) -> None:
     status, problem, _ = await service.request("POST", "/api/messages", body={"type": "message"}, auth="none")
     assert status == 503 and problem["type"].endswith("teams_not_configured")
+
+
+async def test_new_personal_chat_is_created_for_a_known_reviewer(teams: Teams) -> None:
+    await teams.install()
+    teams.connector.members["29:sam"] = {"id": "29:sam", "name": "Sam", "aadObjectId": "aad-sam",
+                                         "email": "sam@example.com", "userPrincipalName": "sam@example.com"}
+    # Sam is met in the channel: a click on an approval whose policy names reviewers by email.
+    _, first = await teams.pending_run(reviewers=["sam@example.com"])
+    status, answer = await teams.post(teams.click(first, "countersign.reject", sender="sam", reason="not now"))
+    assert answer["statusCode"] == 200
+
+    run_id, _ = await teams.pending_run(teams_channel=None, teams_chat=["sam@example.com"])
+    creates = await teams.wait_calls("POST", 2, "/v3/conversations")
+    create = [c for c in creates if c.path == "/v3/conversations" and not c.body.get("channelData", {}).get("channel")]
+    assert len(create) == 1 and create[0].body["members"] == [{"id": "29:sam"}] and create[0].body["isGroup"] is False
+    chat_id = create[0].conversation_id
+    [card] = await teams.wait_calls("POST", 1, f"/v3/conversations/{chat_id}/activities")
+    assert card.body["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
+    run = await teams.service.wait_for(run_id, lambda r: any(
+        j["kind"] == "teams.post_card" and j["status"] == "done" for j in r["jobs"]))
+    assert "teams.card_posted" in [e["event"] for e in run["timeline"]]
