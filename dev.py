@@ -37,35 +37,29 @@ def ensure_installed(extra: str | None) -> None:
     stamp.write_text(digest)
 
 
-def ensure_postgres_server() -> None:
-    """The tests start a real PostgreSQL server; install Debian's if this machine has none."""
+def ensure_system_tool(present: bool, packages: list[str], why: str) -> None:
+    """Install Debian packages the tests need when this machine lacks them (as root, with apt)."""
+    import shutil
+
+    if present:
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        print(f"dev.py: installing {' '.join(packages)} ({why})")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env)
+        return
+    sys.exit(f"dev.py: the tests need {' and '.join(packages)} ({why}); install them with your OS's package manager")
+
+
+def ensure_test_tools() -> None:
     import glob
     import shutil
 
-    if glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb"):
-        return
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        print("dev.py: installing the PostgreSQL server for the tests (apt-get install postgresql)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env)
-        return
-    sys.exit("dev.py: the tests need PostgreSQL's server binaries (initdb, pg_ctl); install your OS's postgresql package")
-
-
-def ensure_node() -> None:
-    """The Adaptive Card tests run the official renderer (npm `adaptivecards`) under Node."""
-    import shutil
-
-    if shutil.which("node") and shutil.which("npm"):
-        return
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        print("dev.py: installing Node.js for the card renderer tests (apt-get install nodejs npm)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"], check=True, env=env)
-        return
-    sys.exit("dev.py: the tests need Node.js 18+ and npm (the official Adaptive Cards renderer runs on it)")
+    ensure_system_tool(bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")),
+                       ["postgresql"], "the tests start a real PostgreSQL server")
+    ensure_system_tool(bool(shutil.which("node") and shutil.which("npm")), ["nodejs", "npm"],
+                       "the card tests run the official Adaptive Cards renderer")
 
 
 def main() -> int:
@@ -76,8 +70,7 @@ def main() -> int:
         return subprocess.call([str(BIN / "countersign"), "serve", *rest], cwd=ROOT)
     if command == "test":
         ensure_installed("test")
-        ensure_postgres_server()
-        ensure_node()
+        ensure_test_tools()
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
     print(__doc__)
     return 0 if command == "help" else 2
