@@ -148,7 +148,7 @@ async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartServi
             await store.close()
         app = create_app(settings)
         server = TestServer(app, host="127.0.0.1", port=free_port())
-        await server.start_server()
+        await server.start_server(shutdown_timeout=2)
         http = aiohttp.ClientSession()
         started.append((server, http))
         return Service(str(server.make_url("")).rstrip("/"), settings, http, app)

@@ -176,7 +176,7 @@ async def test_callback_is_signed_and_retried(start_service, smtp_server: SmtpSe
     app = web.Application()
     app.router.add_post("/hook", hook)
     server = TestServer(app, host="127.0.0.1", port=free_port())
-    await server.start_server()
+    await server.start_server(shutdown_timeout=2)
     try:
         service = await start_service(smtp_server)
         accepted = await service.create_run({"action": email_action(), "callback_url": str(server.make_url("/hook"))})

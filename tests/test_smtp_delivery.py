@@ -77,8 +77,8 @@ async def test_server_down_then_up(start_service: StartService, smtp_server: Smt
     smtp_server.stop()
     service = await start_service(smtp_server, job_max_attempts=50)
     run_id = await _approved_run(service)
-    await asyncio.sleep(0.5)
-    run = await service.run(run_id)
+    run = await service.wait_for(run_id, lambda r: any(
+        j["kind"] == "send_email" and j["attempts"] >= 2 for j in r["jobs"]))
     [job] = [j for j in run["jobs"] if j["kind"] == "send_email"]
     assert run["status"] == "delivering" and job["attempts"] >= 2
     assert "Connect call failed" in job["last_error"]

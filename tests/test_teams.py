@@ -88,8 +88,8 @@ async def teams(start_service: StartService, smtp_server: SmtpServer) -> AsyncIt
     key_server = TestServer(keys.app(), host="127.0.0.1", port=free_port())
     connector = FakeConnector()
     connector_server = TestServer(connector.app(), host="127.0.0.1", port=free_port())
-    await key_server.start_server()
-    await connector_server.start_server()
+    await key_server.start_server(shutdown_timeout=2)
+    await connector_server.start_server(shutdown_timeout=2)
     connector_url = str(connector_server.make_url("")).rstrip("/")
     try:
         service = await start_service(
@@ -269,6 +269,7 @@ async def test_personal_chat_reviewer_and_status_command(teams: Teams) -> None:
     # Posted into Sam's existing chat (a reply to the continuation), not a new conversation.
     sends = await teams.wait_calls("POST", 1, "/v3/conversations/a:chat-sam/activities")
     assert sends[0].body["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
+    await teams.service.wait_for(run_id, lambda r: "teams.card_posted" in [e["event"] for e in r["timeline"]])
 
     status, _ = await teams.post(teams.activity("message", sender="sam", conversation="a:chat-sam",
                                                 conversation_type="personal", text="status"))

@@ -101,7 +101,7 @@ async def token_endpoint() -> AsyncIterator[TokenEndpoint]:
     app = web.Application()
     app.router.add_post("/oauth2/v2.0/token", endpoint.handle)
     server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(shutdown_timeout=2)
     endpoint.url = str(server.make_url("/oauth2/v2.0/token"))
     yield endpoint
     endpoint.release.set()
@@ -116,7 +116,7 @@ async def connector() -> AsyncIterator[FakeConnector]:
     app.router.add_post("/v3/conversations/{conv}/activities/{aid}", fake.handle)
     app.router.add_put("/v3/conversations/{conv}/activities/{aid}", fake.handle)
     server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(shutdown_timeout=2)
     fake.url = str(server.make_url("/"))
     yield fake
     await server.close()

@@ -57,7 +57,7 @@ async def peer() -> AsyncIterator[KeyPeer]:
     server = BotKeyServer()
     server.add_key("key-1", endorsements=[CHANNEL, "webchat"])
     test_server = TestServer(server.app(), host="127.0.0.1")
-    await test_server.start_server()
+    await test_server.start_server(shutdown_timeout=2)
     try:
         yield KeyPeer(server, str(test_server.make_url(METADATA_PATH)),
                       TokenFactory(server, app_id=APP_ID, service_url=SERVICE_URL))

@@ -175,6 +175,10 @@ class ApprovalBot(ActivityHandler):
     async def _status(self, activity: Activity) -> str:
         conversation = conversation_of(activity)
         targets = [v for v in (conversation.channel_id, conversation.id, conversation.user_aad_object_id) if v]
+        if conversation.user_aad_object_id:  # a personal chat: cards routed to this person by email too
+            member = await self.conversations.member(conversation.user_aad_object_id)
+            if member is not None:
+                targets += [v for v in (member.email, member.user_principal_name) if v]
 
         async def q(conn: Any) -> list[Any]:
             return (await conn.execute(
