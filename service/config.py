@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     smtp_ca_file: Path | None = None
     smtp_timeout_seconds: float = 30.0
     smtp_pool_size: int = 4
-    smtp_idle_seconds: float = 10.0  # how long an idle pooled connection is kept
+    # How long an idle pooled connection is kept (servers may drop one after 5 minutes);
+    # one idle for more than 2 s is checked with NOOP before use.
+    smtp_idle_seconds: float = 60.0
     mail_from: str = "Countersign <countersign@localhost>"
     mail_reply_to: str | None = None
     message_id_domain: str = "countersign.local"

@@ -298,34 +298,41 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _loop(self) -> None:
+        woken = False
         while True:
             try:
                 free = self.concurrency - len(self._tasks)
                 jobs: list[Job] = []
                 if free > 0:
                     self.queue.wakeup.clear()
-                    if await self.queue.has_due():
+                    # A local commit that enqueued work: lease at once. A poll: look first
+                    # (a cheap read) so an idle worker takes no write transaction.
+                    if woken or await self.queue.has_due():
                         jobs = await self.queue.lease(free)
                 for job in jobs:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.kind}-{job.id}")
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
+                woken = False
                 if jobs and len(jobs) == free:
                     await self._wait(self._slot_free)
                 elif not jobs:
-                    await self._wait(self.queue.wakeup)
+                    woken = await self._wait(self.queue.wakeup)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database may be briefly away: keep polling
                 log.exception("job worker loop failed; retrying")
                 await asyncio.sleep(self.poll_seconds)
 
-    async def _wait(self, event: asyncio.Event) -> None:
+    async def _wait(self, event: asyncio.Event) -> bool:
+        """True when `event` fired, False when the poll interval ran out."""
         try:
             await asyncio.wait_for(event.wait(), timeout=self.poll_seconds)
         except TimeoutError:
-            pass
-        event.clear()
+            return False
+        finally:
+            event.clear()
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -70,6 +71,7 @@ class SmtpTransport:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(settings.smtp_pool_size)
         self._tls_context = self._make_tls_context()
+        self._ehlo_name: str | None = None
 
     def _make_tls_context(self) -> ssl.SSLContext | None:
         if self.settings.smtp_security is SmtpSecurity.NONE:
@@ -77,10 +79,18 @@ class SmtpTransport:
         context = ssl.create_default_context(cafile=str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None)
         return context
 
+    async def _local_hostname(self) -> str:
+        # aiosmtplib would resolve our FQDN (blocking, so in a thread) for every new
+        # connection's EHLO; once per process is enough.
+        if self._ehlo_name is None:
+            self._ehlo_name = await asyncio.to_thread(socket.getfqdn)
+        return self._ehlo_name
+
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
         client = aiosmtplib.SMTP(
             hostname=s.smtp_host, port=s.smtp_port, timeout=s.smtp_timeout_seconds,
+            local_hostname=await self._local_hostname(),
             use_tls=s.smtp_security is SmtpSecurity.TLS,
             start_tls=s.smtp_security is SmtpSecurity.STARTTLS,
             tls_context=self._tls_context,
