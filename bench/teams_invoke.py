@@ -19,10 +19,16 @@ connector has every card. Then rounds; each round sends, in an order that rotate
 
 Decisions enqueue card updates (to the connector) and emails (to SMTP); those jobs run
 while the next waves arrive, as they would. Every click must answer 200 with a card, and
-every approval must end with exactly one decision. `--spread-waves` adds waves whose
-clicks are spread uniformly over one second instead (50 clicks/s), reported apart.
+every approval must end with exactly one decision. Before the target's waves, `--serial-waves`
+send their clicks one at a time, 0.3 s apart (one click alone, its jobs done before the
+next: the floor); after them,
+`--spread-waves` start theirs at uniformly random moments within `--spread-over` seconds
+(50 clicks/s by default), reported apart.
 
 Target (the issue): p99 < 100 ms on loopback with 50 concurrent reviewers.
+
+What-if (not the shipped code; the first fix suggested in RESULTS.md): `--patch-msrest`
+starts the service with msrest's ClientRetryPolicy.safe_codes turned into a frozenset.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ KID = "bench-key-1"
 TOKEN = "bench-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 P99_TARGET_MS = 100.0
+# --patch-msrest: a what-if, imported by the service's interpreter at start-up (sitecustomize).
+MSREST_PATCH = """from msrest.universal_http.requests import ClientRetryPolicy
+ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)
+"""
 
 
 # ---- the key server and the fake Bot Connector, in their own process ------------------
@@ -93,8 +103,8 @@ class TeamsPeers:
                    TokenFactory(keys, app_id=APP_ID, service_url=ready["connector_url"]))
 
     async def stats(self) -> dict[str, Any]:
-        """{"token_requests", "posted", "updated", "failed", "posted_ns": [CLOCK_MONOTONIC ns of each
-        answered card post]}."""
+        """{"token_requests", "posted", "updated", "failed", "posted_ns": [CLOCK_MONOTONIC ns at which
+        each card post was answered], "arrived_s": [CLOCK_MONOTONIC s at which each reached the connector]}."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(b"stats\n")
         await self.proc.stdin.drain()
@@ -156,9 +166,10 @@ async def serve_peers(key_file: Path, delay: float) -> None:
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         if line.strip() == "stats":
             ok = Counter(c.method for c in connector.calls if c.status < 300 and c.path.startswith("/v3/"))
+            arrived = [c.at for c in connector.calls if c.path == "/v3/conversations" and c.status < 300]
             print(json.dumps({"token_requests": connector.token_requests, "posted": len(posted_ns),
                               "updated": ok["PUT"], "failed": sum(c.status >= 300 for c in connector.calls),
-                              "posted_ns": posted_ns}), flush=True)
+                              "posted_ns": posted_ns, "arrived_s": arrived}), flush=True)
     for runner in runners:
         await runner.cleanup()
 
@@ -245,7 +256,9 @@ async def jobs(http: aiohttp.ClientSession, url: str, status: str) -> list[dict[
 # ---- waves ------------------------------------------------------------------------------
 
 Request = Callable[[], Awaitable[bool]]  # sends one request, True if the answer was right
-SHAPES = {"serial": "one at a time", "burst": "all at once", "spread": "spread uniformly over 1 s"}
+SHAPES = {"serial": "one at a time, 0.3 s apart", "burst": "all at once",
+          "spread": "spread uniformly over {spread:g} s"}
+SERIAL_GAP = 0.3  # seconds after each request of a serial wave: its card update and email are done by then
 
 
 @dataclass
@@ -270,10 +283,14 @@ async def timed(request: Request, offset: float = 0.0) -> Sample:
     return Sample((time.perf_counter() - started) * 1000, ok)
 
 
-async def wave(requests: Sequence[Request], shape: str) -> list[Sample]:
+async def wave(requests: Sequence[Request], shape: str, spread: float) -> list[Sample]:
     if shape == "serial":
-        return [await timed(r) for r in requests]
-    spread = 1.0 if shape == "spread" else 0.0
+        samples = []
+        for request in requests:
+            samples.append(await timed(request))
+            await asyncio.sleep(SERIAL_GAP)
+        return samples
+    spread = spread if shape == "spread" else 0.0
     return list(await asyncio.gather(*(timed(r, random.uniform(0, spread)) for r in requests)))
 
 
@@ -289,6 +306,7 @@ class Load:
     bare: Server
     connector_url: str
     tokens: dict[str, str]  # reviewer -> a signed Bot Connector token
+    spread: float  # seconds over which a "spread" wave's requests start
 
     def click(self, approval_id: str, place: Place, approve: bool, reviewer: str) -> Request:
         body = click(place, self.connector_url, approval_id, reviewer, approve)
@@ -321,10 +339,10 @@ class Load:
         for kind in kinds[number % 3:] + kinds[:number % 3]:
             cpu = self.service.cpu_seconds()
             if kind == "clicks":
-                samples = await wave(clicks, shape)
+                samples = await wave(clicks, shape, self.spread)
             else:
                 samples = await wave([self.bare_post(bare_body) if kind == "bare" else self.healthz] * len(plan),
-                                     shape)
+                                     shape, self.spread)
             if tally is not None:
                 getattr(tally, kind).extend(samples)
                 if kind == "clicks":
@@ -361,6 +379,10 @@ async def run(args: argparse.Namespace) -> None:
     env = clean_env({"COUNTERSIGN_DATA_DIR": str(workdir / "data"), "COUNTERSIGN_API_TOKEN": TOKEN,
                      "COUNTERSIGN_LOG_LEVEL": "WARNING", "COUNTERSIGN_PORT": str(service_port),
                      **smtp.env(), **peers.service_env()})
+    if args.patch_msrest:
+        (workdir / "patch").mkdir()
+        (workdir / "patch" / "sitecustomize.py").write_text(MSREST_PATCH)
+        env["PYTHONPATH"] = str(workdir / "patch")
     fresh = args.concurrency - args.duplicates
     schedule = [("burst", None)] + [(shape, shape) for shape, count in
                                     (("serial", args.serial_waves), ("burst", args.waves),
@@ -373,7 +395,7 @@ async def run(args: argparse.Namespace) -> None:
               Server.start("bare", [PYTHON, str(BENCH / "bare_server.py"), "--port", str(bare_port)],
                            port=bare_port, env=clean_env({}), log=workdir / "bare.log") as bare):
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http:
-                load = Load(http, service, bare, peers.connector_url, tokens)
+                load = Load(http, service, bare, peers.connector_url, tokens, args.spread_over)
                 rooms = places(args.channels, args.tenants)
                 for place in rooms:
                     status, _ = await post_activity(http, service.url, install(place, peers.connector_url),
@@ -393,15 +415,16 @@ async def run(args: argparse.Namespace) -> None:
                     decided.extend((a, p) for _, a, p in batch)
                     await asyncio.sleep(args.pause)
                     print(f"wave {number}/{len(schedule) - 1} ({shape}) done", file=sys.stderr)
-                # Every approval decided exactly once; then the background jobs drain.
-                outcomes: Counter[str] = Counter()
-                for run_id, _, _ in pending:
-                    async with http.get(f"{service.url}/api/runs/{run_id}", headers=AUTH) as r:
-                        outcomes[f"{len((await r.json())['decisions'])} decision(s)"] += 1
+                # The background jobs drain; then every approval must have exactly one decision.
                 drain_started = time.monotonic()
                 while await jobs(http, service.url, "queued") and time.monotonic() - drain_started < 300:
                     await asyncio.sleep(0.25)
                 drain_s = time.monotonic() - drain_started
+                outcomes: Counter[str] = Counter()
+                for run_id, _, _ in pending:
+                    async with http.get(f"{service.url}/api/runs/{run_id}", headers=AUTH) as r:
+                        body = await r.json()
+                    outcomes[f"{body['status']} with {len(body['decisions'])} decision(s)"] += 1
                 dead = Counter(j["kind"] for j in await jobs(http, service.url, "dead"))
                 connector_stats = await peers.stats()
                 smtp_stats = await smtp.stats()
@@ -412,7 +435,8 @@ async def run(args: argparse.Namespace) -> None:
     burst = tallies["burst"]
     p99 = percentile([s.ms for s in burst.clicks], 99)
     bare_p99 = percentile([s.ms for s in burst.bare], 99)
-    lines = [header("Teams invoke: card click -> HTTP answer with the card"),
+    title = "Teams invoke: card click -> HTTP answer with the card"
+    lines = [header(title + (" (what-if: msrest patched in the service)" if args.patch_msrest else "")),
              f"{args.channels} channels in {args.tenants} tenants; {len(pending):,} runs routed to them, every card "
              f"posted before the first click (set-up {setup_s:.0f} s). Waves of {args.concurrency} clicks by "
              f"{args.concurrency} reviewers ({fresh} fresh approvals, approve and reject alternating, + "
@@ -421,12 +445,13 @@ async def run(args: argparse.Namespace) -> None:
              f"{args.concurrency} `GET /healthz` to the service, in the same shape; {args.pause:g} s pause between "
              f"rounds; 1 warm-up wave first. Milliseconds, measured by the client (its own process):\n",
              "| measured | requests | p50 | p95 | p99 | max | not OK |", "|---|---|---|---|---|---|---|"]
+    shapes = {shape: text.format(spread=args.spread_over) for shape, text in SHAPES.items()}
     for shape, tally in tallies.items():
         if tally.clicks:
-            lines += [f"| **click -> answer with the card**, {SHAPES[shape]} | {describe(tally.clicks)} |",
-                      f"| bare aiohttp: POST the activity -> 202, {SHAPES[shape]} | {describe(tally.bare)} |",
-                      f"| service `GET /healthz`, {SHAPES[shape]} | {describe(tally.healthz)} |"]
-    cpu = "; ".join(f"{SHAPES[shape]} {t.service_cpu * 1000 / len(t.clicks):.1f} ms"
+            lines += [f"| **click -> answer with the card**, {shapes[shape]} | {describe(tally.clicks)} |",
+                      f"| bare aiohttp: POST the activity -> 202, {shapes[shape]} | {describe(tally.bare)} |",
+                      f"| service `GET /healthz`, {shapes[shape]} | {describe(tally.healthz)} |"]
+    cpu = "; ".join(f"{shapes[shape]} {t.service_cpu * 1000 / len(t.clicks):.1f} ms"
                     for shape, t in tallies.items() if t.clicks)
     lines += ["",
               f"- p99 click -> answer with {args.concurrency} reviewers clicking at once: **{p99:.1f} ms** = "
@@ -434,11 +459,11 @@ async def run(args: argparse.Namespace) -> None:
               f"{verdict(p99 < P99_TARGET_MS)}",
               f"- service CPU per click over the click waves (all threads; includes the card-update and email jobs "
               f"that run meanwhile): {cpu}",
-              f"- every approval: {dict(outcomes)}; the job queue was empty {drain_s:.1f} s after the last wave "
+              f"- runs afterwards: {dict(outcomes)}; the job queue was empty {drain_s:.1f} s after the last wave "
               f"(dead jobs: {dict(dead) or 'none'}); connector: {connector_stats['posted']:,} cards posted, "
               f"{connector_stats['updated']:,} card updates (one per decision, one per email sent), "
               f"{connector_stats['failed']} failed calls, {connector_stats['token_requests']} token request(s); "
-              f"SMTP: {smtp_stats['messages']:,} emails ({len(pending) // 2:,} approvals were approved)"]
+              f"SMTP: {smtp_stats['messages']:,} emails"]
     print("\n".join(lines))
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -454,15 +479,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, default=50, help="reviewers clicking at once")
     parser.add_argument("--duplicates", type=int, default=10, help="of those, clicks on an approval already clicked")
-    parser.add_argument("--serial-waves", type=int, default=2, help="waves whose clicks go one at a time")
+    parser.add_argument("--serial-waves", type=int, default=1, help="waves whose clicks go one at a time")
     parser.add_argument("--waves", type=int, default=25, help="waves whose clicks go all at once (the target)")
-    parser.add_argument("--spread-waves", type=int, default=5, help="waves whose clicks are spread over 1 s")
+    parser.add_argument("--spread-waves", type=int, default=5, help="waves whose clicks are spread over time")
+    parser.add_argument("--spread-over", type=float, default=1.0, help="seconds over which a spread wave starts")
+    parser.add_argument("--patch-msrest", action="store_true",
+                        help="what-if, not the shipped code: run the service with msrest's "
+                             "ClientRetryPolicy.safe_codes as a frozenset (the first fix suggested in RESULTS.md)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between rounds")
     parser.add_argument("--channels", type=int, default=40)
     parser.add_argument("--tenants", type=int, default=4)
     args = parser.parse_args()
     if not 0 <= args.duplicates < args.concurrency:
         parser.error("--duplicates must be below --concurrency")
+    if args.waves < 1:
+        parser.error("--waves must be at least 1 (the target is measured on them)")
     asyncio.run(run(args))
 
 

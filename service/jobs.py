@@ -45,6 +45,11 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class Deferred(TransientError):
+    """Not a failure: the job must wait its turn (a rate limit). It runs again after
+    `retry_after` seconds without using up an attempt."""
+
+
 class PermanentError(Exception):
     """Trying again cannot help (5xx SMTP reply, 4xx from a callback, bad data)."""
 
@@ -230,6 +235,10 @@ class JobQueue:
         handler = self.handlers.get(job.kind)
 
         async def op(tx: Tx) -> JobStatus:
+            if isinstance(error, Deferred):
+                await self._guard(tx, job, due_at=tx.now + timedelta(seconds=error.retry_after or 1.0),
+                                  attempts=t.jobs.c.attempts - 1, last_error=message)
+                return JobStatus.QUEUED
             if transient and job.attempts < job.max_attempts:
                 delay = backoff_seconds(job.attempts, self.backoff_base, self.backoff_max)
                 retry_after = getattr(error, "retry_after", None)
@@ -245,7 +254,8 @@ class JobQueue:
             return JobStatus.DEAD
 
         status = await self.store.write(op)
-        metrics.JOBS.labels(kind=job.kind, outcome="retry" if status is JobStatus.QUEUED else "dead").inc()
+        outcome = "deferred" if isinstance(error, Deferred) else "retry" if status is JobStatus.QUEUED else "dead"
+        metrics.JOBS.labels(kind=job.kind, outcome=outcome).inc()
         return status
 
     async def retry_dead(self, job_id: str, actor: str) -> Job:
@@ -349,7 +359,9 @@ class Worker:
         except LeaseLost as exc:
             log.warning("%s", exc)
         except Exception as exc:
-            if not isinstance(exc, (TransientError, PermanentError)):
+            if isinstance(exc, Deferred):
+                log.debug("job %s (%s) deferred: %s", job.id, job.kind, exc)
+            elif not isinstance(exc, (TransientError, PermanentError)):
                 log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
             else:
                 log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)

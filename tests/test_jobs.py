@@ -218,3 +218,30 @@ async def test_one_failing_op_does_not_fail_its_batch_neighbours(store: Store) -
         return Counter((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
 
     assert await store.read(kinds) == Counter({"good": 40})
+
+
+async def test_a_deferred_job_waits_without_using_an_attempt(store: Store) -> None:
+    from service.jobs import Deferred
+
+    queue = _queue(store)  # max_attempts=3
+    calls = 0
+
+    async def rate_limited(job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise Deferred("rate limit: next send in 0.01 s", retry_after=0.01)
+
+    queue.register("paced", JobHandler(run=rate_limited))
+    await _enqueue(queue, "paced", 1)
+    worker = Worker(queue, poll_seconds=0.01)
+    worker.start()
+    try:
+        async def done() -> bool:
+            return (await _jobs(store))[0].status is JobStatus.DONE
+
+        await _wait_until(done)
+    finally:
+        await worker.stop()
+    [job] = await _jobs(store)
+    assert calls == 6 and job.attempts == 1  # five waits, one real attempt

@@ -28,7 +28,7 @@ from botbuilder.schema import (
 
 from adaptive_cards import build_card
 
-from ..jobs import Job, JobHandler, JobQueue, PermanentError, TransientError
+from ..jobs import Deferred, Job, JobHandler, JobQueue, PermanentError, TransientError
 from ..runs import NewApproval
 from ..store import tables as t
 from ..store.db import Op, Store, Tx
@@ -223,8 +223,8 @@ class TeamsCards:
         await self.token_ready()
         try:
             await self.limiter.acquire(conversation_id, tenant_id, max_wait=MAX_RATE_WAIT_SECONDS)
-        except RateLimited as exc:  # retry later rather than hold a worker and its lease
-            raise TransientError(str(exc), retry_after=exc.retry_after) from None
+        except RateLimited as exc:  # wait our turn later, without holding a worker or using an attempt
+            raise Deferred(str(exc), retry_after=exc.retry_after) from None
         try:
             await call()
         except (TransientError, PermanentError):
