@@ -6,7 +6,7 @@ limit has been 28 KB, 40 KB and now about 100 KB. A card is kept under
 even the oldest limit.
 
 Size is measured as compact JSON with ``ensure_ascii=True``: every non-ASCII character
-counted as its ``\\uXXXX`` escape, the largest form any serializer on the way produces, so
+counted as its ``\\u`` escape (six characters), the largest form any serializer on the way produces, so
 the measure is an upper bound whatever the Bot Framework SDK does.
 """
 

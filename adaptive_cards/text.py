@@ -60,7 +60,7 @@ def neutralise_controls(text: str) -> str:
     """Normalise line ends; make bidi overrides and control characters visible.
 
     Newlines and tabs are kept; every other C0/C1 control character and every bidi
-    embedding/override/isolate becomes ``[U+XXXX]`` so a reviewer can see it is there.
+    embedding/override/isolate becomes ``[U+hex code]`` so a reviewer can see it is there.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     out: list[str] = []

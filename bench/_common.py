@@ -239,12 +239,17 @@ class SmtpPeer:
         return {f"COUNTERSIGN_{k.upper()}": str(v) for k, v in self.settings.items()}
 
     async def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout=15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await stop_by_stdin(self.proc)
         if self._reader is not None:
             self._reader.cancel()
+
+
+async def stop_by_stdin(proc: asyncio.subprocess.Process, timeout: float = 15) -> None:
+    """Stop a helper process that exits when its stdin closes; kill it if it does not."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

@@ -50,7 +50,7 @@ from typing import Any
 
 import aiohttp
 
-from _common import (BENCH, PYTHON, ROOT, Server, SmtpPeer, clean_env, countersign_argv, free_port, header,
+from _common import (stop_by_stdin, BENCH, PYTHON, ROOT, Server, SmtpPeer, clean_env, countersign_argv, free_port, header,
                      percentile, verdict)
 
 sys.path.insert(0, str(ROOT))
@@ -124,13 +124,7 @@ class TeamsPeers:
                 "COUNTERSIGN_BOT_TOKEN_URL": f"{self.connector_url}/oauth2/v2.0/token"}
 
     async def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout=15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await stop_by_stdin(self.proc)
 
 
 async def serve_peers(key_file: Path, delay: float) -> None:
