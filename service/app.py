@@ -8,10 +8,10 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from pydantic import SecretStr
 
 from .api.auth import ApiAuth
 from .api.deps import SERVICES, Services
@@ -28,7 +28,7 @@ from .store.db import Store
 from .store.migrate import check_migrated, upgrade
 from .teams.channel import TeamsChannel, TeamsNotConfigured
 
-TEAMS = web.AppKey("teams", object)
+TEAMS: web.AppKey[TeamsChannel | None] = web.AppKey("teams")
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ def ensure_api_token(settings: Settings) -> Settings:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
     log.warning("no COUNTERSIGN_API_TOKEN or COUNTERSIGN_WEBHOOK_SECRET set; using the token in %s", path.resolve())
-    return settings.model_copy(update={"api_token": _secret(path)})
-
-
-def _secret(path: Path) -> object:
-    from pydantic import SecretStr
-
-    return SecretStr(path.read_text().strip())
+    return settings.model_copy(update={"api_token": SecretStr(path.read_text().strip())})
 
 
 async def prepare_database(settings: Settings, store: Store) -> None:

@@ -103,7 +103,6 @@ class ApprovalBot(ActivityHandler):
             tenant_id=conversation_of(turn_context.activity).tenant_id,
             service_url=turn_context.activity.service_url, email=info.email,
             user_principal_name=info.user_principal_name, name=info.name or sender.name,
-            fetched_at=known.fetched_at if known else None,  # type: ignore[arg-type]
         )
         await self.conversations.save_member(member)
         return member

@@ -39,7 +39,7 @@ class Member:
     email: str | None
     user_principal_name: str | None
     name: str | None
-    fetched_at: datetime
+    fetched_at: datetime | None = None  # set by the store when saved
 
 
 class Conversations:
