@@ -3,16 +3,23 @@ store, job queue and workers, and starts and stops them with the app."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
+from .agent.knowledge import EmbeddingSettings, KnowledgeBase, KnowledgeError, RetrievalMode, open_knowledge
+from .agent.llm import LlmSettings, build_llm, describe
+from .agent.runner import AgentRunner
+from .agent.tools import ToolRegistry, load_plugins
+from .agent.workflow import AgentWorkflow
 from .api.auth import ApiAuth
 from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
@@ -23,7 +30,7 @@ from .decisions import SEND_EMAIL_JOB, Decisions
 from .jobs import JobQueue, Worker
 from .mail.delivery import EmailDelivery
 from .mail.smtp import SmtpTransport
-from .runs import CALLBACK_JOB, Runs
+from .runs import AGENT_JOB, CALLBACK_JOB, Runs
 from .store.db import Store
 from .store.migrate import check_migrated, upgrade
 from .teams.channel import TeamsChannel, TeamsNotConfigured
@@ -61,11 +68,72 @@ async def prepare_database(settings: Settings, store: Store) -> None:
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
     settings = ensure_api_token(settings)
     check_teams_settings(settings)
+    workflow = build_workflow(settings)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, run_workers))
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, run_workers))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
     return app
+
+
+def llm_settings(settings: Settings) -> LlmSettings:
+    return LlmSettings(
+        model=settings.llm_model,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        base_url=settings.openai_base_url or None, timeout_seconds=settings.llm_timeout_seconds,
+        context_window=settings.llm_context_window, temperature=settings.llm_temperature,
+    )
+
+
+def embedding_settings(settings: Settings) -> EmbeddingSettings | None:
+    if settings.retrieval is not RetrievalMode.OPENAI:
+        return None
+    if not (settings.openai_api_key or settings.openai_base_url):
+        raise KnowledgeError("COUNTERSIGN_RETRIEVAL=openai needs OPENAI_API_KEY or OPENAI_BASE_URL")
+    return EmbeddingSettings(
+        model=settings.embedding_model,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed",
+        api_base=settings.openai_base_url or None,
+    )
+
+
+class LazyKnowledge:
+    """Opens (and if needed indexes) the knowledge base on the first search, so a process
+    that never drafts never pays for it; `countersign index` builds it ahead of time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._kb: KnowledgeBase | None = None
+        self._lock = asyncio.Lock()
+
+    async def search(self, query: str, top_k: int) -> list[Any]:
+        if self._kb is None:
+            async with self._lock:
+                if self._kb is None:
+                    s = self.settings
+                    self._kb = await open_knowledge(s.effective_knowledge_dir, s.index_dir, s.retrieval,
+                                                    embedding=embedding_settings(s))
+        return await self._kb.search(query, top_k)
+
+
+def build_workflow(settings: Settings) -> AgentWorkflow:
+    """The agent, checked at start: a bad tool list, plugin or knowledge setting stops `serve`."""
+    if not settings.effective_knowledge_dir.is_dir():
+        raise KnowledgeError(f"COUNTERSIGN_KNOWLEDGE_DIR {settings.effective_knowledge_dir} is not a directory")
+    embedding_settings(settings)  # fail at start, not at the first draft
+    registry = ToolRegistry.build(load_plugins(settings.agent_plugins), enabled=settings.agent_tools,
+                                  requiring_confirmation=settings.tools_requiring_human_confirmation)
+    llm = llm_settings(settings)
+    log.info("agent drafts with %s; knowledge from %s (%s)", describe(llm), settings.effective_knowledge_dir,
+             settings.retrieval.value)
+    return AgentWorkflow(build_llm(llm), registry, LazyKnowledge(settings),
+                         max_revisions=settings.agent_max_revisions)
+
+
+def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWorkflow) -> AgentRunner:
+    # One step may make a few LLM calls (search, then draft) and a search.
+    return AgentRunner(store, runs, workflow, llm_concurrency=settings.llm_concurrency,
+                       timeout_seconds=settings.llm_timeout_seconds * 3 + 30)
 
 
 def check_teams_settings(settings: Settings) -> None:
@@ -85,7 +153,9 @@ async def _bot_messages(request: web.Request) -> web.StreamResponse:
     return await teams.endpoint.handle(request)
 
 
-async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool) -> AsyncIterator[None]:
+async def _lifecycle(
+    app: web.Application, settings: Settings, workflow: AgentWorkflow, run_workers: bool
+) -> AsyncIterator[None]:
     store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max)
     try:
         await prepare_database(settings, store)
@@ -102,6 +172,9 @@ async def _lifecycle(app: web.Application, settings: Settings, run_workers: bool
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,
                                                 reply_to=settings.mail_reply_to).handler())
+    agent = build_agent(settings, store, runs, workflow)
+    jobs.register(AGENT_JOB, agent.handler())
+    runs.on_gated_outcome = agent.on_gated_outcome
     jobs.register(CALLBACK_JOB, Callbacks(runs, http, secret=secret, public_url=settings.effective_public_url,
                                           timeout=settings.callback_timeout_seconds).handler())
     app[SERVICES] = Services(

@@ -1,4 +1,4 @@
-"""`countersign`: serve | migrate | trigger | audit verify | audit export."""
+"""`countersign`: serve | migrate | index | trigger | audit verify | audit export."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def _settings() -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from .agent.knowledge import KnowledgeError
+    from .agent.tools import ToolConfigError
     from .app import create_app
     from .store.migrate import NotMigrated
     from .teams.channel import TeamsNotConfigured
@@ -32,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
                     access_log=None, print=None)
-    except (NotMigrated, TeamsNotConfigured) as exc:
+    except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -55,6 +57,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             await store.close()
 
     print(f"database migrated to {asyncio.run(run())}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """(Re)build the knowledge-base index the agent searches, with a progress bar."""
+    from .agent.knowledge import KnowledgeError, build_index
+    from .app import embedding_settings
+
+    settings = _settings()
+    source = settings.effective_knowledge_dir
+    print(f"indexing {source} into {settings.index_dir} ({settings.retrieval.value})", file=sys.stderr)
+    try:
+        chunks = build_index(source, settings.index_dir, settings.retrieval,
+                             embedding=embedding_settings(settings), show_progress=not args.quiet)
+    except KnowledgeError as exc:
+        print(f"countersign index: {exc}", file=sys.stderr)
+        return 2
+    print(f"indexed {chunks} chunks from {source}")
     return 0
 
 
@@ -168,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    index = sub.add_parser("index", help="(re)build the knowledge-base index (COUNTERSIGN_KNOWLEDGE_DIR)")
+    index.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
 
     trigger = sub.add_parser("trigger", help="send a run to a running service")
     trigger.add_argument("--url", help="service base URL (default COUNTERSIGN_PUBLIC_URL or http://host:port)")

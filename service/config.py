@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .agent.knowledge import BUILTIN_CORPUS, RetrievalMode
+
 
 class SmtpSecurity(str, enum.Enum):
     NONE = "none"
@@ -94,6 +96,24 @@ class Settings(BaseSettings):
     bot_key_refresh_min_seconds: float = 60.0  # an unknown key id refetches the keys at most this often
     bot_http_timeout_seconds: float = 10.0
 
+    # The agent (LlamaIndex). OpenAI's own variable names: OPENAI_API_KEY, OPENAI_BASE_URL.
+    # With neither set, the offline drafter writes the drafts.
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    openai_base_url: str = Field("", validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"))
+    llm_model: str = "gpt-4o-mini"
+    llm_context_window: int = 32768  # for OpenAI-compatible servers, whose models OpenAI's table lacks
+    llm_temperature: float = 0.2
+    llm_timeout_seconds: float = 60.0
+    llm_concurrency: int = 4  # LLM calls at once in this process
+    agent_max_revisions: int = 3  # drafts per run, counting the first
+    agent_tools: list[str] = Field(default_factory=list)  # empty: every registered tool
+    tools_requiring_human_confirmation: list[str] = Field(default_factory=lambda: ["send_customer_email"])
+    agent_plugins: list[str] = Field(default_factory=list)  # "package.module:attribute" naming ToolSpecs
+    # Documents the agent searches; empty: the bundled sample policies (service/agent/corpus).
+    knowledge_dir: Path | None = None
+    retrieval: RetrievalMode = RetrievalMode.BM25
+    embedding_model: str = "text-embedding-3-small"  # with retrieval = "openai"
+
     log_level: str = "INFO"
 
     # Named approval policies, from the TOML file's [policies.NAME] tables.
@@ -103,6 +123,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @property
+    def effective_knowledge_dir(self) -> Path:
+        return self.knowledge_dir or BUILTIN_CORPUS
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index" / self.retrieval.value
 
     @property
     def teams_enabled(self) -> bool:

@@ -19,7 +19,6 @@ from .domain import (
     Approval,
     ApprovalStatus,
     Decision,
-    DecisionKind,
     DecisionOutcome,
     DecisionRequest,
     DeliveryStatus,
@@ -31,7 +30,7 @@ from .domain import (
 from .jobs import JobQueue
 from .policy import Policy, check_reviewer
 from .domain import NotFound
-from .runs import Runs
+from .runs import GatedOutcome, Runs
 from .store import tables as t
 from .store.db import Store, Tx
 
@@ -43,7 +42,7 @@ def _approval_from_row(row: Any) -> Approval:
         id=row.id, run_id=row.run_id, revision=row.revision, status=ApprovalStatus(row.status),
         action=EmailAction.from_dict(row.action), policy=row.policy, requested_by=row.requested_by,
         created_at=row.created_at, version=row.version, decided_at=row.decided_at, decided_by=row.decided_by,
-        approved_sha256=row.approved_sha256,
+        approved_sha256=row.approved_sha256, tool_call_id=row.tool_call_id,
     )
 
 
@@ -133,7 +132,11 @@ class Decisions:
     async def _after_decision(
         self, tx: Tx, approval: Approval, status: ApprovalStatus, final_action: EmailAction | None, decision: Decision
     ) -> None:
-        """What a decision sets in motion. Agent runs (service.agent) resume the agent instead."""
+        """What a decision sets in motion.
+
+        Approved: the approved action (the stored draft, or its explicit edit) is delivered;
+        for an agent run the agent resumes once the delivery is sent. Rejected: a run with
+        a fixed action ends; an agent run resumes with the reason and may draft again."""
         if status is ApprovalStatus.APPROVED:
             assert final_action is not None
             delivery_id = str(uuid.uuid4())
@@ -146,6 +149,10 @@ class Decisions:
             await self.runs.set_status(tx, approval.run_id, RunStatus.DELIVERING, actor="system",
                                        delivery_id=delivery_id)
             await self.jobs.enqueue(tx, SEND_EMAIL_JOB, {"delivery_id": delivery_id}, run_id=approval.run_id)
+        elif approval.tool_call_id:
+            await self.runs.gated_outcome(tx, GatedOutcome(
+                run_id=approval.run_id, approval_id=approval.id, tool_call_id=approval.tool_call_id,
+                status="rejected", reason=decision.reason, decided_by=decision.reviewer.id))
         else:
             await self.runs.finish(tx, approval.run_id, RunStatus.REJECTED, actor=decision.reviewer.id,
                                    failure_reason=decision.reason)

@@ -202,6 +202,7 @@ class Approval:
     decided_at: datetime | None = None
     decided_by: str | None = None
     approved_sha256: str | None = None
+    tool_call_id: str | None = None  # set when the approval gates an agent's tool call
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,7 @@ class JobHandler:
     on_dead: DeadHook | None = None  # record the permanent failure where users see it
     on_retry: RetryHook | None = None  # undo on_dead when an operator retries
     cancel_with_run: bool = True  # a cancelled run cancels its queued jobs of this kind
+    timeout_seconds: float | None = None  # instead of the worker's, for slow kinds (LLM calls)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -351,7 +352,7 @@ class Worker:
     async def _run(self, job: Job) -> None:
         handler = self.queue.handlers[job.kind]
         try:
-            async with asyncio.timeout(self.timeout_seconds):
+            async with asyncio.timeout(handler.timeout_seconds or self.timeout_seconds):
                 outcome = await handler.run(job)
             await self.queue.finish(job, outcome)
         except asyncio.CancelledError:

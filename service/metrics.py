@@ -14,3 +14,5 @@ DECISIONS = Counter("countersign_decisions_total", "Decisions taken", ["kind", "
 DECISIONS_REFUSED = Counter("countersign_decisions_refused_total", "Decision attempts refused", ["reason", "channel"])
 JOBS = Counter("countersign_jobs_total", "Job attempts by outcome", ["kind", "outcome"])
 EMAILS_SENT = Counter("countersign_emails_sent_total", "Emails accepted by the SMTP server")
+AGENT_DRAFTS = Counter("countersign_agent_drafts_total", "Drafts the agent proposed for approval")
+AGENT_FINISHED = Counter("countersign_agent_finished_total", "Agent runs that stopped, by outcome", ["outcome"])

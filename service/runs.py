@@ -19,7 +19,7 @@ from .store import tables as t
 from .store.db import Store, Tx
 
 CALLBACK_JOB = "callback"
-AGENT_DRAFT_JOB = "agent.draft"
+AGENT_JOB = "agent.step"  # service.agent.runner: start or resume the agent of a run
 
 
 class IdempotencyConflict(Exception):
@@ -101,8 +101,28 @@ class NewApproval:
     policy: Policy
 
 
+@dataclass(frozen=True, slots=True)
+class GatedOutcome:
+    """What became of an approval that gates an agent's tool call, from the service's records."""
+
+    run_id: str
+    approval_id: str
+    tool_call_id: str
+    status: str  # "sent" | "rejected"
+    reason: str | None = None
+    sent_action: dict[str, Any] | None = None  # the action as delivered (after any edit)
+    message_id: str | None = None
+    decided_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tool_call_id": self.tool_call_id, "approval_id": self.approval_id, "status": self.status,
+                "reason": self.reason, "sent_action": self.sent_action, "message_id": self.message_id,
+                "decided_by": self.decided_by}
+
+
 ApprovalListener = Callable[[Tx, str], Awaitable[None]]
 NewApprovalListener = Callable[[Tx, NewApproval], Awaitable[None]]
+GatedOutcomeListener = Callable[[Tx, GatedOutcome], Awaitable[None]]
 
 
 class Runs:
@@ -113,6 +133,13 @@ class Runs:
         # that created an approval, or changed it or its delivery, to enqueue their jobs.
         self.on_approval_created: list[NewApprovalListener] = []
         self.on_approval_changed: list[ApprovalListener] = []
+        # The agent (service.agent.runner) resumes on these; set where the app is wired.
+        self.on_gated_outcome: GatedOutcomeListener | None = None
+
+    async def gated_outcome(self, tx: Tx, outcome: GatedOutcome) -> None:
+        if self.on_gated_outcome is None:
+            raise RuntimeError(f"approval {outcome.approval_id} gates an agent tool call but no agent is wired")
+        await self.on_gated_outcome(tx, outcome)
 
     async def approval_changed(self, tx: Tx, approval_id: str) -> None:
         for listener in self.on_approval_changed:
@@ -146,7 +173,7 @@ class Runs:
             else:
                 # Drafting is the agent's job (service.agent); it is queued here so the
                 # request is durable the moment it is accepted.
-                await self.jobs.enqueue(tx, AGENT_DRAFT_JOB, {"run_id": run_id}, run_id=run_id)
+                await self.jobs.enqueue(tx, AGENT_JOB, {"run_id": run_id}, run_id=run_id)
             if new.idempotency_key:
                 tx.insert(t.idempotency_keys, dict(
                     key=new.idempotency_key, request_sha256=new.request_sha256, run_id=run_id, created_at=tx.now))
@@ -164,16 +191,21 @@ class Runs:
         raise AssertionError("unreachable")
 
     async def add_approval(
-        self, tx: Tx, run_id: str, revision: int, action: EmailAction, policy: Policy, requested_by: str | None
+        self, tx: Tx, run_id: str, revision: int, action: EmailAction, policy: Policy, requested_by: str | None,
+        *, sources: list[dict[str, Any]] | None = None, tool_call_id: str | None = None,
     ) -> str:
         approval_id = str(uuid.uuid4())
         tx.insert(t.approvals, dict(
             id=approval_id, run_id=run_id, revision=revision, status=ApprovalStatus.PENDING.value,
             action=action.to_dict(), policy=policy.to_dict(), requested_by=requested_by, version=0, created_at=tx.now,
-            decided_at=None, decided_by=None, approved_action=None, approved_sha256=None,
+            decided_at=None, decided_by=None, approved_action=None, approved_sha256=None, sources=sources,
+            tool_call_id=tool_call_id,
         ))
-        tx.audit("approval.requested", run_id=run_id, actor="system",
-                 data={"approval_id": approval_id, "revision": revision, "content_sha256": action.content_sha256()})
+        data: dict[str, Any] = {"approval_id": approval_id, "revision": revision,
+                                "content_sha256": action.content_sha256()}
+        if tool_call_id:
+            data["tool_call_id"] = tool_call_id
+        tx.audit("approval.requested", run_id=run_id, actor="system", data=data)
         for listener in self.on_approval_created:
             await listener(tx, NewApproval(approval_id, run_id, policy))
         return approval_id
@@ -222,6 +254,8 @@ class Runs:
                         decided_at=tx.now, decided_by=actor)
             )
             await self.jobs.cancel_for_run(tx, run_id)
+            # A paused agent is dropped with its run: nothing will resume it.
+            await tx.execute(t.agent_snapshots.delete().where(t.agent_snapshots.c.run_id == run_id))
             await self.finish(tx, run_id, RunStatus.CANCELLED, actor=actor, failure_reason=reason)
             for approval_id in pending:
                 await self.approval_changed(tx, approval_id)
@@ -296,6 +330,7 @@ def _approval_dict(row: Any) -> dict[str, Any]:
         "policy": row.policy, "requested_by": row.requested_by, "created_at": _iso(row.created_at),
         "decided_at": _iso(row.decided_at), "decided_by": row.decided_by,
         "approved_action": row.approved_action, "approved_sha256": row.approved_sha256,
+        "sources": row.sources or [], "tool_call_id": row.tool_call_id,
     }
 
 

@@ -69,6 +69,8 @@ def test_settings(tmp_path: Path, db_url: str, smtp: SmtpServer | None, **overri
         "job_poll_seconds": 0.05, "job_backoff_base_seconds": 0.05, "job_backoff_max_seconds": 0.5,
         "job_max_attempts": 4, "mail_from": "Support Team <support@example.com>",
         "mail_reply_to": "help@example.com", "message_id_domain": "countersign.example.com",
+        # Hermetic: the offline drafter unless a test points the agent at its own LLM server.
+        "openai_api_key": None, "openai_base_url": "",
     }
     if smtp is not None:
         values.update(smtp.settings())

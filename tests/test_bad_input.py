@@ -28,7 +28,7 @@ from .conftest import API_TOKEN, WEBHOOK_SECRET, Service, StartService, email_ac
 from .peers.smtp import SmtpServer
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-REQUEST_JOB_KINDS = ("agent.draft", "send_email", "callback")
+REQUEST_JOB_KINDS = ("agent.step", "send_email", "callback")
 
 
 # ---- helpers --------------------------------------------------------------------------

@@ -196,16 +196,3 @@ async def test_callback_is_signed_and_retried(start_service, smtp_server: SmtpSe
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-async def test_agent_request_is_stored_and_queued_for_the_agent(service: Service) -> None:
-    accepted = await service.create_run({"request": "Where is my refund for order 1234?",
-                                         "customer": {"email": "ann@example.com", "name": "Ann"}})
-    assert accepted["status"] == "drafting"
-    run = await service.run(accepted["id"])
-    assert run["kind"] == "agent" and run["customer"] == {"email": "ann@example.com", "name": "Ann"}
-    assert [(j["kind"], j["status"]) for j in run["jobs"]] == [("agent.draft", "queued")]
-    assert run["approvals"] == []
-    status, cancelled, _ = await service.request("POST", f"/api/runs/{accepted['id']}/cancel")
-    assert status == 200 and cancelled["status"] == "cancelled"
-    assert [j["status"] for j in (await service.run(accepted["id"]))["jobs"]] == ["cancelled"]

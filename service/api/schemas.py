@@ -284,6 +284,15 @@ class CustomerOut(BaseModel):
     name: str | None
 
 
+class SourceOut(BaseModel):
+    """A knowledge-base passage the agent retrieved while drafting."""
+
+    title: str
+    location: str = Field(description="The document's path in the knowledge directory")
+    snippet: str
+    score: float
+
+
 class ApprovalOut(BaseModel):
     id: str
     revision: int
@@ -296,6 +305,8 @@ class ApprovalOut(BaseModel):
     decided_by: str | None
     approved_action: ActionOut | None
     approved_sha256: str | None
+    sources: list[SourceOut] = Field(description="What the agent's draft drew on (empty for pre-drafted actions)")
+    tool_call_id: str | None = Field(description="The LLM tool call this approval gates (agent runs)")
 
 
 class ReviewerOut(BaseModel):

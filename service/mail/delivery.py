@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from .. import metrics
 from ..domain import DeliveryStatus, EmailAction, RunStatus
 from ..jobs import Job, JobHandler, PermanentError, Tx
-from ..runs import Runs
+from ..runs import GatedOutcome, Runs
 from ..store import tables as t
 from ..store.db import Op, Store
 from .message import build_message, content_of
@@ -92,8 +92,15 @@ class EmailDelivery:
                 "delivery_id": delivery_id, "message_id": row.message_id, "smtp_reply": str(reply),
                 "approved_sha256": row.approved_sha256, "sent_sha256": sent_sha256, "mime_sha256": mime_sha256,
             })
-            await self.runs.finish(tx, row.run_id, RunStatus.COMPLETED, actor="system",
-                                   summary=f"email {row.message_id} accepted by the SMTP server")
+            tool_call_id = (await tx.execute(
+                sa.select(t.approvals.c.tool_call_id).where(t.approvals.c.id == row.approval_id))).scalar_one()
+            if tool_call_id:  # an agent's tool call: the agent is told what was sent and sums up
+                await self.runs.gated_outcome(tx, GatedOutcome(
+                    run_id=row.run_id, approval_id=row.approval_id, tool_call_id=tool_call_id, status="sent",
+                    sent_action=row.action, message_id=row.message_id))
+            else:
+                await self.runs.finish(tx, row.run_id, RunStatus.COMPLETED, actor="system",
+                                       summary=f"email {row.message_id} accepted by the SMTP server")
             await self.runs.approval_changed(tx, row.approval_id)
             tx.after_commit(metrics.EMAILS_SENT.inc)
 

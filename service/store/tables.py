@@ -81,6 +81,9 @@ approvals = sa.Table(
     sa.Column("decided_by", sa.String(320)),
     sa.Column("approved_action", sa.JSON),
     sa.Column("approved_sha256", sa.String(64)),
+    # Agent runs: the passages the draft drew on, and the LLM tool call this approval gates.
+    sa.Column("sources", sa.JSON),
+    sa.Column("tool_call_id", sa.String(128)),
     sa.UniqueConstraint("run_id", "revision"),
 )
 
@@ -218,4 +221,20 @@ teams_members = sa.Table(
     sa.Column("user_principal_name", sa.String(320)),
     sa.Column("name", sa.String(320)),
     sa.Column("fetched_at", UtcDateTime, nullable=False),
+)
+
+# The agent's paused workflow, one row per agent run: the LlamaIndex context as JSON
+# (state, queues, collect buffers; no clients, no secrets). `version` guards against two
+# workers resuming the same run; `waiting_for` says which tool call it waits on.
+agent_snapshots = sa.Table(
+    "agent_snapshots",
+    metadata,
+    sa.Column("run_id", ID, sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("snapshot", sa.JSON, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("waiting_for", sa.String(128)),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("llm_calls", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adaptive_cards import ApprovalView, DeliveryView
+from adaptive_cards import ApprovalView, DeliveryView, SourceView
 
 from ..domain import NotFound
 from ..store import tables as t
@@ -38,6 +38,8 @@ async def load_view(store: Store, approval_id: str) -> ApprovalView:
             reviewers=tuple(policy.get("reviewers") or ()), decided_by=decided_by, decided_at=approval.decided_at,
             reason=decision.reason if decision is not None else None,
             edited=decision is not None and decision.kind == "edit",
+            sources=tuple(SourceView(title=s["title"], location=s.get("location"), snippet=s.get("snippet"))
+                          for s in approval.sources or ()),
             delivery=DeliveryView(status=delivery.status, detail=delivery.smtp_reply or delivery.error,
                                   at=delivery.sent_at or delivery.sending_at or delivery.created_at)
             if delivery is not None else None,

