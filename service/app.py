@@ -127,7 +127,7 @@ def build_workflow(settings: Settings) -> AgentWorkflow:
     log.info("agent drafts with %s; knowledge from %s (%s)", describe(llm), settings.effective_knowledge_dir,
              settings.retrieval.value)
     return AgentWorkflow(build_llm(llm), registry, LazyKnowledge(settings),
-                         max_revisions=settings.agent_max_revisions)
+                         max_revisions=settings.agent_max_revisions, max_llm_calls=settings.agent_max_llm_calls)
 
 
 def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWorkflow) -> AgentRunner:

@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = 60.0
     llm_concurrency: int = 4  # LLM calls at once in this process
     agent_max_revisions: int = 3  # drafts per run, counting the first
+    agent_max_llm_calls: int = 20  # per run: a model going round in circles stops here
     agent_tools: list[str] = Field(default_factory=list)  # empty: every registered tool
     tools_requiring_human_confirmation: list[str] = Field(default_factory=lambda: ["send_customer_email"])
     agent_plugins: list[str] = Field(default_factory=list)  # "package.module:attribute" naming ToolSpecs

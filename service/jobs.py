@@ -30,6 +30,9 @@ from .store.db import Op, Store, Tx, utcnow
 log = logging.getLogger(__name__)
 
 
+LEASE_MARGIN_SECONDS = 10.0
+
+
 class JobStatus(str, enum.Enum):
     QUEUED = "queued"
     DONE = "done"
@@ -202,7 +205,7 @@ class JobQueue:
                 t.jobs.update()
                 .where(t.jobs.c.id.in_(pick.scalar_subquery()))
                 .values(
-                    leased_until=tx.now + self.lease_duration, lease_token=token,
+                    leased_until=self._lease_until(tx.now, kinds), lease_token=token,
                     attempts=t.jobs.c.attempts + 1, updated_at=tx.now,
                 )
                 .returning(*t.jobs.c)
@@ -210,6 +213,19 @@ class JobQueue:
             return [Job.from_row(r) for r in rows]
 
         return await self.store.write(op)
+
+    def _lease_until(self, now: datetime, kinds: list[str]) -> Any:
+        """A lease outlasts the handler's timeout, or a slow job (an LLM call) would be taken
+        over and run twice while it is still running."""
+        longer = {}
+        for kind in kinds:
+            handler = self.handlers.get(kind)
+            if handler and handler.timeout_seconds:
+                lease = timedelta(seconds=handler.timeout_seconds + LEASE_MARGIN_SECONDS)
+                if lease > self.lease_duration:
+                    longer[kind] = sa.literal(now + lease, t.UtcDateTime)
+        default = sa.literal(now + self.lease_duration, t.UtcDateTime)
+        return sa.case(longer, value=t.jobs.c.kind, else_=default) if longer else now + self.lease_duration
 
     async def _guard(self, tx: Tx, job: Job, **values: Any) -> None:
         result = await tx.execute(

@@ -31,6 +31,13 @@ SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 REQUEST_JOB_KINDS = ("agent.step", "send_email", "callback")
 
 
+@pytest.fixture
+async def service(start_service: StartService, smtp_server: SmtpServer) -> Service:
+    """Workers off: accepted agent requests would otherwise start drafting in the background,
+    and "nothing was stored" compares row counts."""
+    return await start_service(smtp_server, worker_concurrency=0)
+
+
 # ---- helpers --------------------------------------------------------------------------
 
 def assert_problem(status: int, payload: Any, headers: Any, expected: int, field: str | None = None,

@@ -36,13 +36,14 @@ from .tools import ToolArgumentError, ToolContext, ToolRegistry
 
 class AgentWorkflow(Workflow):
     def __init__(self, llm: FunctionCallingLLM, tools: ToolRegistry, knowledge: Retriever, *,
-                 max_revisions: int = 3, system_prompt: str = m.SYSTEM_PROMPT) -> None:
+                 max_revisions: int = 3, max_llm_calls: int = 20, system_prompt: str = m.SYSTEM_PROMPT) -> None:
         # Deadlines belong to the approval policy and the service's timers, not to the workflow.
         super().__init__(timeout=None)
         self.llm = llm
         self.tools = tools
         self.knowledge = knowledge
         self.max_revisions = max_revisions
+        self.max_llm_calls = max_llm_calls
         self.system_prompt = system_prompt
 
     @step
@@ -58,6 +59,9 @@ class AgentWorkflow(Workflow):
     @step
     async def think(self, ctx: Context[AgentState], ev: LlmTurn) -> ToolCall | AgentStopped | None:
         state = await ctx.store.get_state()
+        if state.llm_calls >= self.max_llm_calls:  # a model going round in circles costs money
+            return AgentStopped(outcome="failed", summary=(
+                f"the agent made {state.llm_calls} LLM calls without finishing (COUNTERSIGN_AGENT_MAX_LLM_CALLS)"))
         response = await self.llm.achat_with_tools(
             self.tools.llm_tools(), chat_history=m.to_chat(state.messages), allow_parallel_tool_calls=True)
         calls = self.llm.get_tool_calls_from_response(response, error_on_no_tool_call=False)
