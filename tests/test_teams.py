@@ -398,3 +398,18 @@ async def test_new_personal_chat_is_created_for_a_known_reviewer(teams: Teams) -
     run = await teams.service.wait_for(run_id, lambda r: any(
         j["kind"] == "teams.post_card" and j["status"] == "done" for j in r["jobs"]))
     assert "teams.card_posted" in [e["event"] for e in run["timeline"]]
+
+
+async def test_agent_draft_card_shows_revision_and_sources(teams: Teams) -> None:
+    await teams.install()
+    accepted = await teams.service.create_run({
+        "request": "Can I still return a jacket I bought three weeks ago?",
+        "customer": {"email": "ann@example.com", "name": "Ann"}, "policy": {"teams_channel": CHANNEL}})
+    [create] = await teams.wait_calls("POST", 1, "/v3/conversations", timeout=30)
+    card = create.body["activity"]["attachments"][0]["content"]
+    text = "\n".join(_texts(card))
+    assert "Returns and refunds" in text and "returns-and-refunds.md" in text
+    run = await teams.service.run(accepted["id"])
+    [approval] = run["approvals"]
+    assert approval["sources"][0]["title"] == "Returns and refunds"
+    assert _actions(card)  # a pending card: the reviewer can decide
