@@ -108,7 +108,7 @@ async def resume_latencies(data_dir: Path, resumes: int) -> tuple[list[float], l
     try:
         jobs = JobQueue(store)
         runs = Runs(store, jobs)
-        runner = AgentRunner(store, runs, build_workflow(settings), llm_concurrency=1, timeout_seconds=60)
+        runner = AgentRunner(store, runs, build_workflow(settings), timeout_seconds=60)
         runs.on_gated_outcome = runner.on_gated_outcome
 
         async def q(conn: sa.AsyncConnection) -> list[tuple[str, str, str]]:

@@ -127,13 +127,13 @@ def build_workflow(settings: Settings) -> AgentWorkflow:
     log.info("agent drafts with %s; knowledge from %s (%s)", describe(llm), settings.effective_knowledge_dir,
              settings.retrieval.value)
     return AgentWorkflow(build_llm(llm), registry, LazyKnowledge(settings),
-                         max_revisions=settings.agent_max_revisions, max_llm_calls=settings.agent_max_llm_calls)
+                         max_revisions=settings.agent_max_revisions, max_llm_calls=settings.agent_max_llm_calls,
+                         llm_concurrency=settings.llm_concurrency)
 
 
 def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWorkflow) -> AgentRunner:
     # One step may make a few LLM calls (search, then draft) and a search.
-    return AgentRunner(store, runs, workflow, llm_concurrency=settings.llm_concurrency,
-                       timeout_seconds=settings.llm_timeout_seconds * 3 + 30)
+    return AgentRunner(store, runs, workflow, timeout_seconds=settings.llm_timeout_seconds * 3 + 30)
 
 
 def check_teams_settings(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from service.api.deps import SERVICES
 from service.store import tables as t
 
 from .conftest import Service, StartService
-from .peers.openai_server import Call, Fail, Say, ScriptedLLM, call
+from .peers.openai_server import Call, Fail, Say, ScriptedLLM, Stall, call
 from .peers.smtp import SmtpServer
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -300,3 +300,59 @@ async def test_offline_drafter_stops_after_a_rejection(start_service: StartServi
                                           "reason": "Too generic."})
     run = await service.wait_status(run_id, "rejected")
     assert "cannot revise" in run["summary"] and "Too generic." in run["summary"]
+
+
+@SQLITE_ONLY
+async def test_servers_that_reuse_or_omit_call_ids_still_resume_the_right_call(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    # Some OpenAI-compatible servers number calls "call_0" every turn, or send no id at all.
+    llm.script = [Call((("search_knowledge_base", {"query": "returns"}),), ids=("call_0",)),
+                  Call((("send_customer_email", DRAFT),), ids=("call_0",)),
+                  Call((("send_customer_email", {**DRAFT, "subject": "Second try"}),), ids=("",)),
+                  Call((("send_customer_email", DRAFT),), ids=("call_0",)),
+                  Say("Sent.")]
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    first = await pending_approval(service, run_id)
+    assert first["tool_call_id"].startswith("call_") and first["tool_call_id"] != "call_0"
+    await service.decide(first["id"], {"decision": "reject", "reviewer": {"id": "rita@example.com"}, "reason": "No."})
+    second = await pending_approval(service, run_id, revision=2)
+    assert second["action"]["subject"] == "Second try"
+    assert len({first["tool_call_id"], second["tool_call_id"], "call_0", ""}) == 4
+    await service.decide(second["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    # After the send the model proposes the email again: refused, it sums up instead.
+    run = await service.wait_status(run_id, "completed")
+    assert run["summary"] == "Sent." and len(smtp_server.messages()) == 1
+    refusal = tool_messages(llm.chat_requests[4])[-1]
+    assert refusal["content"].startswith("Error: the reply has been sent already")
+    # Every tool message answers a call id the history holds, once.
+    history = llm.chat_requests[4]["messages"]
+    call_ids = [c["id"] for msg in history if msg["role"] == "assistant" for c in msg.get("tool_calls") or ()]
+    assert len(call_ids) == len(set(call_ids)) == len(tool_messages(llm.chat_requests[4]))
+
+
+@SQLITE_ONLY
+async def test_an_llm_timeout_is_retried(start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM) -> None:
+    llm.script = [Stall(3.0), *happy_script()]
+    service = await agent_service(start_service, smtp_server, llm, llm_timeout_seconds=0.5)
+    run_id = await start_run(service)
+    await pending_approval(service, run_id)
+    run = await service.run(run_id)
+    [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
+    assert step["attempts"] == 2 and step["status"] == "done"
+    assert len(llm.chat_requests) == 3
+
+
+@SQLITE_ONLY
+async def test_llm_calls_are_bounded_per_process(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.delay = 0.2
+    llm.script = [call("send_customer_email", **DRAFT) for _ in range(4)]
+    service = await agent_service(start_service, smtp_server, llm, llm_concurrency=2,
+                                  agent_tools=["send_customer_email"])
+    run_ids = [await start_run(service) for _ in range(4)]
+    for run_id in run_ids:
+        await pending_approval(service, run_id)
+    assert llm.max_in_flight == 2 and len(llm.chat_requests) == 4

@@ -9,7 +9,6 @@ retry starts from the same snapshot; once committed, no LLM call and no email is
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,13 +48,11 @@ class StepResult:
 
 
 class AgentRunner:
-    def __init__(self, store: Store, runs: Runs, workflow: AgentWorkflow, *, llm_concurrency: int,
-                 timeout_seconds: float) -> None:
+    def __init__(self, store: Store, runs: Runs, workflow: AgentWorkflow, *, timeout_seconds: float) -> None:
         self.store = store
         self.runs = runs
         self.workflow = workflow
         self.serializer = JsonSerializer()
-        self.llm_slots = asyncio.Semaphore(llm_concurrency)
         self.timeout_seconds = timeout_seconds
 
     def handler(self) -> JobHandler:
@@ -100,8 +97,7 @@ class AgentRunner:
             handler = self.workflow.run(ctx=Context.from_dict(self.workflow, snap.snapshot, serializer=self.serializer))
             # Queued before the restored run can go idle, so it is seen on this drive.
             handler.ctx.send_event(ToolOutcome(**outcome))
-        async with self.llm_slots:
-            result = await self._drive(handler)
+        result = await self._drive(handler)
         return self._record(run_id, snap.version if snap is not None else None, outcome, result)
 
     async def _drive(self, handler: WorkflowHandler) -> StepResult:

@@ -13,6 +13,8 @@ state or events, so a snapshot is plain JSON with no clients and no secrets.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 from llama_index.core.llms.function_calling import FunctionCallingLLM
@@ -36,7 +38,8 @@ from .tools import ToolArgumentError, ToolContext, ToolRegistry
 
 class AgentWorkflow(Workflow):
     def __init__(self, llm: FunctionCallingLLM, tools: ToolRegistry, knowledge: Retriever, *,
-                 max_revisions: int = 3, max_llm_calls: int = 20, system_prompt: str = m.SYSTEM_PROMPT) -> None:
+                 max_revisions: int = 3, max_llm_calls: int = 20, llm_concurrency: int = 4,
+                 system_prompt: str = m.SYSTEM_PROMPT) -> None:
         # Deadlines belong to the approval policy and the service's timers, not to the workflow.
         super().__init__(timeout=None)
         self.llm = llm
@@ -44,6 +47,7 @@ class AgentWorkflow(Workflow):
         self.knowledge = knowledge
         self.max_revisions = max_revisions
         self.max_llm_calls = max_llm_calls
+        self.llm_slots = asyncio.Semaphore(llm_concurrency)  # LLM calls at once, across all runs
         self.system_prompt = system_prompt
 
     @step
@@ -62,10 +66,18 @@ class AgentWorkflow(Workflow):
         if state.llm_calls >= self.max_llm_calls:  # a model going round in circles costs money
             return AgentStopped(outcome="failed", summary=(
                 f"the agent made {state.llm_calls} LLM calls without finishing (COUNTERSIGN_AGENT_MAX_LLM_CALLS)"))
-        response = await self.llm.achat_with_tools(
-            self.tools.llm_tools(), chat_history=m.to_chat(state.messages), allow_parallel_tool_calls=True)
+        async with self.llm_slots:
+            response = await self.llm.achat_with_tools(
+                self.tools.llm_tools(), chat_history=m.to_chat(state.messages), allow_parallel_tool_calls=True)
         calls = self.llm.get_tool_calls_from_response(response, error_on_no_tool_call=False)
         content = m.text_of(response.message)
+        # Some OpenAI-compatible servers send no call ids, or the same ones every turn; an
+        # approval and its outcome are matched by this id, so it must be unique in the run.
+        seen = {c["id"] for msg in state.messages for c in msg.get("tool_calls") or ()}
+        for call in calls:
+            if not call.tool_id or call.tool_id in seen:
+                call.tool_id = f"call_{uuid.uuid4().hex[:24]}"
+            seen.add(call.tool_id)
         async with ctx.store.edit_state() as state:
             state.llm_calls += 1
             state.messages.append(m.assistant(content, calls))
@@ -109,6 +121,9 @@ class AgentWorkflow(Workflow):
             return ToolResult(tool_call_id=ev.tool_call_id, name=ev.name, content=answer.content)
 
         async with ctx.store.edit_state() as state:
+            if state.sent:
+                return ToolResult(tool_call_id=ev.tool_call_id, name=ev.name, is_error=True, content=(
+                    "Error: the reply has been sent already; answer with a short summary instead."))
             if state.pending:
                 return ToolResult(tool_call_id=ev.tool_call_id, name=ev.name, is_error=True, content=(
                     "Error: another draft is already waiting for review; propose one email at a time."))

@@ -7,6 +7,7 @@ would talk to OpenAI, vLLM or Ollama. Every request body is recorded for asserti
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -25,6 +26,7 @@ class Call:
     """The assistant calls tools."""
 
     calls: tuple[tuple[str, dict[str, Any]], ...]  # (name, arguments)
+    ids: tuple[str, ...] | None = None  # as the server sends them; default: unique per call
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,14 @@ def call(name: str, **arguments: Any) -> Call:
     return Call(((name, arguments),))
 
 
-Step = Call | Say | Fail
+@dataclass(frozen=True)
+class Stall:
+    """No answer for `seconds` (longer than the client's timeout), then a 500 if still connected."""
+
+    seconds: float
+
+
+Step = Call | Say | Fail | Stall
 
 
 class ScriptedLLM:
@@ -60,6 +69,9 @@ class ScriptedLLM:
         self._lock = threading.Lock()
         self._ids = 0
         self.server: TestServer | None = None
+        self.delay = 0.0  # seconds before every answer
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -81,6 +93,14 @@ class ScriptedLLM:
         if request.headers.get("Authorization", "").split(" ")[0] != "Bearer":
             return web.json_response({"error": {"message": "no API key"}}, status=401)
         body = await request.json()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(body)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, body: dict[str, Any]) -> web.Response:
         with self._lock:
             self.requests.append(body)
             if not self.script:
@@ -89,6 +109,11 @@ class ScriptedLLM:
             step = self.script.pop(0)
             self._ids += 1
             n = self._ids
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if isinstance(step, Stall):
+            await asyncio.sleep(step.seconds)
+            return web.json_response({"error": {"message": "stalled"}}, status=500)
         if isinstance(step, Fail):
             return web.json_response({"error": {"message": step.message, "type": "error", "code": None}},
                                      status=step.status, headers=step.headers)
@@ -97,7 +122,7 @@ class ScriptedLLM:
             finish = "stop"
         else:
             message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_{n}_{i}", "type": "function",
+                {"id": step.ids[i] if step.ids else f"call_{n}_{i}", "type": "function",
                  "function": {"name": name, "arguments": json.dumps(args)}}
                 for i, (name, args) in enumerate(step.calls)]}
             finish = "tool_calls"
