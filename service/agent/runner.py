@@ -98,7 +98,7 @@ class AgentRunner:
             # Queued before the restored run can go idle, so it is seen on this drive.
             handler.ctx.send_event(ToolOutcome(**outcome))
         result = await self._drive(handler)
-        return self._record(run_id, snap.version if snap is not None else None, outcome, result)
+        return self._record(run_id, snap.version if snap is not None else None, result)
 
     async def _drive(self, handler: WorkflowHandler) -> StepResult:
         result = StepResult()
@@ -124,7 +124,7 @@ class AgentRunner:
             if not handler.is_done():
                 await handler.cancel_run()
 
-    def _record(self, run_id: str, version: int | None, outcome: dict[str, Any] | None, result: StepResult) -> Op[None]:
+    def _record(self, run_id: str, version: int | None, result: StepResult) -> Op[None]:
         async def op(tx: Tx) -> None:
             run = (await tx.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).one()
             if RunStatus(run.status).is_terminal:
