@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     bot_insecure_no_auth: bool = False
     bot_key_refresh_min_seconds: float = 60.0  # an unknown key id refetches the keys at most this often
     bot_http_timeout_seconds: float = 10.0
+    # How long after a decision the posted cards are updated for everyone (the clicker gets
+    # the new card at once, in the answer to the click).
+    teams_card_update_delay_seconds: float = 1.0
 
     # The agent (LlamaIndex). OpenAI's own variable names: OPENAI_API_KEY, OPENAI_BASE_URL.
     # With neither set, the offline drafter writes the drafts.

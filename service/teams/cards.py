@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,7 +71,8 @@ def card_attachment_activity(card: dict[str, Any]) -> Activity:
 
 class TeamsCards:
     def __init__(self, store: Store, jobs: JobQueue, conversations: Conversations, adapter: Any, *,
-                 bot_app_id: str, limiter: TeamsRateLimiter, token_ready: TokenReady) -> None:
+                 bot_app_id: str, limiter: TeamsRateLimiter, token_ready: TokenReady,
+                 update_delay: timedelta = timedelta(0)) -> None:
         self.store = store
         self.jobs = jobs
         self.conversations = conversations
@@ -78,6 +80,7 @@ class TeamsCards:
         self.bot_app_id = bot_app_id
         self.limiter = limiter
         self.token_ready = token_ready
+        self.update_delay = update_delay
 
     def register(self) -> None:
         self.jobs.register(POST_CARD_JOB, JobHandler(run=self.post, on_dead=self._on_dead, on_retry=self._on_retry))
@@ -102,8 +105,12 @@ class TeamsCards:
                                       .where(t.teams_cards.c.approval_id == approval_id,
                                              t.teams_cards.c.status == "posted"))).all()
         # Cards still being posted need nothing: the post job shows the state at that moment.
+        # The reviewer who clicked already has the new card in the invoke answer; the
+        # update for everyone else waits a moment, so that a burst of clicks is answered
+        # before the card updates (SDK calls, heavy on the event loop) compete with it.
+        due_at = tx.now + self.update_delay if self.update_delay else None
         for row in rows:
-            await self.jobs.enqueue(tx, UPDATE_CARD_JOB, {"card_id": row.id}, run_id=row.run_id)
+            await self.jobs.enqueue(tx, UPDATE_CARD_JOB, {"card_id": row.id}, run_id=row.run_id, due_at=due_at)
 
     # ---- jobs -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import aiohttp
 from botbuilder.core import TurnContext
@@ -73,7 +74,8 @@ class TeamsChannel:
         self.conversations = Conversations(store)
         self.bot = ApprovalBot(store, decisions, self.conversations)
         self.cards = TeamsCards(store, jobs, self.conversations, self.adapter, bot_app_id=settings.microsoft_app_id,
-                                limiter=TeamsRateLimiter(), token_ready=self._token_ready)
+                                limiter=TeamsRateLimiter(), token_ready=self._token_ready,
+                                update_delay=timedelta(seconds=settings.teams_card_update_delay_seconds))
         self.cards.register()
         runs.on_approval_created.append(self.cards.on_approval_created)
         runs.on_approval_changed.append(self.cards.on_approval_changed)

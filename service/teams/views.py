@@ -14,35 +14,41 @@ from ..store.db import Store
 
 
 async def load_view(store: Store, approval_id: str) -> ApprovalView:
+    # One round trip: the approval, its latest decision and its delivery (a card click
+    # waits for this read before it can answer).
+    latest = (sa.select(t.decisions.c.id).where(t.decisions.c.approval_id == approval_id)
+              .order_by(t.decisions.c.created_at.desc()).limit(1).scalar_subquery())
+    d, v = t.decisions.alias("d"), t.deliveries.alias("v")
+    query = (
+        sa.select(t.approvals, d.c.reviewer_name, d.c.reviewer_email, d.c.reviewer_id, d.c.reason,
+                  d.c.kind.label("decision_kind"), d.c.id.label("decision_id"), v.c.status.label("delivery_status"),
+                  v.c.smtp_reply, v.c.error.label("delivery_error"), v.c.sent_at, v.c.sending_at,
+                  v.c.created_at.label("delivery_created_at"), v.c.id.label("delivery_id"))
+        .select_from(t.approvals.outerjoin(d, d.c.id == latest).outerjoin(v, v.c.approval_id == t.approvals.c.id))
+        .where(t.approvals.c.id == approval_id)
+    )
+
     async def q(conn: Any) -> ApprovalView:
-        approval = (await conn.execute(sa.select(t.approvals).where(t.approvals.c.id == approval_id))).first()
-        if approval is None:
+        row = (await conn.execute(query)).first()
+        if row is None:
             raise NotFound("approval", approval_id)
-        decision = (await conn.execute(
-            sa.select(t.decisions).where(t.decisions.c.approval_id == approval_id)
-            .order_by(t.decisions.c.created_at.desc()).limit(1)
-        )).first()
-        delivery = (await conn.execute(sa.select(t.deliveries).where(t.deliveries.c.approval_id == approval_id))).first()
         # Once approved, a card shows what was approved (the edit), not the draft.
-        action = approval.approved_action or approval.action
-        policy = approval.policy or {}
-        decided_by = None
-        if decision is not None:
-            decided_by = decision.reviewer_name or decision.reviewer_email or decision.reviewer_id
-        elif approval.decided_by:
-            decided_by = approval.decided_by
+        action = row.approved_action or row.action
+        policy = row.policy or {}
+        decided = row.decision_id is not None
+        decided_by = (row.reviewer_name or row.reviewer_email or row.reviewer_id) if decided else row.decided_by
         return ApprovalView(
-            approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status=approval.status,
+            approval_id=row.id, run_id=row.run_id, revision=row.revision, status=row.status,
             to=tuple(action["to"]), cc=tuple(action.get("cc") or ()), subject=action["subject"], body=action["body"],
-            in_reply_to=action.get("in_reply_to"), requested_by=approval.requested_by, policy=policy.get("name"),
-            reviewers=tuple(policy.get("reviewers") or ()), decided_by=decided_by, decided_at=approval.decided_at,
-            reason=decision.reason if decision is not None else None,
-            edited=decision is not None and decision.kind == "edit",
+            in_reply_to=action.get("in_reply_to"), requested_by=row.requested_by, policy=policy.get("name"),
+            reviewers=tuple(policy.get("reviewers") or ()), decided_by=decided_by, decided_at=row.decided_at,
+            reason=row.reason if decided else None,
+            edited=decided and row.decision_kind == "edit",
             sources=tuple(SourceView(title=s["title"], location=s.get("location"), snippet=s.get("snippet"))
-                          for s in approval.sources or ()),
-            delivery=DeliveryView(status=delivery.status, detail=delivery.smtp_reply or delivery.error,
-                                  at=delivery.sent_at or delivery.sending_at or delivery.created_at)
-            if delivery is not None else None,
+                          for s in row.sources or ()),
+            delivery=DeliveryView(status=row.delivery_status, detail=row.smtp_reply or row.delivery_error,
+                                  at=row.sent_at or row.sending_at or row.delivery_created_at)
+            if row.delivery_id is not None else None,
         )
 
     return await store.read(q)
