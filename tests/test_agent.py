@@ -193,17 +193,24 @@ async def test_tool_errors_go_back_to_the_llm_and_the_recipient_is_never_the_mod
 
 
 @SQLITE_ONLY
-async def test_llm_429_is_retried_with_backoff_then_drafts(
-    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+@pytest.mark.parametrize("failures", ["429 then 503", "timeout"])
+async def test_transient_llm_failures_are_retried_with_backoff_then_draft(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM, failures: str
 ) -> None:
-    llm.script = [Fail(429, "Rate limit reached", {"Retry-After": "0.2"}), Fail(503, "overloaded"), *happy_script()]
-    service = await agent_service(start_service, smtp_server, llm)
+    if failures == "timeout":
+        first: list[Any] = [Stall(3.0)]
+        overrides: dict[str, Any] = {"llm_timeout_seconds": 0.5}
+    else:
+        first = [Fail(429, "Rate limit reached", {"Retry-After": "0.2"}), Fail(503, "overloaded")]
+        overrides = {}
+    llm.script = [*first, *happy_script()]
+    service = await agent_service(start_service, smtp_server, llm, **overrides)
     run_id = await start_run(service)
     await pending_approval(service, run_id)
     run = await service.run(run_id)
     [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
-    assert step["attempts"] == 3 and step["status"] == "done"
-    assert len(llm.chat_requests) == 4
+    assert step["attempts"] == len(first) + 1 and step["status"] == "done"
+    assert len(llm.chat_requests) == len(first) + 2
 
 
 @SQLITE_ONLY
@@ -330,18 +337,6 @@ async def test_servers_that_reuse_or_omit_call_ids_still_resume_the_right_call(
     history = llm.chat_requests[4]["messages"]
     call_ids = [c["id"] for msg in history if msg["role"] == "assistant" for c in msg.get("tool_calls") or ()]
     assert len(call_ids) == len(set(call_ids)) == len(tool_messages(llm.chat_requests[4]))
-
-
-@SQLITE_ONLY
-async def test_an_llm_timeout_is_retried(start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM) -> None:
-    llm.script = [Stall(3.0), *happy_script()]
-    service = await agent_service(start_service, smtp_server, llm, llm_timeout_seconds=0.5)
-    run_id = await start_run(service)
-    await pending_approval(service, run_id)
-    run = await service.run(run_id)
-    [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
-    assert step["attempts"] == 2 and step["status"] == "done"
-    assert len(llm.chat_requests) == 3
 
 
 @SQLITE_ONLY
