@@ -9,13 +9,19 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
-from .agent.knowledge import EmbeddingSettings, KnowledgeBase, KnowledgeError, RetrievalMode, open_knowledge
+from .agent.knowledge import (
+    EmbeddingSettings,
+    KnowledgeBase,
+    KnowledgeError,
+    Passage,
+    RetrievalMode,
+    open_knowledge,
+)
 from .agent.llm import LlmSettings, build_llm, describe
 from .agent.runner import AgentRunner
 from .agent.tools import ToolRegistry, load_plugins
@@ -103,17 +109,17 @@ class LazyKnowledge:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._kb: KnowledgeBase | None = None
-        self._lock = asyncio.Lock()
+        self._opening: asyncio.Future[KnowledgeBase] | None = None
 
-    async def search(self, query: str, top_k: int) -> list[Any]:
-        if self._kb is None:
-            async with self._lock:
-                if self._kb is None:
-                    s = self.settings
-                    self._kb = await open_knowledge(s.effective_knowledge_dir, s.index_dir, s.retrieval,
-                                                    embedding=embedding_settings(s))
-        return await self._kb.search(query, top_k)
+    async def search(self, query: str, top_k: int) -> list[Passage]:
+        if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
+            s = self.settings
+            # One opening for every caller; shielded, so a caller that times out does not
+            # leave the build thread running while a second build starts.
+            self._opening = asyncio.ensure_future(open_knowledge(
+                s.effective_knowledge_dir, s.index_dir, s.retrieval, embedding=embedding_settings(s)))
+        knowledge = await asyncio.shield(self._opening)
+        return await knowledge.search(query, top_k)
 
 
 def build_workflow(settings: Settings) -> AgentWorkflow:
@@ -132,8 +138,11 @@ def build_workflow(settings: Settings) -> AgentWorkflow:
 
 
 def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWorkflow) -> AgentRunner:
-    # One step may make a few LLM calls (search, then draft) and a search.
-    return AgentRunner(store, runs, workflow, timeout_seconds=settings.llm_timeout_seconds * 3 + 30)
+    # One step may make every LLM call of the run's budget (a model that keeps searching),
+    # and its lease outlasts this (jobs.JobQueue._lease_until): a step still running is
+    # never taken over and repeated. The price is a slow takeover after a crash mid-step.
+    return AgentRunner(store, runs, workflow,
+                       timeout_seconds=settings.llm_timeout_seconds * settings.agent_max_llm_calls + 60)
 
 
 def check_teams_settings(settings: Settings) -> None:

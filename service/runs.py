@@ -125,6 +125,15 @@ NewApprovalListener = Callable[[Tx, NewApproval], Awaitable[None]]
 GatedOutcomeListener = Callable[[Tx, GatedOutcome], Awaitable[None]]
 
 
+def lock_run(tx: Tx, run_id: str) -> sa.Select[Any]:
+    """The run's row, locked until the transaction ends on PostgreSQL (SQLite has one writer).
+
+    Cancelling and an agent step recording its result both take this lock first, so a
+    cancel in one process cannot interleave with an approval created in another."""
+    query = sa.select(t.runs).where(t.runs.c.id == run_id)
+    return query.with_for_update() if tx.dialect == "postgresql" else query
+
+
 class Runs:
     def __init__(self, store: Store, jobs: JobQueue) -> None:
         self.store = store
@@ -234,7 +243,7 @@ class Runs:
 
     async def cancel(self, run_id: str, *, actor: str, reason: str | None) -> RunSummary:
         async def op(tx: Tx) -> RunSummary:
-            row = (await tx.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()
+            row = (await tx.execute(lock_run(tx, run_id))).first()
             if row is None:
                 raise NotFound("run", run_id)
             status = RunStatus(row.status)

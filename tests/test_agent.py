@@ -4,6 +4,7 @@ real SMTP server. Each test counts the LLM calls, so a repeated call shows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,8 @@ import sqlalchemy as sa
 from service.agent.offline import LABEL
 from service.api.deps import SERVICES
 from service.store import tables as t
+
+from service.jobs import TransientError
 
 from .conftest import Service, StartService
 from .peers.openai_server import Call, Fail, Say, ScriptedLLM, Stall, call
@@ -82,7 +85,8 @@ async def test_approve_executes_the_stored_call_and_the_llm_sums_up(
     assert first["model"] == "gpt-4o-mini"
     assert sorted(t["function"]["name"] for t in first["tools"]) == ["search_knowledge_base", "send_customer_email"]
     assert "untrusted data" in first["messages"][0]["content"]
-    assert f"<<<CUSTOMER MESSAGE\n{REQUEST}\nCUSTOMER MESSAGE>>>" in first["messages"][1]["content"]
+    assert (f"<<<CUSTOMER MESSAGE\nFrom: Ann Customer <ann.customer@example.com>\n\n{REQUEST}\nCUSTOMER MESSAGE>>>"
+            in first["messages"][1]["content"])
     # The search answer went back with its tool_call_id.
     [search_answer] = tool_messages(llm.chat_requests[1])
     assert search_answer["tool_call_id"] == "call_1_0" and "returns-and-refunds.md" in search_answer["content"]
@@ -201,7 +205,7 @@ async def test_transient_llm_failures_are_retried_with_backoff_then_draft(
         first: list[Any] = [Stall(3.0)]
         overrides: dict[str, Any] = {"llm_timeout_seconds": 0.5}
     else:
-        first = [Fail(429, "Rate limit reached", {"Retry-After": "0.2"}), Fail(503, "overloaded")]
+        first = [Fail(429, "Rate limit reached", {"Retry-After": "1.0"}), Fail(503, "overloaded")]
         overrides = {}
     llm.script = [*first, *happy_script()]
     service = await agent_service(start_service, smtp_server, llm, **overrides)
@@ -211,6 +215,8 @@ async def test_transient_llm_failures_are_retried_with_backoff_then_draft(
     [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
     assert step["attempts"] == len(first) + 1 and step["status"] == "done"
     assert len(llm.chat_requests) == len(first) + 2
+    if failures != "timeout":  # Retry-After: 1.0 was honoured (the test backoff alone is ~0.05 s)
+        assert llm.arrivals[1] - llm.arrivals[0] >= 1.0
 
 
 @SQLITE_ONLY
@@ -244,8 +250,6 @@ async def test_llm_that_keeps_failing_ends_the_run_after_the_retries(
 async def test_a_duplicate_decision_resumes_nothing_twice(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    import asyncio
-
     llm.script = happy_script()
     service = await agent_service(start_service, smtp_server, llm)
     run_id = await start_run(service)
@@ -351,3 +355,99 @@ async def test_llm_calls_are_bounded_per_process(
     for run_id in run_ids:
         await pending_approval(service, run_id)
     assert llm.max_in_flight == 2 and len(llm.chat_requests) == 4
+
+
+@SQLITE_ONLY
+async def test_the_same_outcome_delivered_twice_resumes_the_agent_once(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    # Below the decision's compare-and-set: the runner itself matches an outcome to the call
+    # its snapshot waits for, so a repeated resume job (two at once, and one later) is a no-op.
+    second = {"subject": "Second", "body": "Dear Ann,\n\nSecond draft."}
+    llm.script = [*happy_script()[:2], call("send_customer_email", **second)]
+    service = await agent_service(start_service, smtp_server, llm, worker_concurrency=0)
+    services = service.app[SERVICES]
+    run_id = await start_run(service)
+
+    async def work_off() -> None:
+        while jobs := await services.jobs.lease(8):
+            for job in jobs:
+                outcome = await services.jobs.handlers[job.kind].run(job)
+                await services.jobs.finish(job, outcome)
+
+    await work_off()
+    first = await pending_approval(service, run_id)
+    await service.decide(first["id"], {"decision": "reject", "reviewer": {"id": "rita@example.com"}, "reason": "No."})
+    [resume] = await services.jobs.lease(8)  # the real resume job, leased to copy it, then put back
+    assert resume.kind == "agent.step" and resume.payload["outcome"]["status"] == "rejected"
+    payload = resume.payload
+    await services.jobs.fail(resume, TransientError("put back"))
+
+    async def duplicate(tx: Any) -> None:
+        await services.jobs.enqueue(tx, "agent.step", payload, run_id=run_id)
+        await services.jobs.enqueue(tx, "agent.step", payload, run_id=run_id)
+
+    await services.store.write(duplicate)
+    await asyncio.sleep(0.1)  # the put-back job is due again
+    await work_off()
+    run = await service.run(run_id)
+    assert [(a["revision"], a["status"]) for a in run["approvals"]] == [(1, "rejected"), (2, "pending")]
+    assert len(llm.chat_requests) == 3 and run["status"] == "awaiting_approval"
+    await services.store.write(duplicate)
+    await work_off()
+    run = await service.run(run_id)
+    assert len(llm.chat_requests) == 3 and len(run["approvals"]) == 2 and run["status"] == "awaiting_approval"
+    assert all(j["status"] == "done" for j in run["jobs"])
+
+
+@SQLITE_ONLY
+async def test_a_cancel_while_the_llm_is_thinking_drops_the_step(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.delay = 1.0
+    llm.script = happy_script()
+    service = await agent_service(start_service, smtp_server, llm)
+    run_id = await start_run(service)
+    while not llm.requests:
+        await asyncio.sleep(0.02)
+    status, _, _ = await service.request("POST", f"/api/runs/{run_id}/cancel", body={"reason": "customer called"})
+    assert status == 200
+    await service.wait_for(run_id, lambda r: all(j["status"] != "queued" for j in r["jobs"])
+                           and len(llm.requests) >= 2, timeout=15)
+    await asyncio.sleep(1.5)  # the step's last LLM answer arrives and is dropped
+    run = await service.run(run_id)
+    assert run["status"] == "cancelled" and run["approvals"] == []
+    async with service.app[SERVICES].store.reader_engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar() == 0
+
+
+@SQLITE_ONLY
+async def test_a_sent_email_completes_the_run_even_when_the_llm_budget_runs_out(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = happy_script()[:2]
+    service = await agent_service(start_service, smtp_server, llm, agent_max_llm_calls=2)
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    run = await service.wait_status(run_id, "completed")
+    assert "budget" in run["summary"] and len(smtp_server.messages()) == 1 and len(llm.chat_requests) == 2
+
+
+@SQLITE_ONLY
+async def test_model_drafts_get_the_api_checks_and_crlf_bodies_still_send(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    llm.script = [call("send_customer_email", subject="Your return\nBcc: attacker@evil.example", body="Hi"),
+                  call("send_customer_email", subject="Your return", body="Dear Ann,\r\n\r\nYes.\r\n"),
+                  Say("Sent.")]
+    service = await agent_service(start_service, smtp_server, llm, agent_tools=["send_customer_email"])
+    run_id = await start_run(service)
+    approval = await pending_approval(service, run_id)
+    refusal = tool_messages(llm.chat_requests[1])[-1]["content"]
+    assert refusal.startswith("Error: invalid arguments for send_customer_email: subject:") and "single line" in refusal
+    assert approval["action"]["body"] == "Dear Ann,\n\nYes."
+    await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
+    await service.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert message["Bcc"] is None and message["Subject"] == "Your return"

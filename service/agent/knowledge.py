@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,7 +120,7 @@ def build_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
     source_dir = source_dir.resolve()
     documents = _read(source_dir, show_progress)
     nodes = _chunks(documents, source_dir, show_progress)
-    staging = index_dir.with_name(f"{index_dir.name}.building-{os.getpid()}")
+    staging = index_dir.with_name(f"{index_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     if mode is RetrievalMode.BM25:
@@ -168,9 +169,8 @@ def index_is_current(source_dir: Path, index_dir: Path, mode: RetrievalMode) -> 
 class KnowledgeBase:
     """Searches a built index. Implements `tools.Retriever`."""
 
-    def __init__(self, retriever: Any, *, is_async: bool, timeout: float = 10.0) -> None:
+    def __init__(self, retriever: Any, *, timeout: float = 10.0) -> None:
         self._retriever = retriever
-        self._is_async = is_async
         self._timeout = timeout
 
     @classmethod
@@ -182,19 +182,18 @@ class KnowledgeBase:
             from llama_index.retrievers.bm25 import BM25Retriever
 
             _quiet_bm25s()
-            return cls(BM25Retriever.from_persist_dir(str(index_dir)), is_async=False, timeout=timeout)
+            return cls(BM25Retriever.from_persist_dir(str(index_dir)), timeout=timeout)
         from llama_index.core import StorageContext, load_index_from_storage
 
         index = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(index_dir)),
                                         embed_model=_embed_model(embedding))
-        return cls(index.as_retriever(similarity_top_k=8), is_async=True, timeout=timeout)
+        return cls(index.as_retriever(similarity_top_k=8), timeout=timeout)
 
     async def search(self, query: str, top_k: int) -> list[Passage]:
+        # In a thread for both kinds: BM25 scoring is CPU work, and LlamaIndex's in-memory
+        # vector store scores synchronously even behind `aretrieve`.
         async with asyncio.timeout(self._timeout):
-            if self._is_async:
-                found = await self._retriever.aretrieve(query)
-            else:
-                found = await asyncio.to_thread(self._retriever.retrieve, query)
+            found = await asyncio.to_thread(self._retriever.retrieve, query)
         return [
             Passage(title=n.node.metadata.get("title", "document"), location=n.node.metadata.get("location", ""),
                     text=n.node.get_content().strip(), score=float(n.score or 0.0))
@@ -202,11 +201,16 @@ class KnowledgeBase:
         ]
 
 
-async def open_knowledge(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
-                         embedding: EmbeddingSettings | None = None) -> KnowledgeBase:
-    """The index of `source_dir`, rebuilt first (in a thread) when missing or stale."""
+def open_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
+               embedding: EmbeddingSettings | None = None) -> KnowledgeBase:
+    """The index of `source_dir`, rebuilt first when missing or stale. Blocking: run it in a thread."""
     if not index_is_current(source_dir, index_dir, mode):
         log.info("indexing the knowledge base %s into %s (%s)", source_dir, index_dir, mode.value)
-        chunks = await asyncio.to_thread(build_index, source_dir, index_dir, mode, embedding=embedding)
+        chunks = build_index(source_dir, index_dir, mode, embedding=embedding)
         log.info("indexed %d chunks", chunks)
-    return await asyncio.to_thread(KnowledgeBase.load, index_dir, mode, embedding=embedding)
+    return KnowledgeBase.load(index_dir, mode, embedding=embedding)
+
+
+async def open_knowledge(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
+                         embedding: EmbeddingSettings | None = None) -> KnowledgeBase:
+    return await asyncio.to_thread(open_index, source_dir, index_dir, mode, embedding=embedding)

@@ -34,7 +34,7 @@ LABEL = ("This reply was assembled automatically from our help articles and chec
          "support team before it was sent.")
 
 _MESSAGE = re.compile(r"<<<CUSTOMER MESSAGE\n(.*)\nCUSTOMER MESSAGE>>>", re.S)
-_CUSTOMER = re.compile(r"A customer \((?:(.+?) <)?[^()<>]+>?\)")
+_CUSTOMER = re.compile(r"^From: (?:(.+?) <)?[^<>\n]+>?$", re.M)
 _PASSAGE = re.compile(r"^\[\d+\] (.+?) \((.+?)\)\n(.*?)(?=\n\n\[\d+\] |\Z)", re.S | re.M)
 
 
@@ -117,7 +117,8 @@ def _answer(text: str) -> ChatMessage:
 def next_message(messages: list[ChatMessage], tools: set[str]) -> ChatMessage:
     """What the drafter says next, from the conversation so far."""
     prompt = next((m.content or "" for m in messages if m.role == MessageRole.USER), "")
-    request = (_MESSAGE.search(prompt).group(1) if _MESSAGE.search(prompt) else prompt).strip()
+    fenced = _MESSAGE.search(prompt)
+    request = (fenced.group(1).split("\n\n", 1)[-1] if fenced else prompt).strip()
     last = messages[-1] if messages else None
     if last is None or last.role != MessageRole.TOOL:
         if "search_knowledge_base" in tools:

@@ -23,7 +23,7 @@ from .. import metrics
 from ..domain import DeliveryStatus, EmailAction, RunStatus
 from ..jobs import Job, JobHandler, PermanentError
 from ..policy import Policy
-from ..runs import AGENT_JOB, GatedOutcome, Runs
+from ..runs import AGENT_JOB, GatedOutcome, Runs, lock_run
 from ..store import tables as t
 from ..store.db import Op, Store, Tx
 from .events import AgentStart, AgentState, AgentStopped, ApprovalRequested, ToolOutcome
@@ -126,7 +126,7 @@ class AgentRunner:
 
     def _record(self, run_id: str, version: int | None, result: StepResult) -> Op[None]:
         async def op(tx: Tx) -> None:
-            run = (await tx.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).one()
+            run = (await tx.execute(lock_run(tx, run_id))).one()
             if RunStatus(run.status).is_terminal:
                 return  # cancelled while the agent worked: its result is dropped
             await self._save_snapshot(tx, run_id, version, result)

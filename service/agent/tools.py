@@ -19,6 +19,7 @@ from llama_index.core.tools import FunctionTool, ToolMetadata
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..domain import EmailAction
+from ..mail.fields import BodyText, HeaderText
 from .knowledge import Retriever
 
 
@@ -69,8 +70,9 @@ class SearchArgs(_Args):
 
 
 class EmailArgs(_Args):
-    subject: str = Field(min_length=1, max_length=200, description="The email's subject line")
-    body: str = Field(min_length=1, max_length=20000, description="The email's plain-text body, with greeting and sign-off")
+    # The ops API's own checks: one line, no control characters, line endings as delivered.
+    subject: HeaderText = Field(description="The email's subject line")
+    body: BodyText = Field(description="The email's plain-text body, with greeting and sign-off")
 
 
 SEARCH_TOP_K = 4

@@ -14,6 +14,7 @@ state or events, so a snapshot is plain JSON with no clients and no secrets.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -34,6 +35,8 @@ from .events import (
 )
 from .knowledge import Retriever
 from .tools import ToolArgumentError, ToolContext, ToolRegistry
+
+log = logging.getLogger(__name__)
 
 
 class AgentWorkflow(Workflow):
@@ -64,6 +67,9 @@ class AgentWorkflow(Workflow):
     async def think(self, ctx: Context[AgentState], ev: LlmTurn) -> ToolCall | AgentStopped | None:
         state = await ctx.store.get_state()
         if state.llm_calls >= self.max_llm_calls:  # a model going round in circles costs money
+            if state.sent:  # the email went out: that is the run's outcome, whatever the model does now
+                return AgentStopped(outcome="completed", summary=(
+                    "The approved email was sent; the agent reached its LLM-call budget before summarising."))
             return AgentStopped(outcome="failed", summary=(
                 f"the agent made {state.llm_calls} LLM calls without finishing (COUNTERSIGN_AGENT_MAX_LLM_CALLS)"))
         async with self.llm_slots:
@@ -110,8 +116,10 @@ class AgentWorkflow(Workflow):
         except ToolArgumentError as exc:
             return ToolResult(tool_call_id=ev.tool_call_id, name=ev.name, content=f"Error: {exc}", is_error=True)
         except Exception as exc:  # a broken tool is an answer the LLM can work with, not a dead run
+            # The details (paths, hosts) stay in our log, not with the LLM provider.
+            log.warning("tool %s failed in run %s", ev.name, state.run_id, exc_info=True)
             return ToolResult(tool_call_id=ev.tool_call_id, name=ev.name,
-                              content=f"Error: the tool failed ({type(exc).__name__}: {exc})", is_error=True)
+                              content=f"Error: the tool failed ({type(exc).__name__})", is_error=True)
 
         if not self.tools.is_gated(ev.name):
             if answer.sources:

@@ -23,12 +23,10 @@ from pydantic import (
 
 from ..domain import ActionType, ApprovalStatus, Channel, DecisionKind, DeliveryStatus, RunStatus
 from ..jobs import JobStatus
-from ..mail.message import normalize_body
+from ..mail.fields import BodyText, HeaderText, header_text
 from ..policy import PolicyMode
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TEXT_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # keeps tab, LF and CR
-_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 MAX_URL_LENGTH = 2048  # the `runs.callback_url` column
 
@@ -39,23 +37,6 @@ class FieldsError(ValueError):
     def __init__(self, message: str, *fields: str) -> None:
         super().__init__(message)
         self.fields = fields
-
-
-def _header_text(value: str) -> str:
-    if _HEADER_UNSAFE.search(value):
-        raise ValueError("must be a single line without control characters (CR/LF would inject headers)")
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
-
-
-def _body_text(value: str) -> str:
-    value = normalize_body(value)
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters other than newline and tab")
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
 
 
 def _free_text(value: str) -> str:
@@ -105,10 +86,8 @@ def _message_id(value: str) -> str:
     return value
 
 
-HeaderText = Annotated[str, Field(max_length=500), AfterValidator(_header_text)]
-BodyText = Annotated[str, Field(max_length=100_000), AfterValidator(_body_text)]
 MessageId = Annotated[str, Field(max_length=255), AfterValidator(_message_id)]
-ShortText = Annotated[str, Field(max_length=320), AfterValidator(_header_text)]
+ShortText = Annotated[str, Field(max_length=320), AfterValidator(header_text)]
 ReasonText = Annotated[str, Field(max_length=2000), AfterValidator(_free_text)]
 RequestText = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_free_text),
                         AfterValidator(_not_blank)]

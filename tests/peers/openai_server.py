@@ -65,6 +65,7 @@ class ScriptedLLM:
     def __init__(self, script: list[Step] | None = None) -> None:
         self.script: list[Step] = list(script or [])
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each chat request
         self.embedding_requests = 0
         self._lock = threading.Lock()
         self._ids = 0
@@ -103,6 +104,7 @@ class ScriptedLLM:
     async def _answer(self, body: dict[str, Any]) -> web.Response:
         with self._lock:
             self.requests.append(body)
+            self.arrivals.append(time.monotonic())
             if not self.script:
                 return web.json_response({"error": {"message": "the test script has no step left",
                                                     "type": "server_error"}}, status=400)
