@@ -55,6 +55,12 @@ async def pending_approval(service: Service, run_id: str, revision: int = 1) -> 
     return next(a for a in run["approvals"] if a["revision"] == revision)
 
 
+async def snapshots(service: Service) -> int:
+    """Agent snapshots in the database (a finished or cancelled run leaves none)."""
+    async with service.app[SERVICES].store.reader_engine.connect() as conn:
+        return (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar_one()
+
+
 def tool_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in request["messages"] if m["role"] == "tool"]
 
@@ -109,8 +115,7 @@ async def test_approve_executes_the_stored_call_and_the_llm_sums_up(
     [step_1, step_2] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
     assert step_1["status"] == step_2["status"] == "done"
     # Finished: the snapshot is gone.
-    async with service.app[SERVICES].store.reader_engine.connect() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar() == 0
+    assert await snapshots(service) == 0
 
 
 @SQLITE_ONLY
@@ -280,8 +285,7 @@ async def test_cancelling_a_paused_agent_run_drops_its_snapshot(
     assert status == 200
     status, payload = await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
     assert status == 409
-    async with service.app[SERVICES].store.reader_engine.connect() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar() == 0
+    assert await snapshots(service) == 0
     assert len(llm.chat_requests) == 2
 
 
@@ -417,8 +421,7 @@ async def test_a_cancel_while_the_llm_is_thinking_drops_the_step(
     await asyncio.sleep(1.5)  # the step's last LLM answer arrives and is dropped
     run = await service.run(run_id)
     assert run["status"] == "cancelled" and run["approvals"] == []
-    async with service.app[SERVICES].store.reader_engine.connect() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar() == 0
+    assert await snapshots(service) == 0
 
 
 @SQLITE_ONLY
