@@ -19,6 +19,11 @@ import jinja2
 from ..domain import EmailAction
 
 TEMPLATES = Path(__file__).with_name("templates")
+# RFC 5322's hard limit (998) rather than its 78-character suggestion: Python's folder puts a
+# word too long for the first line of a header after a fold, and reading it back then keeps
+# that fold as a leading space, so a subject starting with a long word (a URL, an order
+# reference) would no longer match its approved hash. Subjects are at most 500 characters.
+_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 @lru_cache(maxsize=1)
@@ -42,7 +47,7 @@ def build_message(
 ) -> bytes:
     env = _environment()
     paragraphs = action.body.split("\n\n")
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = sender
     msg["To"] = ", ".join(action.to)
     if action.cc:

@@ -1,0 +1,42 @@
+"""The MIME message built for an approved email reads back as exactly what was approved:
+the delivery refuses to send otherwise, so any drift here fails approved emails."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import pytest
+
+from service.domain import EmailAction
+from service.mail.message import build_message, content_of
+
+WORDS = ["refund", "order", "é", "Rückerstattung", "naïve", "café", "日本語", "x" * 30, "y" * 77, "Z", "—",
+         "ok.", "ü" * 20, "https://example.com/orders/" + "a" * 120, "\t", "emoji 🎉"]
+
+
+def round_trip(action: EmailAction) -> EmailAction:
+    mime = build_message(action, sender="Support <support@example.com>", reply_to=None,
+                         message_id="<1@countersign.example.com>", date=datetime(2026, 11, 21, tzinfo=timezone.utc))
+    assert max(len(line) for line in mime.split(b"\r\n")) <= 998  # RFC 5322's hard line limit
+    return content_of(mime)
+
+
+@pytest.mark.parametrize("subject", [
+    "y" * 77 + " Rückerstattung",  # a long first word: Python's folder used to leave a leading space
+    "https://example.com/orders/" + "a" * 120 + " — bestätigt",
+    "日本語の件名 " * 40,
+])
+def test_subjects_that_fold_read_back_unchanged(subject: str) -> None:
+    action = EmailAction(to=("ann@example.com",), subject=subject[:500], body="Hello")
+    assert round_trip(action).content_sha256() == action.content_sha256()
+
+
+def test_random_subjects_and_bodies_read_back_unchanged() -> None:
+    rng = random.Random(20261121)
+    for _ in range(500):
+        subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))).replace("\t", "x")[:500]
+        body = "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40))) for _ in range(rng.randint(1, 5)))
+        action = EmailAction(to=("ann@example.com",), cc=("b@example.com",), subject=subject, body=body)
+        back = round_trip(action)
+        assert back.content_sha256() == action.content_sha256(), (subject, back.subject)
