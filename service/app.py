@@ -138,9 +138,9 @@ def build_workflow(settings: Settings) -> AgentWorkflow:
 
 
 def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWorkflow) -> AgentRunner:
-    # One step may make every LLM call of the run's budget (a model that keeps searching),
-    # and its lease outlasts this (jobs.JobQueue._lease_until): a step still running is
-    # never taken over and repeated. The price is a slow takeover after a crash mid-step.
+    # One step may make every LLM call of the run's budget (a model that keeps searching);
+    # the worker renews the step's lease while it runs, so it is never taken over and
+    # repeated while alive, and is taken over one lease after its process dies.
     return AgentRunner(store, runs, workflow,
                        timeout_seconds=settings.llm_timeout_seconds * settings.agent_max_llm_calls + 60)
 

@@ -30,9 +30,6 @@ from .store.db import Op, Store, Tx, utcnow
 log = logging.getLogger(__name__)
 
 
-LEASE_MARGIN_SECONDS = 10.0
-
-
 class JobStatus(str, enum.Enum):
     QUEUED = "queued"
     DONE = "done"
@@ -205,7 +202,7 @@ class JobQueue:
                 t.jobs.update()
                 .where(t.jobs.c.id.in_(pick.scalar_subquery()))
                 .values(
-                    leased_until=self._lease_until(tx.now, kinds), lease_token=token,
+                    leased_until=tx.now + self.lease_duration, lease_token=token,
                     attempts=t.jobs.c.attempts + 1, updated_at=tx.now,
                 )
                 .returning(*t.jobs.c)
@@ -214,18 +211,18 @@ class JobQueue:
 
         return await self.store.write(op)
 
-    def _lease_until(self, now: datetime, kinds: list[str]) -> Any:
-        """A lease outlasts the handler's timeout, or a slow job (an LLM call) would be taken
-        over and run twice while it is still running."""
-        longer = {}
-        for kind in kinds:
-            handler = self.handlers.get(kind)
-            if handler and handler.timeout_seconds:
-                lease = timedelta(seconds=handler.timeout_seconds + LEASE_MARGIN_SECONDS)
-                if lease > self.lease_duration:
-                    longer[kind] = sa.literal(now + lease, t.UtcDateTime)
-        default = sa.literal(now + self.lease_duration, t.UtcDateTime)
-        return sa.case(longer, value=t.jobs.c.kind, else_=default) if longer else now + self.lease_duration
+    async def extend(self, job: Job) -> None:
+        """Renew a running job's lease, so a slow handler is not taken over while it works."""
+        async def op(tx: Tx) -> None:
+            result = await tx.execute(
+                t.jobs.update()
+                .where(t.jobs.c.id == job.id, t.jobs.c.lease_token == job.lease_token)
+                .values(leased_until=tx.now + self.lease_duration, updated_at=tx.now)
+            )
+            if result.rowcount != 1:
+                raise LeaseLost(f"job {job.id} ({job.kind}) was taken over by another worker")
+
+        await self.store.write(op)
 
     async def _guard(self, tx: Tx, job: Job, **values: Any) -> None:
         result = await tx.execute(
@@ -367,9 +364,16 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         handler = self.queue.handlers[job.kind]
+        timeout = handler.timeout_seconds or self.timeout_seconds
+        lease = self.queue.lease_duration.total_seconds()
+        # A job that may outlive its lease renews it while it runs; one that dies with its
+        # process stops renewing, and another worker takes it after one lease.
+        heartbeat = asyncio.create_task(self._heartbeat(job, lease / 3)) if timeout > lease / 2 else None
         try:
-            async with asyncio.timeout(handler.timeout_seconds or self.timeout_seconds):
+            async with asyncio.timeout(timeout):
                 outcome = await handler.run(job)
+            if heartbeat is not None:
+                heartbeat.cancel()
             await self.queue.finish(job, outcome)
         except asyncio.CancelledError:
             raise
@@ -388,3 +392,17 @@ class Worker:
                 log.warning("%s", lost)
             except Exception:
                 log.exception("could not record the failure of job %s", job.id)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+
+    async def _heartbeat(self, job: Job, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.queue.extend(job)
+            except LeaseLost as exc:
+                log.warning("%s; its outcome will be dropped", exc)
+                return
+            except Exception:  # the database may be briefly away: try again next beat
+                log.exception("could not renew the lease of job %s", job.id)

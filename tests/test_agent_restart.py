@@ -178,3 +178,41 @@ async def test_a_restart_between_decision_and_send_sends_once_and_calls_the_llm_
         third.kill()
     assert len(smtp_server.messages()) == 1
     assert len(llm.chat_requests) == 3 and run["summary"] == "Done."
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_process_killed_mid_step_is_taken_over_and_drafts_once(
+    tmp_path: Path, db_url: str, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    # Killed while the LLM is drafting: nothing of that step was committed, so the next
+    # process runs the step again from the start (the only LLM calls ever repeated are
+    # those whose result was never recorded) and exactly one approval comes of it.
+    llm.delay = 0.5
+    llm.script = [call("search_knowledge_base", query="returns"), call("send_customer_email", **DRAFT)] * 2
+    port = free_port()
+    env = environment(tmp_path, db_url, smtp_server, llm, port)
+    first = ServiceProcess(env, port, tmp_path / "first.log")
+    await first.start()
+    async with aiohttp.ClientSession() as http:
+        status, accepted = await Api(http, first.url).call("POST", "/api/runs", {"request": "Can I return it?",
+                                                                                 "customer": CUSTOMER})
+        assert status == 202
+        while len(llm.chat_requests) < 2:  # the drafting call is in flight
+            await asyncio.sleep(0.02)
+    first.kill()
+    await first.wait_dead()
+
+    second = ServiceProcess(env, port, tmp_path / "second.log")
+    await second.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, second.url)
+            run = await api.wait_run(accepted["id"], pending(1))
+            await asyncio.sleep(1.5)  # a second takeover would have drafted again by now
+            status, run = await api.call("GET", f"/api/runs/{accepted['id']}")
+    finally:
+        second.kill()
+    assert [(a["revision"], a["status"]) for a in run["approvals"]] == [(1, "pending")]
+    [step] = [j for j in run["jobs"] if j["kind"] == "agent.step"]
+    assert step["attempts"] == 2 and step["status"] == "done"
+    assert len(llm.chat_requests) == 4

@@ -245,3 +245,47 @@ async def test_a_deferred_job_waits_without_using_an_attempt(store: Store) -> No
         await worker.stop()
     [job] = await _jobs(store)
     assert calls == 6 and job.attempts == 1  # five waits, one real attempt
+
+
+async def test_a_slow_job_renews_its_lease_and_is_never_run_twice(store: Store, db_url: str) -> None:
+    queue = JobQueue(store, max_attempts=3, lease_seconds=0.3, backoff_base=0.01, backoff_max=0.05)
+    runs: list[str] = []
+
+    async def slow(job: Job) -> None:
+        runs.append(job.id)
+        await asyncio.sleep(1.2)  # four leases long
+
+    queue.register("slow", JobHandler(run=slow, timeout_seconds=10))
+    [job_id] = await _enqueue(queue, "slow", 1)
+    worker = Worker(queue, concurrency=1, poll_seconds=0.05)
+    other = await _second_store(db_url)
+    rival = JobQueue(other, lease_seconds=0.3)
+    rival.register("slow", JobHandler(run=slow, timeout_seconds=10))
+    worker.start()
+    try:
+        await _wait_until(lambda: asyncio.sleep(0, bool(runs)))
+        for _ in range(10):  # another process keeps trying to take it while it runs
+            assert await rival.lease(8) == []
+            await asyncio.sleep(0.1)
+        await _wait_until(lambda: _status(store, job_id, JobStatus.DONE))
+    finally:
+        await worker.stop()
+        await other.close()
+    assert runs == [job_id]
+    [job] = await _jobs(store)
+    assert job.attempts == 1
+
+
+async def test_a_job_whose_worker_died_is_taken_over_after_one_lease(store: Store) -> None:
+    queue = JobQueue(store, max_attempts=3, lease_seconds=0.3, backoff_base=0.01, backoff_max=0.05)
+    queue.register("slow", JobHandler(run=lambda job: asyncio.sleep(0), timeout_seconds=10))
+    await _enqueue(queue, "slow", 1)
+    [leased] = await queue.lease(1)  # leased by a worker that then dies: nobody renews it
+    assert await queue.lease(1) == []
+    await asyncio.sleep(0.35)
+    [taken] = await queue.lease(1)
+    assert taken.id == leased.id and taken.attempts == 2
+
+
+async def _status(store: Store, job_id: str, status: JobStatus) -> bool:
+    return any(j.id == job_id and j.status is status for j in await _jobs(store))
