@@ -3,7 +3,6 @@ store, job queue and workers, and starts and stops them with the app."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -14,14 +13,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
-from .agent.knowledge import (
-    EmbeddingSettings,
-    KnowledgeBase,
-    KnowledgeError,
-    Passage,
-    RetrievalMode,
-    open_knowledge,
-)
+from .agent.knowledge import EmbeddingSettings, KnowledgeError, LazyKnowledgeBase, RetrievalMode
 from .agent.llm import LlmSettings, build_llm, describe
 from .agent.runner import AgentRunner
 from .agent.tools import ToolRegistry, load_plugins
@@ -103,25 +95,6 @@ def embedding_settings(settings: Settings) -> EmbeddingSettings | None:
     )
 
 
-class LazyKnowledge:
-    """Opens (and if needed indexes) the knowledge base on the first search, so a process
-    that never drafts never pays for it; `countersign index` builds it ahead of time."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._opening: asyncio.Future[KnowledgeBase] | None = None
-
-    async def search(self, query: str, top_k: int) -> list[Passage]:
-        if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
-            s = self.settings
-            # One opening for every caller; shielded, so a caller that times out does not
-            # leave the build thread running while a second build starts.
-            self._opening = asyncio.ensure_future(open_knowledge(
-                s.effective_knowledge_dir, s.index_dir, s.retrieval, embedding=embedding_settings(s)))
-        knowledge = await asyncio.shield(self._opening)
-        return await knowledge.search(query, top_k)
-
-
 def build_workflow(settings: Settings) -> AgentWorkflow:
     """The agent, checked at start: a bad tool list, plugin or knowledge setting stops `serve`."""
     if not settings.effective_knowledge_dir.is_dir():
@@ -132,7 +105,9 @@ def build_workflow(settings: Settings) -> AgentWorkflow:
     llm = llm_settings(settings)
     log.info("agent drafts with %s; knowledge from %s (%s)", describe(llm), settings.effective_knowledge_dir,
              settings.retrieval.value)
-    return AgentWorkflow(build_llm(llm), registry, LazyKnowledge(settings),
+    knowledge = LazyKnowledgeBase(settings.effective_knowledge_dir, settings.index_dir, settings.retrieval,
+                                  embedding=embedding_settings(settings))
+    return AgentWorkflow(build_llm(llm), registry, knowledge,
                          max_revisions=settings.agent_max_revisions, max_llm_calls=settings.agent_max_llm_calls,
                          llm_concurrency=settings.llm_concurrency)
 

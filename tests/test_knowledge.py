@@ -4,6 +4,7 @@ the agent's configuration: plugins, the OpenAI-like client, refusals at start.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from service.agent.knowledge import (
     EmbeddingSettings,
     KnowledgeBase,
     KnowledgeError,
+    LazyKnowledgeBase,
     RetrievalMode,
     build_index,
     open_knowledge,
@@ -111,6 +113,23 @@ async def test_a_changed_knowledge_directory_is_indexed_again(tmp_path: Path) ->
     (docs / "b.md").write_text("Kayaks can be rented by the day.")
     kb = await open_knowledge(docs, tmp_path / "index", RetrievalMode.BM25)
     assert (await kb.search("kayak rental", 1))[0].location == "b.md"
+
+
+async def test_concurrent_first_searches_share_one_index_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.agent.knowledge as knowledge
+
+    builds: list[Path] = []
+    real_build = knowledge.build_index
+
+    def counting_build(*args: object, **kwargs: object) -> int:
+        builds.append(args[1])  # type: ignore[arg-type]
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(knowledge, "build_index", counting_build)
+    lazy = LazyKnowledgeBase(BUILTIN_CORPUS, tmp_path / "index", RetrievalMode.BM25)
+    answers = await asyncio.gather(*(lazy.search(q, 1) for q, _ in QUESTIONS))
+    assert [a[0].location for a in answers] == [expected for _, expected in QUESTIONS]
+    assert builds == [tmp_path / "index"]
 
 
 def test_missing_or_empty_knowledge_is_a_clear_error(tmp_path: Path) -> None:

@@ -214,3 +214,26 @@ def open_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
 async def open_knowledge(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
                          embedding: EmbeddingSettings | None = None) -> KnowledgeBase:
     return await asyncio.to_thread(open_index, source_dir, index_dir, mode, embedding=embedding)
+
+
+class LazyKnowledgeBase:
+    """Opens (and if needed indexes) the knowledge base on the first search, so a process
+    that never drafts never pays for it; `countersign index` builds it ahead of time.
+    Implements `Retriever`."""
+
+    def __init__(self, source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
+                 embedding: EmbeddingSettings | None = None) -> None:
+        self.source_dir = source_dir
+        self.index_dir = index_dir
+        self.mode = mode
+        self.embedding = embedding
+        self._opening: asyncio.Future[KnowledgeBase] | None = None
+
+    async def search(self, query: str, top_k: int) -> list[Passage]:
+        if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
+            # One opening for every caller; shielded, so a caller that times out does not
+            # leave the build thread running while a second build starts.
+            self._opening = asyncio.ensure_future(
+                open_knowledge(self.source_dir, self.index_dir, self.mode, embedding=self.embedding))
+        knowledge = await asyncio.shield(self._opening)
+        return await knowledge.search(query, top_k)
