@@ -61,6 +61,15 @@ async def snapshots(service: Service) -> int:
         return (await conn.execute(sa.select(sa.func.count()).select_from(t.agent_snapshots))).scalar_one()
 
 
+async def paused_run(start_service: StartService, smtp: SmtpServer, llm: ScriptedLLM, script: list[Any],
+                     **overrides: Any) -> tuple[Service, str, dict[str, Any]]:
+    """A service, and one agent run of it paused at its first approval."""
+    llm.script = script
+    service = await agent_service(start_service, smtp, llm, **overrides)
+    run_id = await start_run(service)
+    return service, run_id, await pending_approval(service, run_id)
+
+
 def tool_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in request["messages"] if m["role"] == "tool"]
 
@@ -73,10 +82,7 @@ def happy_script() -> list[Any]:
 async def test_approve_executes_the_stored_call_and_the_llm_sums_up(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    llm.script = happy_script()
-    service = await agent_service(start_service, smtp_server, llm)
-    run_id = await start_run(service)
-    approval = await pending_approval(service, run_id)
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script())
 
     # The reviewer sees exactly what would be sent, to the run's customer, and what it drew on.
     assert approval["action"]["to"] == ["ann.customer@example.com"]
@@ -122,10 +128,7 @@ async def test_approve_executes_the_stored_call_and_the_llm_sums_up(
 async def test_edit_sends_the_edit_and_tells_the_llm_what_was_sent(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    llm.script = happy_script()
-    service = await agent_service(start_service, smtp_server, llm)
-    run_id = await start_run(service)
-    approval = await pending_approval(service, run_id)
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script())
     edited = "Dear Ann,\n\nYes, and return shipping is free in the EU.\n\nSupport"
     status, _ = await service.decide(approval["id"], {"decision": "edit", "reviewer": {"id": "rita@example.com"},
                                                       "body": edited})
@@ -169,10 +172,8 @@ async def test_reject_goes_back_to_the_llm_which_drafts_revision_2(
 async def test_the_revision_limit_ends_the_run_rejected(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    llm.script = happy_script()[:2]
-    service = await agent_service(start_service, smtp_server, llm, agent_max_revisions=1)
-    run_id = await start_run(service)
-    approval = await pending_approval(service, run_id)
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script()[:2],
+                                                 agent_max_revisions=1)
     await service.decide(approval["id"], {"decision": "reject", "reviewer": {"id": "rita@example.com"},
                                           "reason": "We do not answer this by email."})
     run = await service.wait_status(run_id, "rejected")
@@ -255,10 +256,7 @@ async def test_llm_that_keeps_failing_ends_the_run_after_the_retries(
 async def test_a_duplicate_decision_resumes_nothing_twice(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    llm.script = happy_script()
-    service = await agent_service(start_service, smtp_server, llm)
-    run_id = await start_run(service)
-    approval = await pending_approval(service, run_id)
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script())
     body = {"decision": "approve", "reviewer": {"id": "rita@example.com"}}
     answers = await asyncio.gather(*(service.decide(approval["id"], body) for _ in range(5)))
     assert sorted(status for status, _ in answers) == [200, 409, 409, 409, 409]
@@ -272,10 +270,7 @@ async def test_a_duplicate_decision_resumes_nothing_twice(
 async def test_cancelling_a_paused_agent_run_drops_its_snapshot(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    llm.script = happy_script()
-    service = await agent_service(start_service, smtp_server, llm)
-    run_id = await start_run(service)
-    approval = await pending_approval(service, run_id)
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script())
     async with service.app[SERVICES].store.reader_engine.connect() as conn:
         [snapshot] = (await conn.execute(sa.select(t.agent_snapshots))).all()
     text = json.dumps(snapshot.snapshot)
@@ -428,10 +423,8 @@ async def test_a_cancel_while_the_llm_is_thinking_drops_the_step(
 async def test_a_sent_email_completes_the_run_even_when_the_llm_budget_runs_out(
     start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
 ) -> None:
-    llm.script = happy_script()[:2]
-    service = await agent_service(start_service, smtp_server, llm, agent_max_llm_calls=2)
-    run_id = await start_run(service)
-    approval = await pending_approval(service, run_id)
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script()[:2],
+                                                 agent_max_llm_calls=2)
     await service.decide(approval["id"], {"decision": "approve", "reviewer": {"id": "rita@example.com"}})
     run = await service.wait_status(run_id, "completed")
     assert "budget" in run["summary"] and len(smtp_server.messages()) == 1 and len(llm.chat_requests) == 2

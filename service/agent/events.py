@@ -67,9 +67,10 @@ class AgentStopped(StopEvent):
 
 
 class PendingCall(BaseModel):
+    """A gated call waiting for its outcome: the action built from it is what gets approved."""
+
     tool_call_id: str
     name: str
-    arguments: dict[str, Any]
     action: dict[str, Any]
     revision: int
 

@@ -6,7 +6,6 @@ extras (OpenAI tool-call objects) are not stable JSON. Pure: no I/O.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
@@ -88,7 +87,3 @@ def to_chat(messages: list[dict[str, Any]]) -> list[ChatMessage]:
 
 def text_of(message: ChatMessage) -> str:
     return "".join(b.text for b in message.blocks if isinstance(b, TextBlock)).strip()
-
-
-def arguments_json(arguments: dict[str, Any]) -> str:
-    return json.dumps(arguments, ensure_ascii=False, sort_keys=True)

@@ -140,7 +140,7 @@ class AgentWorkflow(Workflow):
                     f"Error: the limit of {self.max_revisions} drafts is reached; do not propose another."))
             state.revision += 1
             state.pending[ev.tool_call_id] = PendingCall(
-                tool_call_id=ev.tool_call_id, name=ev.name, arguments=ev.arguments, action=action,
+                tool_call_id=ev.tool_call_id, name=ev.name, action=action,
                 revision=state.revision)
             revision, sources = state.revision, list(state.sources)
         return ApprovalRequested(tool_call_id=ev.tool_call_id, tool=ev.name, revision=revision, action=action,
