@@ -10,6 +10,12 @@ against a bare aiohttp handler (parse JSON, answer 202) measured in the same run
    cut off when a load run ends may be stored without the client seeing the 202).
 
 Targets (the issue): service >= 35% of the bare throughput; p99 < 50 ms at half rate.
+
+Floors (bench/intake_floor_server.py), measured in the same rounds: the cheapest plumbing
+Python has doing the same work (signature, the same pydantic model, run + approval + two
+hash-chained audit events committed in SQLite before the 202), once with and once without
+the validation. They say how much of the bare throughput any implementation of the
+contract can keep on this machine, so that the service's ratio can be read against them.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ TOKEN = "bench-api-token-0123456789"
 BODY = json.dumps({"action": {"type": "send_email", "to": ["a@example.com"], "subject": "Hi", "body": "Hello"}},
                   separators=(",", ":")).encode()
 THROUGHPUT_TARGET = 0.35
+FLOORS = ("floor", "floor-raw")
 P99_TARGET_MS = 50.0
 
 LUA = """wrk.method = "POST"
@@ -133,26 +140,43 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="countersign-bench-intake-"))
     service_port, bare_port = free_port(), free_port()
+    floor_ports = {name: free_port() for name in FLOORS}
+    for name in FLOORS:  # each floor stores into its own database, with the service's schema
+        subprocess.run([*countersign_argv(), "migrate"], env=clean_env({"COUNTERSIGN_DATA_DIR": str(workdir / name)}),
+                       check=True, capture_output=True)
     service_env = clean_env({"COUNTERSIGN_DATA_DIR": str(workdir / "data"), "COUNTERSIGN_WEBHOOK_SECRET": SECRET,
                              "COUNTERSIGN_API_TOKEN": TOKEN, "COUNTERSIGN_LOG_LEVEL": "WARNING",
                              "COUNTERSIGN_PORT": str(service_port)})
     client_ok = 0
-    results: dict[str, list[LoadResult]] = {"bare": [], "service": []}
+    results: dict[str, list[LoadResult]] = {"bare": [], "service": [], **{name: [] for name in FLOORS}}
+    floor_ok = dict.fromkeys(FLOORS, 0)
     half: list[LoadResult] = []
     with (Server.start("service", [*countersign_argv(), "serve"], port=service_port, env=service_env,
                        log=workdir / "service.log") as service,
           Server.start("bare", [PYTHON, str(BENCH / "bare_server.py"), "--port", str(bare_port)], port=bare_port,
-                       env=clean_env({}), log=workdir / "bare.log") as bare):
+                       env=clean_env({}), log=workdir / "bare.log") as bare,
+          Server.start("floor", [PYTHON, str(BENCH / "intake_floor_server.py"), "--port", str(floor_ports["floor"]),
+                                 "--database", str(workdir / "floor" / "countersign.db")],
+                       port=floor_ports["floor"], env=clean_env({}), log=workdir / "floor.log") as floor,
+          Server.start("floor-raw", [PYTHON, str(BENCH / "intake_floor_server.py"), "--port",
+                                     str(floor_ports["floor-raw"]), "--no-validation",
+                                     "--database", str(workdir / "floor-raw" / "countersign.db")],
+                       port=floor_ports["floor-raw"], env=clean_env({}), log=workdir / "floor-raw.log") as floor_raw):
         load = {"seconds": args.duration, "connections": args.connections, "threads": args.threads, "workdir": workdir}
-        for server in (bare, service):  # warm-up, not recorded
+        servers = [bare, service, floor, floor_raw]
+        for server in servers:  # warm-up, not recorded
             warm = run_wrk(server, **{**load, "seconds": 3})
             client_ok += warm.ok if server is service else 0
+            if server.name in FLOORS:
+                floor_ok[server.name] += warm.ok
         for round_no in range(args.rounds):
-            order = (bare, service) if round_no % 2 == 0 else (service, bare)
+            order = servers[round_no % len(servers):] + servers[:round_no % len(servers)]
             for server in order:
                 result = run_wrk(server, **load)
                 results[server.name].append(result)
                 client_ok += result.ok if server is service else 0
+                if server.name in FLOORS:
+                    floor_ok[server.name] += result.ok
                 print(f"round {round_no + 1} {server.name:8} {result.rps:9,.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
                       f"p99 {result.p99_ms:6.1f} ms  cpu {result.cpu_ms_per_request:.3f} ms/req  "
                       f"non-2xx {result.requests - result.ok}  socket errors {result.errors}", file=sys.stderr)
@@ -165,6 +189,7 @@ def main() -> None:
                   f"p99 {result.p99_ms:.1f} ms non-2xx {result.requests - result.ok}", file=sys.stderr)
         answered_202 = server_202s(service)
     counts = stored(workdir / "data" / "countersign.db")
+    floor_counts = {name: stored(workdir / name / "countersign.db") for name in FLOORS}
 
     bare_rps = [r.rps for r in results["bare"]]
     service_rps = [r.rps for r in results["service"]]
@@ -177,12 +202,18 @@ def main() -> None:
              f"per target, medians (min-max):\n",
              "| target | requests/s | p50 ms | p99 ms | server CPU ms/request | non-2xx |",
              "|---|---|---|---|---|---|"]
-    for name, label in (("bare", "bare aiohttp: parse JSON, answer 202"),
-                        ("service", "Countersign: signed webhook, validate, store run + approval + 2 audit events")):
+    labels = {"bare": "bare aiohttp: parse JSON, answer 202",
+              "floor-raw": "floor: signature, json.loads, store run + approval + 2 audit events (raw sqlite3)",
+              "floor": "floor: the same with the service's pydantic validation",
+              "service": "Countersign: signed webhook, validate, store run + approval + 2 audit events"}
+    bare_median = statistics.median(bare_rps)
+    for name, label in labels.items():
         rs = results[name]
-        lines.append(f"| {label} | {median_range([r.rps for r in rs])} | {median_range([r.p50_ms for r in rs], '{:.1f}')}"
-                     f" | {median_range([r.p99_ms for r in rs], '{:.1f}')} | "
-                     f"{median_range([r.cpu_ms_per_request for r in rs], '{:.3f}')} | {sum(r.requests - r.ok for r in rs)} |")
+        share = "" if name == "bare" else f" ({statistics.median(r.rps for r in rs) / bare_median:.1%} of bare)"
+        lines.append(f"| {label} | {median_range([r.rps for r in rs])}{share} | "
+                     f"{median_range([r.p50_ms for r in rs], '{:.1f}')} | {median_range([r.p99_ms for r in rs], '{:.1f}')}"
+                     f" | {median_range([r.cpu_ms_per_request for r in rs], '{:.3f}')} | "
+                     f"{sum(r.requests - r.ok for r in rs)} |")
     lines += [
         "",
         f"- throughput: service/bare = **{ratio:.1%}** of the bare handler (per-round ratios "
@@ -196,6 +227,12 @@ def main() -> None:
         f"- stored: the service answered {answered_202:,} x 202 (its /metrics), the clients saw {client_ok:,}; SQLite "
         f"holds {counts['runs']:,} runs, {counts['approvals']:,} approvals, {counts['audit_events']:,} audit events: "
         f"{'every accepted request was stored' if durable else '**MISMATCH**'}",
+        "- floors: " + "; ".join(
+            f"{name} {statistics.median(r.rps for r in results[name]) / bare_median:.1%} of bare (per-round "
+            f"{min(f.rps / b.rps for f, b in zip(results[name], results['bare'])):.1%}-"
+            f"{max(f.rps / b.rps for f, b in zip(results[name], results['bare'])):.1%}), its clients saw "
+            f"{floor_ok[name]:,} x 202, its SQLite holds {floor_counts[name]['runs']:,} runs"
+            for name in ("floor-raw", "floor")),
     ]
     print("\n".join(lines))
     if args.keep:

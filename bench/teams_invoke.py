@@ -15,7 +15,10 @@ connector has every card. Then rounds; each round sends, in an order that rotate
   (a race) and half on one decided in an earlier wave (a late click);
 - the same number of `POST /api/runs` with the same activity body to the bare server
   (parse the JSON, answer 202): the loopback floor at this concurrency right now;
-- the same number of `GET /healthz` to the service: its own HTTP floor.
+- the same number of `GET /healthz` to the service: its own HTTP floor;
+- the same clicks to the SDK floor (bench/teams_floor_server.py): the service's endpoint,
+  `CloudAdapter` and JWT validation with a bot that only builds and returns a card, the
+  least a click costs on the SDK the issue asks for.
 
 Decisions enqueue card updates (to the connector) and emails (to SMTP); those jobs run
 while the next waves arrive, as they would. Every click must answer 200 with a card, and
@@ -266,6 +269,8 @@ class Tally:
     clicks: list[Sample] = field(default_factory=list)
     bare: list[Sample] = field(default_factory=list)
     healthz: list[Sample] = field(default_factory=list)
+    floor: list[Sample] = field(default_factory=list)
+    floor_cpu: float = 0.0
     service_cpu: float = 0.0  # seconds, over the click waves
 
 
@@ -298,15 +303,18 @@ class Load:
     http: aiohttp.ClientSession
     service: Server
     bare: Server
+    floor: Server
     connector_url: str
     tokens: dict[str, str]  # reviewer -> a signed Bot Connector token
     spread: float  # seconds over which a "spread" wave's requests start
 
-    def click(self, approval_id: str, place: Place, approve: bool, reviewer: str) -> Request:
+    def click(self, approval_id: str, place: Place, approve: bool, reviewer: str, server: Server | None = None
+              ) -> Request:
         body = click(place, self.connector_url, approval_id, reviewer, approve)
+        url = (server or self.service).url
 
         async def send() -> bool:
-            return is_card_answer(*await post_activity(self.http, self.service.url, body, self.tokens[reviewer]))
+            return is_card_answer(*await post_activity(self.http, url, body, self.tokens[reviewer]))
         return send
 
     def bare_post(self, body: dict[str, Any]) -> Request:
@@ -328,12 +336,16 @@ class Load:
         """The clicks of `plan`, as many bare POSTs, as many GET /healthz; the order rotates."""
         reviewers = list(self.tokens)
         clicks = [self.click(a, p, approve, reviewers[k]) for k, (a, p, approve) in enumerate(plan)]
+        floor_clicks = [self.click(a, p, approve, reviewers[k], self.floor) for k, (a, p, approve) in enumerate(plan)]
         bare_body = click(plan[0][1], self.connector_url, plan[0][0], reviewers[0], True)
-        kinds = ["clicks", "bare", "healthz"]
-        for kind in kinds[number % 3:] + kinds[:number % 3]:
+        kinds = ["clicks", "bare", "healthz", "floor"]
+        for kind in kinds[number % 4:] + kinds[:number % 4]:
             cpu = self.service.cpu_seconds()
+            floor_cpu = self.floor.cpu_seconds()
             if kind == "clicks":
                 samples = await wave(clicks, shape, self.spread)
+            elif kind == "floor":
+                samples = await wave(floor_clicks, shape, self.spread)
             else:
                 samples = await wave([self.bare_post(bare_body) if kind == "bare" else self.healthz] * len(plan),
                                      shape, self.spread)
@@ -341,6 +353,8 @@ class Load:
                 getattr(tally, kind).extend(samples)
                 if kind == "clicks":
                     tally.service_cpu += self.service.cpu_seconds() - cpu
+                if kind == "floor":
+                    tally.floor_cpu += self.floor.cpu_seconds() - floor_cpu
 
 
 def plan_wave(batch: Sequence[tuple[str, str, Place]], decided: Sequence[tuple[str, Place]], duplicates: int
@@ -369,7 +383,7 @@ async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="countersign-bench-teams-invoke-"))
     peers = await TeamsPeers.start(workdir / "peers")
     smtp = await SmtpPeer.start(workdir / "smtp", announce=False)
-    service_port, bare_port = free_port(), free_port()
+    service_port, bare_port, floor_port = free_port(), free_port(), free_port()
     env = clean_env({"COUNTERSIGN_DATA_DIR": str(workdir / "data"), "COUNTERSIGN_API_TOKEN": TOKEN,
                      "COUNTERSIGN_LOG_LEVEL": "WARNING", "COUNTERSIGN_PORT": str(service_port),
                      **smtp.env(), **peers.service_env()})
@@ -387,9 +401,11 @@ async def run(args: argparse.Namespace) -> None:
         with (Server.start("service", [*countersign_argv(), "serve"], port=service_port, env=env,
                            log=workdir / "service.log") as service,
               Server.start("bare", [PYTHON, str(BENCH / "bare_server.py"), "--port", str(bare_port)],
-                           port=bare_port, env=clean_env({}), log=workdir / "bare.log") as bare):
+                           port=bare_port, env=clean_env({}), log=workdir / "bare.log") as bare,
+              Server.start("floor", [PYTHON, str(BENCH / "teams_floor_server.py"), "--port", str(floor_port)],
+                           port=floor_port, env=clean_env(peers.service_env()), log=workdir / "floor.log") as floor):
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http:
-                load = Load(http, service, bare, peers.connector_url, tokens, args.spread_over)
+                load = Load(http, service, bare, floor, peers.connector_url, tokens, args.spread_over)
                 rooms = places(args.channels, args.tenants)
                 for place in rooms:
                     status, _ = await post_activity(http, service.url, install(place, peers.connector_url),
@@ -444,15 +460,23 @@ async def run(args: argparse.Namespace) -> None:
         if tally.clicks:
             lines += [f"| **click -> answer with the card**, {shapes[shape]} | {describe(tally.clicks)} |",
                       f"| bare aiohttp: POST the activity -> 202, {shapes[shape]} | {describe(tally.bare)} |",
-                      f"| service `GET /healthz`, {shapes[shape]} | {describe(tally.healthz)} |"]
+                      f"| service `GET /healthz`, {shapes[shape]} | {describe(tally.healthz)} |",
+                      f"| SDK floor: click -> card, no store (bench/teams_floor_server.py), {shapes[shape]} | "
+                      f"{describe(tally.floor)} |"]
     cpu = "; ".join(f"{shapes[shape]} {t.service_cpu * 1000 / len(t.clicks):.1f} ms"
                     for shape, t in tallies.items() if t.clicks)
+    floor_cpu = "; ".join(f"{shapes[shape]} {t.floor_cpu * 1000 / len(t.floor):.1f} ms"
+                          for shape, t in tallies.items() if t.floor)
+    floor_p99 = percentile([s.ms for s in burst.floor], 99)
     lines += ["",
               f"- p99 click -> answer with {args.concurrency} reviewers clicking at once: **{p99:.1f} ms** = "
               f"{p99 / bare_p99:.1f}x the bare p99 ({bare_p99:.1f} ms); target p99 < {P99_TARGET_MS:g} ms: "
               f"{verdict(p99 < P99_TARGET_MS)}",
+              f"- the SDK floor's p99 with {args.concurrency} clicks at once: **{floor_p99:.1f} ms** (no store, no "
+              f"jobs: the least any click costs on CloudAdapter with token validation); target "
+              f"{verdict(floor_p99 < P99_TARGET_MS)} even there",
               f"- service CPU per click over the click waves (all threads; includes the card-update and email jobs "
-              f"that run meanwhile): {cpu}",
+              f"that run meanwhile): {cpu}; the SDK floor's CPU per click: {floor_cpu}",
               f"- runs afterwards: {dict(outcomes)}; the job queue was empty {drain_s:.1f} s after the last wave "
               f"(dead jobs: {dict(dead) or 'none'}); connector: {connector_stats['posted']:,} cards posted, "
               f"{connector_stats['updated']:,} card updates (one per decision, one per email sent), "

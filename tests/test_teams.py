@@ -303,6 +303,32 @@ async def test_bad_activity_bodies_are_4xx(teams: Teams) -> None:
         assert status == expected and problem["status"] == expected
 
 
+@pytest.mark.parametrize("value, code, says", [
+    (None, "BadRequest", "Missing value property"),
+    ("approve", "BadRequest", "not properly formed"),
+    ({"trigger": "manual"}, "BadRequest", "Missing action property"),
+    ({"action": {"type": "Action.Submit", "verb": "countersign.approve"}}, "NotSupported", "Action.Submit"),
+    ({"action": ["Action.Execute"]}, "NotSupported", "list"),
+])
+async def test_malformed_card_action_gets_a_400_answer_and_decides_nothing(
+        teams: Teams, value: Any, code: str, says: str) -> None:
+    # The SDK's own checks answer these with an unserialisable Exception value: a 500.
+    await teams.install()
+    run_id, approval_id = await teams.pending_run()
+    click = teams.click(approval_id, "countersign.approve")
+    if value is None:
+        del click["value"]
+    else:
+        click["value"] = value
+    status, body = await teams.post(click)
+    assert status == 400
+    assert body == {"statusCode": 400, "type": "application/vnd.microsoft.error",
+                    "value": {"code": code, "message": body["value"]["message"]}}
+    assert says in body["value"]["message"]
+    run = await teams.service.run(run_id)
+    assert run["status"] == "awaiting_approval" and run["decisions"] == []
+
+
 def _actions(card: dict[str, Any]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 

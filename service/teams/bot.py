@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from botbuilder.core import ActivityHandler, MessageFactory, TurnContext
+from botbuilder.core import MessageFactory, TurnContext
 from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
 from botbuilder.schema.teams import TeamsChannelAccount
 from pydantic import ValidationError
@@ -29,12 +29,12 @@ from ..domain import Channel, DecisionKind, DecisionRequest, NotFound, Reviewer
 from ..store import tables as t
 from ..store.db import Store
 from .conversations import Conversation, Conversations, Member
+from .invoke import ERROR_CONTENT_TYPE, JsonInvokeHandler
 from .views import load_view
 
 log = logging.getLogger(__name__)
 
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
-ERROR_CONTENT_TYPE = "application/vnd.microsoft.error"
 VERBS = {VERB_APPROVE: DecisionKind.APPROVE, VERB_EDIT: DecisionKind.EDIT, VERB_REJECT: DecisionKind.REJECT}
 MEMBER_LOOKUP_SECONDS = 2.0  # an invoke must be answered within about 5 s
 HELP = ("I post approvals for Countersign here. Decide on a card with **Approve**, **Edit and approve** or "
@@ -56,7 +56,7 @@ def conversation_of(activity: Activity) -> Conversation:
     )
 
 
-class ApprovalBot(ActivityHandler):
+class ApprovalBot(JsonInvokeHandler):
     def __init__(self, store: Store, decisions: Decisions, conversations: Conversations) -> None:
         self.store = store
         self.decisions = decisions
