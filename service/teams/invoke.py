@@ -12,7 +12,6 @@ error whose value is an `Exception`, which nothing can serialise (a 500 instead 
 from __future__ import annotations
 
 from http import HTTPStatus
-
 from typing import Any
 
 from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
@@ -37,10 +36,10 @@ def card_action_value(value: Any) -> AdaptiveCardInvokeValue:
         raise BadCardAction("BadRequest", "Missing value property")
     if not isinstance(value, dict):
         raise BadCardAction("BadRequest", "Value property is not properly formed")
-    try:
-        invoke_value = AdaptiveCardInvokeValue(**value)
-    except TypeError:  # unknown keys
-        raise BadCardAction("BadRequest", "Value property is not properly formed") from None
+    # Only the model's own keys: msrest logs a warning for every other one (Teams sends
+    # `trigger` with each click).
+    invoke_value = AdaptiveCardInvokeValue(action=value.get("action"), authentication=value.get("authentication"),
+                                           state=value.get("state"))
     action = invoke_value.action
     if action is None:
         raise BadCardAction("BadRequest", "Missing action property")
