@@ -29,7 +29,6 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from botbuilder.core import TurnContext
-from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,12 +36,9 @@ from adaptive_cards.approval import build_card  # noqa: E402
 from adaptive_cards.view import ApprovalView  # noqa: E402
 from service.api.errors import error_middleware  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.teams.auth import CountersignBotAuthentication  # noqa: E402
-from service.teams.channel import _SdkConfiguration  # noqa: E402 (importing it applies the msrest fix too)
-from service.teams.credentials import CachedCredentialsFactory  # noqa: E402
+from service.teams.channel import build_adapter  # noqa: E402 (importing it applies the msrest fix too)
 from service.teams.endpoint import MessagesEndpoint  # noqa: E402
 from service.teams.invoke import JsonInvokeHandler  # noqa: E402
-from service.teams.tokens import validator_from_settings  # noqa: E402
 
 
 class FloorBot(JsonInvokeHandler):  # the service bot's base: the same invoke answer path
@@ -71,15 +67,9 @@ def main() -> None:
 
     async def hosting(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as http:
-            validator = validator_from_settings(settings, http)
-            credentials = CachedCredentialsFactory.from_settings(settings, http)
-            password = settings.microsoft_app_password.get_secret_value() if settings.microsoft_app_password else ""
-            inner = ConfigurationBotFrameworkAuthentication(
-                _SdkConfiguration(settings.microsoft_app_id, password, settings.microsoft_app_type.value,
-                                  settings.microsoft_app_tenant_id), credentials_factory=credentials)
-            endpoint = MessagesEndpoint(CloudAdapter(CountersignBotAuthentication(inner, validator)), FloorBot(),
-                                        insecure=False)
-            endpoints.append(endpoint)
+            validator, _, adapter = build_adapter(settings, http)  # the service's own hosting
+            assert validator is not None, "the floor validates tokens: set MicrosoftAppId"
+            endpoints.append(MessagesEndpoint(adapter, FloorBot(), insecure=False))
             gc.freeze()  # as the service does after start-up
             yield
             await validator.keys.aclose()

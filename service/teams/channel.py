@@ -52,6 +52,21 @@ class _SdkConfiguration:
     CHANNEL_SERVICE: None = None
 
 
+def build_adapter(settings: Settings, http: aiohttp.ClientSession
+                  ) -> tuple[ChannelTokenValidator | None, CachedCredentialsFactory, CloudAdapter]:
+    """The SDK's `CloudAdapter` with our token validation (None without an app id: the
+    insecure development mode) and our cached credentials."""
+    validator = validator_from_settings(settings, http) if settings.microsoft_app_id else None
+    credentials = CachedCredentialsFactory.from_settings(settings, http)
+    password = settings.microsoft_app_password.get_secret_value() if settings.microsoft_app_password else ""
+    inner = ConfigurationBotFrameworkAuthentication(
+        _SdkConfiguration(settings.microsoft_app_id, password, settings.microsoft_app_type.value,
+                          settings.microsoft_app_tenant_id),
+        credentials_factory=credentials,
+    )
+    return validator, credentials, CloudAdapter(CountersignBotAuthentication(inner, validator))
+
+
 class TeamsChannel:
     def __init__(self, settings: Settings, store: Store, jobs: JobQueue, runs: Runs, decisions: Decisions,
                  http: aiohttp.ClientSession) -> None:
@@ -59,17 +74,8 @@ class TeamsChannel:
             raise TeamsNotConfigured(
                 "Teams needs MicrosoftAppId (and MicrosoftAppPassword); for local development only, "
                 "COUNTERSIGN_BOT_INSECURE_NO_AUTH=true accepts unauthenticated Bot Framework requests")
-        self.validator: ChannelTokenValidator | None = (
-            validator_from_settings(settings, http) if settings.microsoft_app_id else None)
-        self.credentials = CachedCredentialsFactory.from_settings(settings, http)
+        self.validator, self.credentials, self.adapter = build_adapter(settings, http)
         self.settings_app_id = settings.microsoft_app_id
-        password = settings.microsoft_app_password.get_secret_value() if settings.microsoft_app_password else ""
-        inner = ConfigurationBotFrameworkAuthentication(
-            _SdkConfiguration(settings.microsoft_app_id, password, settings.microsoft_app_type.value,
-                              settings.microsoft_app_tenant_id),
-            credentials_factory=self.credentials,
-        )
-        self.adapter = CloudAdapter(CountersignBotAuthentication(inner, self.validator))
         self.adapter.on_turn_error = self._on_turn_error
         self.conversations = Conversations(store)
         self.bot = ApprovalBot(store, decisions, self.conversations)
