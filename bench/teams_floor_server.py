@@ -36,6 +36,7 @@ from adaptive_cards.approval import build_card  # noqa: E402
 from adaptive_cards.view import ApprovalView  # noqa: E402
 from service.api.errors import error_middleware  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.foreground import Foreground  # noqa: E402
 from service.teams.channel import build_adapter  # noqa: E402 (importing it applies the msrest fix too)
 from service.teams.endpoint import MessagesEndpoint  # noqa: E402
 from service.teams.invoke import JsonInvokeHandler  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> None:
         async with aiohttp.ClientSession() as http:
             validator, _, adapter = build_adapter(settings, http)  # the service's own hosting
             assert validator is not None, "the floor validates tokens: set MicrosoftAppId"
-            endpoints.append(MessagesEndpoint(adapter, FloorBot(), insecure=False))
+            endpoints.append(MessagesEndpoint(adapter, FloorBot(), insecure=False, foreground=Foreground()))
             gc.freeze()  # as the service does after start-up
             yield
             await validator.keys.aclose()

@@ -25,6 +25,7 @@ from .api.routes import add_routes
 from .callbacks import Callbacks
 from .config import Settings
 from .decisions import SEND_EMAIL_JOB, Decisions
+from .foreground import Foreground
 from .jobs import JobQueue, Worker
 from .mail.delivery import EmailDelivery
 from .mail.smtp import SmtpTransport
@@ -161,15 +162,18 @@ async def _lifecycle(
     runs.on_gated_outcome = agent.on_gated_outcome
     jobs.register(CALLBACK_JOB, Callbacks(runs, http, secret=secret, public_url=settings.effective_public_url,
                                           timeout=settings.callback_timeout_seconds).handler())
+    foreground = Foreground(max_defer_seconds=settings.job_defer_to_requests_seconds)
     app[SERVICES] = Services(
         settings=settings, store=store, jobs=jobs, runs=runs, decisions=decisions,
         auth=ApiAuth(settings.api_token.get_secret_value() if settings.api_token else None, secret,
                      settings.signature_tolerance_seconds),
+        foreground=foreground,
     )
-    teams = TeamsChannel(settings, store, jobs, runs, decisions, http) if settings.teams_enabled else None
+    teams = (TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)
+             if settings.teams_enabled else None)
     app[TEAMS] = teams
     worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
-                    timeout_seconds=settings.job_timeout_seconds)
+                    timeout_seconds=settings.job_timeout_seconds, foreground=foreground)
     if run_workers and settings.worker_concurrency > 0:
         worker.start()
     # Everything built so far lives as long as the process: keep it out of the collector's

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     job_backoff_base_seconds: float = 2.0
     job_backoff_max_seconds: float = 3600.0
     job_poll_seconds: float = 1.0
+    # New jobs wait while card clicks and decisions are being answered, for at most this
+    # long from the start of a burst (0: jobs never wait). See service/foreground.py.
+    job_defer_to_requests_seconds: float = 1.0
     callback_timeout_seconds: float = 10.0
 
     # Store: how many concurrent writes one transaction may take (group commit).

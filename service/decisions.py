@@ -9,6 +9,7 @@ from the caller's payload.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +22,9 @@ from .domain import (
     Decision,
     DecisionOutcome,
     DecisionRequest,
+    DeliveryState,
     DeliveryStatus,
+    EMAIL_NEEDED,
     EmailAction,
     NotAllowed,
     RunStatus,
@@ -42,8 +45,18 @@ def _approval_from_row(row: Any) -> Approval:
         id=row.id, run_id=row.run_id, revision=row.revision, status=ApprovalStatus(row.status),
         action=EmailAction.from_dict(row.action), policy=row.policy, requested_by=row.requested_by,
         created_at=row.created_at, version=row.version, decided_at=row.decided_at, decided_by=row.decided_by,
-        approved_sha256=row.approved_sha256, tool_call_id=row.tool_call_id,
+        approved_sha256=row.approved_sha256, tool_call_id=row.tool_call_id, sources=tuple(row.sources or ()),
     )
+
+
+# Built once: a click waits for these, and building a statement costs more than running it.
+_APPROVAL = sa.select(t.approvals).where(t.approvals.c.id == sa.bindparam("approval_id"))
+_CLAIM = (t.approvals.update()
+          .where(t.approvals.c.id == sa.bindparam("approval_id"), t.approvals.c.version == sa.bindparam("seen"))
+          .values(version=t.approvals.c.version + 1,
+                  **{name: sa.bindparam(name, type_=t.approvals.c[name].type)
+                     for name in ("status", "decided_at", "decided_by", "approved_action", "approved_sha256")}))
+_STATUS = sa.select(t.approvals.c.status).where(t.approvals.c.id == sa.bindparam("approval_id"))
 
 
 class Decisions:
@@ -53,43 +66,36 @@ class Decisions:
         self.runs = runs
         self.message_id_domain = message_id_domain
 
-    async def get_approval(self, approval_id: str) -> Approval:
-        async def q(conn: Any) -> Approval:
-            row = (await conn.execute(sa.select(t.approvals).where(t.approvals.c.id == approval_id))).first()
-            if row is None:
-                raise NotFound("approval", approval_id)
-            return _approval_from_row(row)
-
-        return await self.store.read(q)
-
     async def decide(self, request: DecisionRequest) -> DecisionOutcome:
         """Take a decision. Refusals (not allowed, already decided) are outcomes, not errors,
         so that the attempt is audited in the same transaction."""
 
-        async def op(tx: Tx) -> DecisionOutcome:
-            row = (await tx.execute(sa.select(t.approvals).where(t.approvals.c.id == request.approval_id))).first()
+        async def op(tx: Tx) -> DecisionOutcome | None:
+            # Expected conditions are results, not exceptions: an op that raises makes the
+            # store run its whole batch again, one transaction per op.
+            row = (await tx.execute(_APPROVAL, {"approval_id": request.approval_id})).first()
             if row is None:
-                raise NotFound("approval", request.approval_id)
+                return None
             approval = _approval_from_row(row)
+            policy = Policy.from_dict(approval.policy)
+            if request.can_resolve_email and not request.reviewer.email and policy.names_reviewers_by_email:
+                return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
+                                       detail={"reason": EMAIL_NEEDED})
             try:
-                check_reviewer(Policy.from_dict(approval.policy), request.reviewer, approval.requested_by)
+                check_reviewer(policy, request.reviewer, approval.requested_by)
                 new_status, final_action = apply_decision(approval, request)
             except (NotAllowed, AlreadyDecided) as refusal:
                 return self._refused(tx, approval, request, refusal)
 
-            won = await tx.execute(
-                t.approvals.update()
-                .where(t.approvals.c.id == approval.id, t.approvals.c.version == approval.version)
-                .values(
-                    status=new_status.value, version=approval.version + 1, decided_at=tx.now,
-                    decided_by=request.reviewer.id,
-                    approved_action=final_action.to_dict() if final_action else None,
-                    approved_sha256=final_action.content_sha256() if final_action else None,
-                )
-            )
+            approved_sha256 = final_action.content_sha256() if final_action else None
+            won = await tx.execute(_CLAIM, {
+                "approval_id": approval.id, "seen": approval.version, "status": new_status.value,
+                "decided_at": tx.now, "decided_by": request.reviewer.id,
+                "approved_action": final_action.to_dict() if final_action else None,
+                "approved_sha256": approved_sha256,
+            })
             if won.rowcount != 1:  # another process decided between our read and write
-                current = (await tx.execute(
-                    sa.select(t.approvals.c.status).where(t.approvals.c.id == approval.id))).scalar_one()
+                current = (await tx.execute(_STATUS, {"approval_id": approval.id})).scalar_one()
                 return self._refused(tx, approval, request, AlreadyDecided(
                     f"approval {approval.id} is already {current}", status=current))
 
@@ -105,17 +111,23 @@ class Decisions:
             ))
             audit_data: dict[str, Any] = {"approval_id": approval.id, "decision_id": decision.id,
                                           "channel": request.channel.value}
-            if final_action:
-                audit_data["approved_sha256"] = final_action.content_sha256()
+            if approved_sha256:
+                audit_data["approved_sha256"] = approved_sha256
             if request.reason:
                 audit_data["reason"] = request.reason
             tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.reviewer.id, data=audit_data)
-            await self._after_decision(tx, approval, new_status, final_action, decision)
+            delivery = await self._after_decision(tx, approval, new_status, final_action, decision)
             await self.runs.approval_changed(tx, approval.id)
             tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
-            return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision)
+            after = replace(approval, status=new_status, version=approval.version + 1, decided_at=tx.now,
+                            decided_by=request.reviewer.id, approved_sha256=approved_sha256)
+            return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision,
+                                   approval=after, delivery=delivery)
 
-        return await self.store.write(op)
+        outcome = await self.store.write(op)
+        if outcome is None:
+            raise NotFound("approval", request.approval_id)
+        return outcome
 
     def _refused(
         self, tx: Tx, approval: Approval, request: DecisionRequest, refusal: NotAllowed | AlreadyDecided
@@ -131,7 +143,7 @@ class Decisions:
 
     async def _after_decision(
         self, tx: Tx, approval: Approval, status: ApprovalStatus, final_action: EmailAction | None, decision: Decision
-    ) -> None:
+    ) -> DeliveryState | None:
         """What a decision sets in motion.
 
         Approved: the approved action (the stored draft, or its explicit edit) is delivered;
@@ -149,10 +161,12 @@ class Decisions:
             await self.runs.set_status(tx, approval.run_id, RunStatus.DELIVERING, actor="system",
                                        delivery_id=delivery_id)
             await self.jobs.enqueue(tx, SEND_EMAIL_JOB, {"delivery_id": delivery_id}, run_id=approval.run_id)
-        elif approval.tool_call_id:
+            return DeliveryState(delivery_id, DeliveryStatus.QUEUED, tx.now)
+        if approval.tool_call_id:
             await self.runs.gated_outcome(tx, GatedOutcome(
                 run_id=approval.run_id, approval_id=approval.id, tool_call_id=approval.tool_call_id,
                 status="rejected", reason=decision.reason, decided_by=decision.reviewer.id))
         else:
             await self.runs.finish(tx, approval.run_id, RunStatus.REJECTED, actor=decision.reviewer.id,
                                    failure_reason=decision.reason)
+        return None

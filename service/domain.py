@@ -186,6 +186,9 @@ class DecisionRequest:
     reason: str | None = None
     subject: str | None = None  # edit only
     body: str | None = None  # edit only
+    # The channel can look the reviewer's email up (Teams' member API) when the policy
+    # names reviewers by email: `decide` then answers EMAIL_NEEDED instead of refusing.
+    can_resolve_email: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,17 @@ class Approval:
     decided_by: str | None = None
     approved_sha256: str | None = None
     tool_call_id: str | None = None  # set when the approval gates an agent's tool call
+    sources: tuple[dict[str, Any], ...] = ()  # what the agent drew the draft from
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where the delivery of an approved action stands."""
+
+    id: str
+    status: DeliveryStatus
+    at: datetime
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +231,10 @@ class Decision:
     final_action: EmailAction | None = None  # what was approved (after edit), None on reject
 
 
+# DecisionOutcome.detail["reason"] when a request with `can_resolve_email` needs the email.
+EMAIL_NEEDED = "email_needed"
+
+
 @dataclass(slots=True)
 class DecisionOutcome:
     """What `decide` did: `decided` is False when the approval was already decided."""
@@ -227,6 +245,10 @@ class DecisionOutcome:
     status: ApprovalStatus
     decision: Decision | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # When decided: the approval and its delivery as the decision left them, so that a
+    # channel can show the new state without reading it back.
+    approval: Approval | None = None
+    delivery: DeliveryState | None = None
 
 
 def apply_decision(approval: Approval, request: DecisionRequest) -> tuple[ApprovalStatus, EmailAction | None]:

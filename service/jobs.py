@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from . import metrics
 from .domain import InvalidTransition, NotFound
+from .foreground import Foreground
 from .store import tables as t
 from .store.db import Op, Store, Tx, utcnow
 
@@ -300,8 +301,10 @@ class JobQueue:
 class Worker:
     """Leases due jobs and runs their handlers, at most `concurrency` at a time."""
 
-    def __init__(self, queue: JobQueue, *, concurrency: int = 8, poll_seconds: float = 1.0, timeout_seconds: float = 60.0) -> None:
+    def __init__(self, queue: JobQueue, *, concurrency: int = 8, poll_seconds: float = 1.0, timeout_seconds: float = 60.0,
+                 foreground: Foreground | None = None) -> None:
         self.queue = queue
+        self.foreground = foreground or Foreground(max_defer_seconds=0.0)
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.timeout_seconds = timeout_seconds
@@ -328,6 +331,7 @@ class Worker:
                 free = self.concurrency - len(self._tasks)
                 jobs: list[Job] = []
                 if free > 0:
+                    await self.foreground.wait_clear()
                     self.queue.wakeup.clear()
                     # A local commit that enqueued work: lease at once. A poll: look first
                     # (a cheap read) so an idle worker takes no write transaction.
@@ -370,6 +374,7 @@ class Worker:
         # process stops renewing, and another worker takes it after one lease.
         heartbeat = asyncio.create_task(self._heartbeat(job, lease / 3)) if timeout > lease / 2 else None
         try:
+            await self.foreground.wait_clear()  # leased before a burst began: still let it go first
             async with asyncio.timeout(timeout):
                 outcome = await handler.run(job)
             if heartbeat is not None:

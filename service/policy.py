@@ -33,6 +33,10 @@ class Policy:
     teams_chat: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def names_reviewers_by_email(self) -> bool:
+        return any("@" in r for r in self.reviewers)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

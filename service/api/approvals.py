@@ -20,11 +20,12 @@ async def decide(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body, _principal = await read_authenticated(request)
     data = parse(DecisionIn, body, request)
-    outcome = await services.decisions.decide(DecisionRequest(
-        approval_id=path_id(request, "approval_id", "approval"), kind=DecisionKind(data.decision),
-        reviewer=Reviewer(id=data.reviewer.id, name=data.reviewer.name, email=data.reviewer.email),
-        channel=Channel.API, reason=data.reason, subject=data.subject, body=data.body,
-    ))
+    with services.foreground.request():
+        outcome = await services.decisions.decide(DecisionRequest(
+            approval_id=path_id(request, "approval_id", "approval"), kind=DecisionKind(data.decision),
+            reviewer=Reviewer(id=data.reviewer.id, name=data.reviewer.name, email=data.reviewer.email),
+            channel=Channel.API, reason=data.reason, subject=data.subject, body=data.body,
+        ))
     if not outcome.decided:
         reason = outcome.detail.get("reason")
         if reason == "not_allowed":

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..decisions import Decisions
+from ..foreground import Foreground
 from ..jobs import JobQueue
 from ..runs import Runs
 from ..store.db import Store
@@ -22,6 +23,7 @@ class Services:
     runs: Runs
     decisions: Decisions
     auth: ApiAuth
+    foreground: Foreground
 
 
 SERVICES = web.AppKey("services", Services)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,12 +25,12 @@ from adaptive_cards.text import escape_inline
 
 from ..api.schemas import DecisionIn
 from ..decisions import Decisions
-from ..domain import Channel, DecisionKind, DecisionRequest, NotFound, Reviewer
+from ..domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, NotFound, Reviewer
 from ..store import tables as t
 from ..store.db import Store
 from .conversations import Conversation, Conversations, Member
 from .invoke import ERROR_CONTENT_TYPE, JsonInvokeHandler
-from .views import load_view
+from .views import decided_view, load_view
 
 log = logging.getLogger(__name__)
 
@@ -151,21 +151,24 @@ class ApprovalBot(JsonInvokeHandler):
             first = exc.errors(include_url=False)[0]
             field = ".".join(str(p) for p in first["loc"]) or "input"
             return ClickResult.error(400, "BadRequest", f"{field}: {first['msg']}")
+        request = DecisionRequest(
+            approval_id=approval_id, kind=kind, channel=Channel.TEAMS,
+            reviewer=Reviewer(id=sender.aad_object_id or sender.id, name=sender.name),
+            reason=fields.reason, subject=fields.subject, body=fields.body, can_resolve_email=True,
+        )
         try:
-            approval = await self.decisions.get_approval(approval_id)
+            outcome = await self.decisions.decide(request)
+            if outcome.detail.get("reason") == EMAIL_NEEDED:  # the policy names reviewers by email
+                member = await self._member(turn_context, sender)
+                email = (member.email or member.user_principal_name) if member else None
+                outcome = await self.decisions.decide(replace(
+                    request, reviewer=replace(request.reviewer, email=email), can_resolve_email=False))
         except NotFound:
             return ClickResult.error(404, "NotFound", "this approval no longer exists")
-        email = None
-        if any("@" in r for r in approval.policy.get("reviewers") or ()):
-            member = await self._member(turn_context, sender)
-            email = member.email or member.user_principal_name if member else None
-        outcome = await self.decisions.decide(DecisionRequest(
-            approval_id=approval_id, kind=kind, channel=Channel.TEAMS,
-            reviewer=Reviewer(id=sender.aad_object_id or sender.id, name=sender.name, email=email),
-            reason=fields.reason, subject=fields.subject, body=fields.body,
-        ))
+        if outcome.decided:  # the common case: the new state is known without reading it back
+            return ClickResult.card(build_card(decided_view(outcome)))
         view = await load_view(self.store, approval_id)
-        if not outcome.decided and outcome.detail.get("reason") == "not_allowed":
+        if outcome.detail.get("reason") == "not_allowed":
             return ClickResult.card(build_not_allowed_card(view, outcome.detail["message"]), outcome.detail["message"])
         return ClickResult.card(build_card(view))
 

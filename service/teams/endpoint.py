@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from aiohttp import web
@@ -16,15 +17,17 @@ from botbuilder.core import Bot, BotAdapter
 from botbuilder.schema import Activity
 
 from ..api.errors import ApiError
+from ..foreground import Foreground
 
 log = logging.getLogger(__name__)
 
 
 class MessagesEndpoint:
-    def __init__(self, adapter: BotAdapter, bot: Bot, *, insecure: bool) -> None:
+    def __init__(self, adapter: BotAdapter, bot: Bot, *, insecure: bool, foreground: Foreground) -> None:
         self.adapter = adapter
         self.bot = bot
         self.insecure = insecure
+        self.foreground = foreground
 
     async def handle(self, request: web.Request) -> web.Response:
         if self.insecure:
@@ -34,8 +37,10 @@ class MessagesEndpoint:
             raise ApiError(415, "unsupported_media_type", "the Bot Framework sends application/json")
         activity = _activity(await request.read())
         try:
-            invoke = await self.adapter.process_activity(request.headers.get("Authorization", ""), activity,
-                                                         self.bot.on_turn)
+            # An invoke (a card click) has a person waiting, within Teams' deadline.
+            with self.foreground.request() if activity.type == "invoke" else nullcontext():
+                invoke = await self.adapter.process_activity(request.headers.get("Authorization", ""), activity,
+                                                             self.bot.on_turn)
         except PermissionError as exc:
             raise ApiError(401, "unauthorized", f"Bot Framework token rejected: {exc}") from None
         if invoke is None:

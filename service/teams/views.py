@@ -1,4 +1,5 @@
-"""What a card shows, read from the store: an approval with its decision and delivery."""
+"""What a card shows: an approval with its decision and delivery, read from the store or
+taken from the outcome of the decision that was just made."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import sqlalchemy as sa
 
 from adaptive_cards import ApprovalView, DeliveryView, SourceView
 
-from ..domain import NotFound
+from ..domain import DecisionKind, DecisionOutcome, NotFound
 from ..store import tables as t
 from ..store.db import Store
 
 
-async def load_view(store: Store, approval_id: str) -> ApprovalView:
-    # One round trip: the approval, its latest decision and its delivery (a card click
-    # waits for this read before it can answer).
+def _view_query() -> sa.Select[Any]:
+    # One round trip: the approval, its latest decision and its delivery. Built once,
+    # because building it costs more than running it.
+    approval_id = sa.bindparam("approval_id")
     latest = (sa.select(t.decisions.c.id).where(t.decisions.c.approval_id == approval_id)
               .order_by(t.decisions.c.created_at.desc()).limit(1).scalar_subquery())
     d, v = t.decisions.alias("d"), t.deliveries.alias("v")
-    query = (
+    return (
         sa.select(t.approvals, d.c.reviewer_name, d.c.reviewer_email, d.c.reviewer_id, d.c.reason,
                   d.c.kind.label("decision_kind"), d.c.id.label("decision_id"), v.c.status.label("delivery_status"),
                   v.c.smtp_reply, v.c.error.label("delivery_error"), v.c.sent_at, v.c.sending_at,
@@ -28,8 +30,18 @@ async def load_view(store: Store, approval_id: str) -> ApprovalView:
         .where(t.approvals.c.id == approval_id)
     )
 
+
+_VIEW = _view_query()
+
+
+def _sources(stored: Any) -> tuple[SourceView, ...]:
+    return tuple(SourceView(title=s["title"], location=s.get("location"), snippet=s.get("snippet"))
+                 for s in stored or ())
+
+
+async def load_view(store: Store, approval_id: str) -> ApprovalView:
     async def q(conn: Any) -> ApprovalView:
-        row = (await conn.execute(query)).first()
+        row = (await conn.execute(_VIEW, {"approval_id": approval_id})).first()
         if row is None:
             raise NotFound("approval", approval_id)
         # Once approved, a card shows what was approved (the edit), not the draft.
@@ -44,11 +56,29 @@ async def load_view(store: Store, approval_id: str) -> ApprovalView:
             reviewers=tuple(policy.get("reviewers") or ()), decided_by=decided_by, decided_at=row.decided_at,
             reason=row.reason if decided else None,
             edited=decided and row.decision_kind == "edit",
-            sources=tuple(SourceView(title=s["title"], location=s.get("location"), snippet=s.get("snippet"))
-                          for s in row.sources or ()),
+            sources=_sources(row.sources),
             delivery=DeliveryView(status=row.delivery_status, detail=row.smtp_reply or row.delivery_error,
                                   at=row.sent_at or row.sending_at or row.delivery_created_at)
             if row.delivery_id is not None else None,
         )
 
     return await store.read(q)
+
+
+def decided_view(outcome: DecisionOutcome) -> ApprovalView:
+    """The view `load_view` would read right after the decision in `outcome` committed."""
+    approval, decision, delivery = outcome.approval, outcome.decision, outcome.delivery
+    if approval is None or decision is None:
+        raise ValueError(f"outcome for approval {outcome.approval_id} is not a decision taken")
+    action = decision.final_action or approval.action
+    reviewer = decision.reviewer
+    return ApprovalView(
+        approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status=approval.status.value,
+        to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
+        requested_by=approval.requested_by, policy=approval.policy.get("name"),
+        reviewers=tuple(approval.policy.get("reviewers") or ()),
+        decided_by=reviewer.name or reviewer.email or reviewer.id, decided_at=approval.decided_at,
+        reason=decision.reason, edited=decision.kind is DecisionKind.EDIT, sources=_sources(approval.sources),
+        delivery=DeliveryView(status=delivery.status.value, detail=delivery.detail, at=delivery.at)
+        if delivery is not None else None,
+    )
