@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -68,14 +69,16 @@ async def test_readyz_reports_an_unreachable_database(service: Service, pg_serve
 
 @sqlite_only
 async def test_secrets_never_appear_in_logs_or_answers(start_service: StartService, smtp_server: SmtpServer,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+                                                       caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.DEBUG)
     service = await start_service(smtp_server, job_max_attempts=1)
     accepted = await service.create_run({"action": email_action()}, auth="webhook")
     approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
     await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "rita"}})
     await service.wait_status(accepted["id"], "completed")
-    bad = await start_service(smtp_server, smtp_password=PASSWORD + "-wrong", job_max_attempts=1)
+    # Its own database: the first service's worker must not deliver this run with the right password.
+    bad = await start_service(smtp_server, smtp_password=PASSWORD + "-wrong", job_max_attempts=1,
+                              data_dir=tmp_path / "bad", database_url=f"sqlite+aiosqlite:///{tmp_path / 'bad.db'}")
     other = await bad.create_run({"action": email_action()})
     await bad.decide((await bad.run(other["id"]))["approvals"][0]["id"], {"decision": "approve", "reviewer": {"id": "r"}})
     failed = await bad.wait_status(other["id"], "failed")

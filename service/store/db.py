@@ -6,16 +6,22 @@ answers each caller once that transaction is durable. SQLite has one writer anyw
 turns a commit per request into a commit per batch. If a batch fails, its ops are run
 again one transaction each, so one bad op never fails its neighbours.
 
-Ops must be pure database work (no network calls) because they may run twice.
+Ops must be pure database work (no network calls, no waiting on anything but `tx`)
+because they may run twice, and because on SQLite they run in the writer's own thread:
+SQLite is a library, not a server, so a whole batch is handed to one thread holding a
+plain `sqlite3` connection, and the event loop hears back once per batch instead of
+twice per statement. `Tx.execute` is a coroutine either way; on that thread it never
+suspends, and an op that does is refused (`OpSuspended`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -35,25 +41,35 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# NaN/Infinity are not JSON: PostgreSQL refuses them and no reader could parse them back.
+_JSON_OPTIONS: dict[str, Any] = {"json_serializer": functools.partial(json.dumps, allow_nan=False)}
+
+
 def create_engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
     """(writer, reader). On PostgreSQL they are the same engine."""
-    # NaN/Infinity are not JSON: PostgreSQL refuses them and no reader could parse them back.
-    json_options: dict[str, Any] = {"json_serializer": functools.partial(json.dumps, allow_nan=False)}
     if not url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **json_options)
+        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **_JSON_OPTIONS)
         return engine, engine
-    writer = create_async_engine(url, pool_size=1, max_overflow=0, **json_options)
-    reader = create_async_engine(url, pool_size=5, max_overflow=5, **json_options)
-    _sqlite_setup(writer, begin="BEGIN IMMEDIATE")
-    _sqlite_setup(reader, begin="BEGIN")
+    writer = create_async_engine(url, pool_size=1, max_overflow=0, **_JSON_OPTIONS)
+    reader = create_async_engine(url, pool_size=5, max_overflow=5, **_JSON_OPTIONS)
+    _sqlite_setup(writer.sync_engine, begin="BEGIN IMMEDIATE")
+    _sqlite_setup(reader.sync_engine, begin="BEGIN")
     return writer, reader
 
 
-def _sqlite_setup(engine: AsyncEngine, begin: str) -> None:
+def create_sqlite_batch_engine(url: str) -> sa.Engine:
+    """The plain (thread-bound) engine the SQLite batch writer uses in its own thread."""
+    sync_url = sa.make_url(url).set(drivername="sqlite")
+    engine = sa.create_engine(sync_url, pool_size=1, max_overflow=0, **_JSON_OPTIONS)
+    _sqlite_setup(engine, begin="BEGIN IMMEDIATE")
+    return engine
+
+
+def _sqlite_setup(engine: sa.Engine, begin: str) -> None:
     # pysqlite's own transaction handling is turned off so that the writer can take the
     # write lock at BEGIN (IMMEDIATE): a deferred transaction that reads then writes can
     # fail with SQLITE_BUSY when another process (the CLI) holds the lock.
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -61,7 +77,7 @@ def _sqlite_setup(engine: AsyncEngine, begin: str) -> None:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql(begin)
 
@@ -76,7 +92,7 @@ class Tx:
     op can never read or update around a row it queued.
     """
 
-    conn: AsyncConnection
+    conn: AsyncConnection | sa.Connection  # a plain Connection on the SQLite writer's thread
     now: datetime = field(default_factory=utcnow)
     _inserts: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)
     _audit: list[tuple[str | None, str, str, dict[str, Any]]] = field(default_factory=list)
@@ -91,18 +107,21 @@ class Tx:
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         await self.flush_inserts()
-        if parameters is None:
-            return await self.conn.execute(statement)
+        return await self._run(statement, parameters)
+
+    async def _run(self, statement: Any, parameters: Any = None) -> Any:
+        if isinstance(self.conn, sa.Connection):
+            return self.conn.execute(statement, parameters)
         return await self.conn.execute(statement, parameters)
 
     async def flush_inserts(self) -> None:
         if not self._inserts:
             return
         pending, self._inserts = self._inserts, {}
-        for table in t.metadata.sorted_tables:
+        for table in _TABLES_IN_FK_ORDER:
             rows = pending.pop(table, None)
             if rows:
-                await self.conn.execute(table.insert(), rows)
+                await self._run(table.insert(), rows)
 
     async def flush(self) -> list[AuditEvent]:
         await self.flush_inserts()
@@ -121,7 +140,7 @@ class Tx:
         head_q = sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
         if self.dialect != "sqlite":
             head_q = head_q.with_for_update()
-        head = (await self.conn.execute(head_q)).one()  # seeded by the first migration
+        head = (await self._run(head_q)).one()  # seeded by the first migration
         seq, prev = head.seq, head.hash
         events = []
         for run_id, kind, actor, data in self._audit:
@@ -129,7 +148,7 @@ class Tx:
             digest = event_hash(prev, seq, self.now, run_id, kind, actor, data)
             events.append(AuditEvent(seq, self.now, run_id, kind, actor, data, prev, digest))
             prev = digest
-        await self.conn.execute(
+        await self._run(
             t.audit_events.insert(),
             [
                 {"seq": e.seq, "at": e.at, "run_id": e.run_id, "kind": e.kind, "actor": e.actor,
@@ -137,12 +156,28 @@ class Tx:
                 for e in events
             ],
         )
-        await self.conn.execute(t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
+        await self._run(t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
         self._audit.clear()
         return events
 
 
+_TABLES_IN_FK_ORDER = t.metadata.sorted_tables  # a topological sort: worth doing once
+
 Op = Callable[[Tx], Awaitable[T]]
+
+
+class OpSuspended(RuntimeError):
+    """A store op waited on something other than its transaction (see the module doc)."""
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, on the calling thread."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise OpSuspended("a store op waited on something other than its transaction; ops must be pure database work")
 
 
 @dataclass
@@ -152,17 +187,23 @@ class _Pending:
 
 
 class Store:
-    def __init__(self, writer: AsyncEngine, reader: AsyncEngine, batch_max: int = 256) -> None:
-        self.writer_engine = writer
+    def __init__(self, writer: AsyncEngine, reader: AsyncEngine, batch_max: int = 256,
+                 batch_engine: sa.Engine | None = None) -> None:
+        self.writer_engine = writer  # migrations, and the writes themselves unless batch_engine is set
         self.reader_engine = reader
         self.batch_max = batch_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # SQLite: writes run in this one thread, on batch_engine's connection.
+        self._batch_engine = batch_engine
+        self._thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+                        if batch_engine is not None else None)
 
     @classmethod
     def from_url(cls, url: str, batch_max: int = 256) -> Store:
         writer, reader = create_engines(url)
-        return cls(writer, reader, batch_max)
+        batch_engine = create_sqlite_batch_engine(url) if url.startswith("sqlite") else None
+        return cls(writer, reader, batch_max, batch_engine)
 
     @property
     def dialect(self) -> str:
@@ -184,6 +225,10 @@ class Store:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("store closed before the write ran"))
+        if self._thread is not None and self._batch_engine is not None:
+            # The thread finishes the batch it may be running, then closes its connection.
+            await asyncio.wrap_future(self._thread.submit(self._batch_engine.dispose))
+            self._thread.shutdown(wait=False)
         await self.writer_engine.dispose()
         if self.reader_engine is not self.writer_engine:
             await self.reader_engine.dispose()
@@ -201,10 +246,13 @@ class Store:
         return await future
 
     async def _run_alone(self, op: Op[T]) -> T:
-        async with self.writer_engine.begin() as conn:
-            tx = Tx(conn)
-            result = await op(tx)
-            await tx.flush()
+        if self._thread is not None:
+            tx, [result] = await self._in_thread([op])
+        else:
+            async with self.writer_engine.begin() as conn:
+                tx = Tx(conn)
+                result = await op(tx)
+                await tx.flush()
         for callback in tx._after_commit:
             _safe_call(callback)
         return result
@@ -237,15 +285,31 @@ class Store:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         results: list[Any] = []
-        async with self.writer_engine.begin() as conn:
-            tx = Tx(conn)
-            for p in batch:
-                results.append(await p.op(tx))
-            await tx.flush()
+        if self._thread is not None:
+            tx, results = await self._in_thread([p.op for p in batch])
+        else:
+            async with self.writer_engine.begin() as conn:
+                tx = Tx(conn)
+                for p in batch:
+                    results.append(await p.op(tx))
+                await tx.flush()
         for callback in tx._after_commit:
             _safe_call(callback)
         for p, result in zip(batch, results):
             _settle(p.future, result=result)
+
+
+    async def _in_thread(self, ops: list[Op[Any]]) -> tuple[Tx, list[Any]]:
+        assert self._thread is not None
+        return await asyncio.wrap_future(self._thread.submit(self._run_in_thread, ops))
+
+    def _run_in_thread(self, ops: list[Op[Any]]) -> tuple[Tx, list[Any]]:
+        assert self._batch_engine is not None
+        with self._batch_engine.begin() as conn:
+            tx = Tx(conn)
+            results = [_drive(op(tx)) for op in ops]
+            _drive(tx.flush())
+        return tx, results
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
