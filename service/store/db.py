@@ -57,12 +57,27 @@ def create_engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
     return writer, reader
 
 
-def create_sqlite_batch_engine(url: str) -> sa.Engine:
-    """The plain (thread-bound) engine the SQLite batch writer uses in its own thread."""
+def create_sqlite_thread_engine(url: str, *, pool_size: int, begin: str) -> sa.Engine:
+    """A plain engine on the same SQLite file, for the store's own threads."""
     sync_url = sa.make_url(url).set(drivername="sqlite")
-    engine = sa.create_engine(sync_url, pool_size=1, max_overflow=0, **_JSON_OPTIONS)
-    _sqlite_setup(engine, begin="BEGIN IMMEDIATE")
+    engine = sa.create_engine(sync_url, pool_size=pool_size, max_overflow=0, **_JSON_OPTIONS)
+    _sqlite_setup(engine, begin=begin)
     return engine
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadConnection:
+    """What a read function gets on a store thread: `await conn.execute(...)` as on an
+    AsyncConnection, run at once on a plain connection."""
+
+    conn: sa.Connection
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        return self.conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self.conn.execute(statement, parameters)
 
 
 def _sqlite_setup(engine: sa.Engine, begin: str) -> None:
@@ -177,7 +192,8 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     coro.close()
-    raise OpSuspended("a store op waited on something other than its transaction; ops must be pure database work")
+    raise OpSuspended("a store op or read waited on something other than its connection; "
+                      "they must be pure database work")
 
 
 @dataclass
@@ -186,24 +202,44 @@ class _Pending:
     future: asyncio.Future[Any]
 
 
+@dataclass(frozen=True, slots=True)
+class SqliteThreads:
+    """SQLite's writes in one thread (one connection), its reads in a few more."""
+
+    write_engine: sa.Engine
+    read_engine: sa.Engine
+    writer: concurrent.futures.ThreadPoolExecutor
+    readers: concurrent.futures.ThreadPoolExecutor
+
+    @classmethod
+    def open(cls, url: str, readers: int = 4) -> SqliteThreads:
+        return cls(create_sqlite_thread_engine(url, pool_size=1, begin="BEGIN IMMEDIATE"),
+                   create_sqlite_thread_engine(url, pool_size=readers, begin="BEGIN"),
+                   concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer"),
+                   concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="store-reader"))
+
+    async def close(self) -> None:
+        # Each thread finishes what it runs; connections are closed on the thread that made them.
+        await asyncio.wrap_future(self.writer.submit(self.write_engine.dispose))
+        self.writer.shutdown(wait=False)
+        await asyncio.to_thread(self.readers.shutdown, wait=True)
+        self.read_engine.dispose()
+
+
 class Store:
     def __init__(self, writer: AsyncEngine, reader: AsyncEngine, batch_max: int = 256,
-                 batch_engine: sa.Engine | None = None) -> None:
-        self.writer_engine = writer  # migrations, and the writes themselves unless batch_engine is set
+                 threads: SqliteThreads | None = None) -> None:
+        self.writer_engine = writer  # migrations, and reads and writes too unless `threads` is set
         self.reader_engine = reader
         self.batch_max = batch_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        # SQLite: writes run in this one thread, on batch_engine's connection.
-        self._batch_engine = batch_engine
-        self._thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-                        if batch_engine is not None else None)
+        self._threads = threads
 
     @classmethod
     def from_url(cls, url: str, batch_max: int = 256) -> Store:
         writer, reader = create_engines(url)
-        batch_engine = create_sqlite_batch_engine(url) if url.startswith("sqlite") else None
-        return cls(writer, reader, batch_max, batch_engine)
+        return cls(writer, reader, batch_max, SqliteThreads.open(url) if url.startswith("sqlite") else None)
 
     @property
     def dialect(self) -> str:
@@ -225,17 +261,24 @@ class Store:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("store closed before the write ran"))
-        if self._thread is not None and self._batch_engine is not None:
-            # The thread finishes the batch it may be running, then closes its connection.
-            await asyncio.wrap_future(self._thread.submit(self._batch_engine.dispose))
-            self._thread.shutdown(wait=False)
+        if self._threads is not None:
+            await self._threads.close()
         await self.writer_engine.dispose()
         if self.reader_engine is not self.writer_engine:
             await self.reader_engine.dispose()
 
-    async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """`fn(conn)` in one read transaction; `conn` has `await conn.execute(...)` and
+        `conn.dialect` (an AsyncConnection, or a ThreadConnection on SQLite)."""
+        if self._threads is not None:
+            return await asyncio.wrap_future(self._threads.readers.submit(self._read_in_thread, fn))
         async with self.reader_engine.connect() as conn:
             return await fn(conn)
+
+    def _read_in_thread(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        assert self._threads is not None
+        with self._threads.read_engine.connect() as conn:
+            return _drive(fn(ThreadConnection(conn)))  # type: ignore[arg-type]
 
     async def write(self, op: Op[T]) -> T:
         if self._task is None:
@@ -246,7 +289,7 @@ class Store:
         return await future
 
     async def _run_alone(self, op: Op[T]) -> T:
-        if self._thread is not None:
+        if self._threads is not None:
             tx, [result] = await self._in_thread([op])
         else:
             async with self.writer_engine.begin() as conn:
@@ -285,7 +328,7 @@ class Store:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         results: list[Any] = []
-        if self._thread is not None:
+        if self._threads is not None:
             tx, results = await self._in_thread([p.op for p in batch])
         else:
             async with self.writer_engine.begin() as conn:
@@ -300,12 +343,12 @@ class Store:
 
 
     async def _in_thread(self, ops: list[Op[Any]]) -> tuple[Tx, list[Any]]:
-        assert self._thread is not None
-        return await asyncio.wrap_future(self._thread.submit(self._run_in_thread, ops))
+        assert self._threads is not None
+        return await asyncio.wrap_future(self._threads.writer.submit(self._run_in_thread, ops))
 
     def _run_in_thread(self, ops: list[Op[Any]]) -> tuple[Tx, list[Any]]:
-        assert self._batch_engine is not None
-        with self._batch_engine.begin() as conn:
+        assert self._threads is not None
+        with self._threads.write_engine.begin() as conn:
             tx = Tx(conn)
             results = [_drive(op(tx)) for op in ops]
             _drive(tx.flush())

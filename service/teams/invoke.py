@@ -5,6 +5,11 @@ through msrest's serializer, which walks every element of the card object by obj
 a third of the CPU of a click on the bare SDK (bench/RESULTS.md, "SDK floor"). Our cards are
 built as JSON-ready dicts, so that walk changes nothing but the time it takes.
 
+The answer is also handed to the adapter directly rather than through
+`TurnContext.send_activity`, which deep-copies it (card included) for middleware that
+might watch sends; when such middleware is registered, or the caller expects buffered
+replies, the SDK's path is kept.
+
 The action's value is read here too: the SDK's own checks answer a malformed one with an
 error whose value is an `Exception`, which nothing can serialise (a 500 instead of a 400).
 """
@@ -15,7 +20,7 @@ from http import HTTPStatus
 from typing import Any
 
 from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
-from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue
+from botbuilder.schema import Activity, ActivityTypes, AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, DeliveryModes
 
 ADAPTIVE_CARD_ACTION = "adaptiveCard/action"
 ERROR_CONTENT_TYPE = "application/vnd.microsoft.error"
@@ -68,4 +73,11 @@ class JsonInvokeHandler(ActivityHandler):
                 "statusCode": int(HTTPStatus.BAD_REQUEST), "type": ERROR_CONTENT_TYPE,
                 "value": {"code": exc.code, "message": exc.message}})
         answer = await self.on_adaptive_card_invoke(turn_context, invoke_value)
-        return InvokeResponse(status=int(HTTPStatus.OK), body=invoke_body(answer))
+        response = InvokeResponse(status=int(HTTPStatus.OK), body=invoke_body(answer))
+        if not turn_context._on_send_activities and turn_context.activity.delivery_mode != DeliveryModes.expect_replies:
+            # What the adapter's send_activities does with an invoke response, minus the copy;
+            # ActivityHandler.on_turn sees it stored and sends nothing more.
+            turn_context.turn_state[TurnContext._INVOKE_RESPONSE_KEY] = Activity(
+                type=ActivityTypes.invoke_response, value=response)
+            turn_context.responded = True
+        return response
