@@ -134,6 +134,21 @@ def lock_run(tx: Tx, run_id: str) -> sa.Select[Any]:
     return query.with_for_update() if tx.dialect == "postgresql" else query
 
 
+def _typed(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=t.runs.c[name].type)
+
+
+# Built once: decisions and deliveries move runs along on every click and every email.
+_SET_STATUS = (t.runs.update().where(t.runs.c.id == sa.bindparam("run_id"))
+               .values(status=_typed("status"), updated_at=_typed("updated_at")))
+# A None summary or failure reason leaves the stored one as it is.
+_FINISH = (t.runs.update().where(t.runs.c.id == sa.bindparam("run_id"))
+           .values(status=_typed("status"), updated_at=_typed("updated_at"),
+                   summary=sa.func.coalesce(_typed("summary"), t.runs.c.summary),
+                   failure_reason=sa.func.coalesce(_typed("failure_reason"), t.runs.c.failure_reason))
+           .returning(t.runs.c.callback_url))
+
+
 class Runs:
     def __init__(self, store: Store, jobs: JobQueue) -> None:
         self.store = store
@@ -225,20 +240,16 @@ class Runs:
     ) -> None:
         """Move a run to a terminal state and queue its callback."""
         assert status.is_terminal, status
-        row = (await tx.execute(sa.select(t.runs.c.callback_url).where(t.runs.c.id == run_id))).one()
-        values: dict[str, Any] = {"status": status.value, "updated_at": tx.now}
-        if summary is not None:
-            values["summary"] = summary
-        if failure_reason is not None:
-            values["failure_reason"] = failure_reason
-        await tx.execute(t.runs.update().where(t.runs.c.id == run_id).values(**values))
+        callback_url = (await tx.execute(_FINISH, {
+            "run_id": run_id, "status": status.value, "updated_at": tx.now, "summary": summary,
+            "failure_reason": failure_reason})).scalar_one()
         tx.audit(f"run.{status.value}", run_id=run_id, actor=actor,
                  data={k: v for k, v in (("summary", summary), ("failure_reason", failure_reason)) if v})
-        if row.callback_url:
+        if callback_url:
             await self.jobs.enqueue(tx, CALLBACK_JOB, {"run_id": run_id, "status": status.value}, run_id=run_id)
 
     async def set_status(self, tx: Tx, run_id: str, status: RunStatus, *, actor: str, **data: Any) -> None:
-        await tx.execute(t.runs.update().where(t.runs.c.id == run_id).values(status=status.value, updated_at=tx.now))
+        await tx.execute(_SET_STATUS, {"run_id": run_id, "status": status.value, "updated_at": tx.now})
         tx.audit(f"run.{status.value}", run_id=run_id, actor=actor, data=data)
 
     async def cancel(self, run_id: str, *, actor: str, reason: str | None) -> RunSummary:

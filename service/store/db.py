@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.sql import visitors
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..audit import AuditEvent, event_hash
@@ -97,14 +98,21 @@ def _sqlite_setup(engine: sa.Engine, begin: str) -> None:
         conn.exec_driver_sql(begin)
 
 
+_AUDIT_HEAD = sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)  # seeded by 0001
+_AUDIT_HEAD_LOCKED = _AUDIT_HEAD.with_for_update()
+_AUDIT_HEAD_MOVE = t.audit_head.update().where(t.audit_head.c.id == 1).values(
+    seq=sa.bindparam("seq", type_=t.audit_head.c.seq.type), hash=sa.bindparam("hash", type_=t.audit_head.c.hash.type))
+
+
 @dataclass
 class Tx:
     """One transaction as seen by an op: the connection, buffered inserts and audit events.
 
     `insert` only queues a row; the queue is written one `executemany` per table (in
-    foreign-key order) before any other statement runs through `execute`, and at commit.
-    So the ops of a batch that only insert cost a statement per table, not per row, and an
-    op can never read or update around a row it queued.
+    foreign-key order) at commit, or earlier for the tables a statement run through
+    `execute` needs: those it names and the tables they reference (and, for a DELETE, the
+    tables referencing them). So an op never reads or updates around a row it queued,
+    and the inserts of a whole batch cost a statement per table, not one per op.
     """
 
     conn: AsyncConnection | sa.Connection  # a plain Connection on the SQLite writer's thread
@@ -121,7 +129,14 @@ class Tx:
         self._inserts.setdefault(table, []).append(row)
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        await self.flush_inserts()
+        if self._inserts:
+            needed = _tables_needed(statement)
+            if needed is None:
+                await self.flush_inserts()
+            else:
+                for table in _TABLES_IN_FK_ORDER:
+                    if table in needed and table in self._inserts:
+                        await self._run(table.insert(), self._inserts.pop(table))
         return await self._run(statement, parameters)
 
     async def _run(self, statement: Any, parameters: Any = None) -> Any:
@@ -152,10 +167,7 @@ class Tx:
     async def flush_audit(self) -> list[AuditEvent]:
         if not self._audit:
             return []
-        head_q = sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
-        if self.dialect != "sqlite":
-            head_q = head_q.with_for_update()
-        head = (await self._run(head_q)).one()  # seeded by the first migration
+        head = (await self._run(_AUDIT_HEAD if self.dialect == "sqlite" else _AUDIT_HEAD_LOCKED)).one()
         seq, prev = head.seq, head.hash
         events = []
         for run_id, kind, actor, data in self._audit:
@@ -171,12 +183,52 @@ class Tx:
                 for e in events
             ],
         )
-        await self._run(t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
+        await self._run(_AUDIT_HEAD_MOVE, {"seq": seq, "hash": prev})
         self._audit.clear()
         return events
 
 
 _TABLES_IN_FK_ORDER = t.metadata.sorted_tables  # a topological sort: worth doing once
+
+
+def _related(table: sa.Table, step: Callable[[sa.Table], set[sa.Table]]) -> frozenset[sa.Table]:
+    seen, todo = {table}, [table]
+    while todo:
+        for other in step(todo.pop()) - seen:
+            seen.add(other)
+            todo.append(other)
+    return frozenset(seen)
+
+
+def _parents(table: sa.Table) -> set[sa.Table]:
+    return {fk.column.table for fk in table.foreign_keys}  # type: ignore[misc]
+
+
+def _children(table: sa.Table) -> set[sa.Table]:
+    return {other for other in _TABLES_IN_FK_ORDER if table in _parents(other)}
+
+
+_WITH_PARENTS = {table: _related(table, _parents) for table in _TABLES_IN_FK_ORDER}
+_WITH_CHILDREN = {table: _related(table, _children) for table in _TABLES_IN_FK_ORDER}
+
+
+def _tables_needed(statement: Any) -> frozenset[sa.Table] | None:
+    """Tables whose queued rows must be written before `statement` runs; None: all of them
+    (a statement naming no table we know, such as text)."""
+    cached = getattr(statement, "_countersign_needs", False)
+    if cached is not False:
+        return cached  # type: ignore[no-any-return]
+    named = {e for e in visitors.iterate(statement) if isinstance(e, sa.Table)}
+    needed: frozenset[sa.Table] | None = None
+    if named and named <= _WITH_PARENTS.keys():
+        closure = _WITH_CHILDREN if isinstance(statement, sa.Delete) else {}
+        needed = frozenset().union(*(_WITH_PARENTS[n] | closure.get(n, frozenset()) for n in named))
+        needed = frozenset().union(*(_WITH_PARENTS[n] for n in needed))  # parents of children too
+    try:  # statements built once (module constants) keep the answer
+        statement._countersign_needs = needed
+    except AttributeError:
+        pass
+    return needed
 
 Op = Callable[[Tx], Awaitable[T]]
 

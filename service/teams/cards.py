@@ -69,6 +69,11 @@ def card_attachment_activity(card: dict[str, Any]) -> Activity:
     return MessageFactory.attachment(CardFactory.adaptive_card(card))
 
 
+_POSTED_CARDS = (sa.select(t.teams_cards.c.id, t.approvals.c.run_id)
+                 .join(t.approvals, t.approvals.c.id == t.teams_cards.c.approval_id)
+                 .where(t.teams_cards.c.approval_id == sa.bindparam("approval_id"), t.teams_cards.c.status == "posted"))
+
+
 class TeamsCards:
     def __init__(self, store: Store, jobs: JobQueue, conversations: Conversations, adapter: Any, *,
                  bot_app_id: str, limiter: TeamsRateLimiter, token_ready: TokenReady,
@@ -100,10 +105,7 @@ class TeamsCards:
             await self.jobs.enqueue(tx, POST_CARD_JOB, {"card_id": card_id}, run_id=approval.run_id)
 
     async def on_approval_changed(self, tx: Tx, approval_id: str) -> None:
-        rows = (await tx.execute(sa.select(t.teams_cards.c.id, t.approvals.c.run_id)
-                                      .join(t.approvals, t.approvals.c.id == t.teams_cards.c.approval_id)
-                                      .where(t.teams_cards.c.approval_id == approval_id,
-                                             t.teams_cards.c.status == "posted"))).all()
+        rows = (await tx.execute(_POSTED_CARDS, {"approval_id": approval_id})).all()
         # Cards still being posted need nothing: the post job shows the state at that moment.
         # The reviewer who clicked already has the new card in the invoke answer; the
         # update for everyone else waits a moment, so that a burst of clicks is answered

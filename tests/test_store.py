@@ -1,0 +1,113 @@
+"""The store's write path: queued inserts, what a statement makes them write first, and
+ops on SQLite's writer thread. On SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from service.store import tables as t
+from service.store.db import OpSuspended, Store, Tx
+
+from .test_jobs import store  # noqa: F401 (the store fixture)
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
+
+
+def _run(run_id: str) -> dict[str, Any]:
+    return dict(id=run_id, kind="action", status="awaiting_approval", request=None, customer=None, requested_by=None,
+                callback_url=None, metadata={}, policy={}, summary=None, failure_reason=None, created_at=NOW,
+                updated_at=NOW)
+
+
+def _approval(approval_id: str, run_id: str) -> dict[str, Any]:
+    return dict(id=approval_id, run_id=run_id, revision=1, status="pending", action={}, policy={}, requested_by=None,
+                version=0, created_at=NOW, decided_at=None, decided_by=None, approved_action=None, approved_sha256=None,
+                sources=None, tool_call_id=None)
+
+
+async def test_a_statement_sees_the_rows_its_op_queued_in_the_tables_it_needs(store: Store) -> None:  # noqa: F811
+    run_id, approval_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def op(tx: Tx) -> tuple[int, set[str], int, set[str]]:
+        tx.insert(t.runs, _run(run_id))
+        tx.insert(t.approvals, _approval(approval_id, run_id))
+        tx.insert(t.jobs, dict(id=str(uuid.uuid4()), kind="k", run_id=run_id, payload={}, status="queued",
+                               attempts=0, max_attempts=1, due_at=NOW, leased_until=None, lease_token=None,
+                               last_error=None, created_at=NOW, updated_at=NOW, finished_at=None))
+        # Reading runs needs the run row only: approvals and jobs stay queued.
+        runs = (await tx.execute(sa.select(sa.func.count()).select_from(t.runs)
+                                 .where(t.runs.c.id == run_id))).scalar_one()
+        after_runs = {table.name for table in tx._inserts}
+        # Reading approvals writes approvals (and its parent, runs, already written).
+        approvals = (await tx.execute(sa.select(sa.func.count()).select_from(t.approvals)
+                                      .where(t.approvals.c.run_id == run_id))).scalar_one()
+        return runs, after_runs, approvals, {table.name for table in tx._inserts}
+
+    runs, after_runs, approvals, left = await store.write(op)
+    assert (runs, approvals) == (1, 1)
+    assert after_runs == {"approvals", "jobs"} and left == {"jobs"}
+
+    async def count_jobs(conn: Any) -> int:
+        return (await conn.execute(sa.select(sa.func.count()).select_from(t.jobs))).scalar_one()
+
+    assert await store.read(count_jobs) == 1  # the rest went in at commit
+
+
+async def test_a_delete_writes_the_queued_rows_that_reference_its_table_first(store: Store) -> None:  # noqa: F811
+    run_id, approval_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def setup(tx: Tx) -> None:
+        tx.insert(t.runs, _run(run_id))
+
+    await store.write(setup)
+
+    class RefusedAtTheDelete(Exception):
+        pass
+
+    async def op(tx: Tx) -> None:
+        tx.insert(t.approvals, _approval(approval_id, run_id))
+        # The approval must be in its table before the delete runs, so that the foreign
+        # key refuses the delete itself, not the insert at commit after the op went on.
+        try:
+            await tx.execute(t.runs.delete().where(t.runs.c.id == run_id))
+        except sa.exc.IntegrityError:
+            raise RefusedAtTheDelete() from None
+
+    with pytest.raises(RefusedAtTheDelete):
+        await store.write(op)
+
+
+async def test_text_statements_write_every_queued_row_first(store: Store) -> None:  # noqa: F811
+    run_id = str(uuid.uuid4())
+
+    async def op(tx: Tx) -> int:
+        tx.insert(t.runs, _run(run_id))
+        return (await tx.execute(sa.text("SELECT count(*) FROM runs WHERE id = :id"), {"id": run_id})).scalar_one()
+
+    assert await store.write(op) == 1
+
+
+@sqlite_only
+async def test_an_op_that_waits_on_something_else_is_refused_and_the_store_goes_on(store: Store) -> None:  # noqa: F811
+    async def sleepy(tx: Tx) -> None:
+        tx.audit("sleepy", run_id=None, actor="test")
+        await asyncio.sleep(0)
+
+    async def fine(tx: Tx) -> str:
+        tx.audit("fine", run_id=None, actor="test")
+        return "ok"
+
+    results = await asyncio.gather(store.write(sleepy), store.write(fine), return_exceptions=True)
+    assert isinstance(results[0], OpSuspended) and results[1] == "ok"
+
+    async def kinds(conn: Any) -> list[str]:
+        return list((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
+
+    assert await store.read(kinds) == ["fine"]
