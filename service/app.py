@@ -148,6 +148,8 @@ async def _lifecycle(
         await store.close()
         raise
     await store.start()
+    foreground = Foreground(max_defer_seconds=settings.job_defer_to_requests_seconds)
+    store.foreground = foreground
     jobs = JobQueue(store, max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds,
                     backoff_base=settings.job_backoff_base_seconds, backoff_max=settings.job_backoff_max_seconds)
     runs = Runs(store, jobs)
@@ -162,7 +164,6 @@ async def _lifecycle(
     runs.on_gated_outcome = agent.on_gated_outcome
     jobs.register(CALLBACK_JOB, Callbacks(runs, http, secret=secret, public_url=settings.effective_public_url,
                                           timeout=settings.callback_timeout_seconds).handler())
-    foreground = Foreground(max_defer_seconds=settings.job_defer_to_requests_seconds)
     app[SERVICES] = Services(
         settings=settings, store=store, jobs=jobs, runs=runs, decisions=decisions,
         auth=ApiAuth(settings.api_token.get_secret_value() if settings.api_token else None, secret,

@@ -5,6 +5,10 @@ once, they share the event loop with the clicks still waiting for their answers.
 therefore hold back new jobs while such requests are in flight and for a short quiet
 period after, but never longer than `max_defer_seconds` from the start of a burst: under
 steady load the jobs and the requests share the loop rather than the jobs starving.
+
+Jobs already running when a burst begins hold back too, at their next store access
+(`Store` asks `in_job()`; the worker marks each job's task): their remaining steps wait
+until the burst is answered.
 """
 
 from __future__ import annotations
@@ -13,6 +17,18 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+
+_IN_JOB: ContextVar[bool] = ContextVar("countersign_in_job", default=False)
+
+
+def mark_job() -> None:
+    """Called in a job's own task: what it does from here on is background work."""
+    _IN_JOB.set(True)
+
+
+def in_job() -> bool:
+    return _IN_JOB.get()
 
 
 class Foreground:

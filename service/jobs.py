@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from . import metrics
 from .domain import InvalidTransition, NotFound
-from .foreground import Foreground
+from .foreground import Foreground, mark_job
 from .store import tables as t
 from .store.db import Op, Store, Tx, utcnow
 
@@ -373,6 +373,7 @@ class Worker:
         # A job that may outlive its lease renews it while it runs; one that dies with its
         # process stops renewing, and another worker takes it after one lease.
         heartbeat = asyncio.create_task(self._heartbeat(job, lease / 3)) if timeout > lease / 2 else None
+        mark_job()
         try:
             await self.foreground.wait_clear()  # leased before a burst began: still let it go first
             async with asyncio.timeout(timeout):

@@ -78,3 +78,41 @@ async def test_worker_starts_no_job_while_a_request_is_answered(store: Store) ->
         assert len(ran) == 3 and min(ran) >= released + 0.05
     finally:
         await worker.stop()
+
+
+async def test_a_running_job_waits_at_its_next_store_access(store: Store) -> None:  # noqa: F811
+    queue = _queue(store)
+    started, go = asyncio.Event(), asyncio.Event()
+    steps: list[str] = []
+
+    async def run(job: Job) -> None:
+        started.set()
+        await go.wait()
+        await store.read(_nothing)
+        steps.append("read")
+
+    queue.register("k", JobHandler(run=run))
+    fg = Foreground(quiet_seconds=0.05, max_defer_seconds=5.0)
+    store.foreground = fg
+    worker = Worker(queue, concurrency=1, poll_seconds=0.05, foreground=fg)
+    worker.start()
+    try:
+        await _enqueue(queue, "k", 1)
+        await asyncio.wait_for(started.wait(), 10)
+        with fg.request():
+            go.set()
+            await asyncio.sleep(0.3)
+            assert steps == []
+            assert await store.read(_nothing) is None  # the request's own reads do not wait
+        for _ in range(100):
+            if steps:
+                break
+            await asyncio.sleep(0.02)
+        assert steps == ["read"]
+    finally:
+        store.foreground = None
+        await worker.stop()
+
+
+async def _nothing(conn: object) -> None:
+    return None

@@ -32,6 +32,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..audit import AuditEvent, event_hash
+from ..foreground import Foreground, in_job
 from . import tables as t
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,8 @@ class Store:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._threads = threads
+        # Set where the app is wired: jobs' reads and writes wait while requests are answered.
+        self.foreground: Foreground | None = None
 
     @classmethod
     def from_url(cls, url: str, batch_max: int = 256) -> Store:
@@ -322,6 +325,8 @@ class Store:
     async def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """`fn(conn)` in one read transaction; `conn` has `await conn.execute(...)` and
         `conn.dialect` (an AsyncConnection, or a ThreadConnection on SQLite)."""
+        if self.foreground is not None and in_job():
+            await self.foreground.wait_clear()
         if self._threads is not None:
             return await asyncio.wrap_future(self._threads.readers.submit(self._read_in_thread, fn))
         async with self.reader_engine.connect() as conn:
@@ -333,6 +338,8 @@ class Store:
             return _drive(fn(ThreadConnection(conn)))  # type: ignore[arg-type]
 
     async def write(self, op: Op[T]) -> T:
+        if self.foreground is not None and in_job():
+            await self.foreground.wait_clear()
         if self._task is None:
             # Not started (CLI, tests of one op): run it directly in its own transaction.
             return await self._run_alone(op)
