@@ -451,3 +451,71 @@ def test_jwks_document_is_plain_json(peer: KeyPeer) -> None:
     jwk = peer.server.keys["key-1"].jwk()
     assert {"kid", "kty", "n", "e", "use", "endorsements"} <= set(jwk)
     json.dumps(jwk)
+
+
+# --------------------------------------------------------------------------- verified-token memory
+
+
+async def test_a_token_is_verified_once_and_the_per_request_checks_still_run(
+        peer: KeyPeer, validator: ChannelTokenValidator, monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decodes.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = peer.tokens.token()
+    for _ in range(5):
+        assert (await validate(validator, token))["aud"] == APP_ID
+    assert len(decodes) == 1
+    # Endorsement and serviceUrl belong to the request, not the token: checked on every use.
+    with pytest.raises(InvalidToken, match="not endorsed"):
+        await validate(validator, token, channel_id="skype")
+    with pytest.raises(InvalidToken, match="serviceurl claim does not match"):
+        await validate(validator, token, service_url="https://evil.example.com/")
+    # Any other string is verified in full, even one that differs only in its signature.
+    with pytest.raises(InvalidToken, match="signature does not verify"):
+        await validate(validator, token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"))
+    assert len(decodes) == 2
+
+
+async def test_a_remembered_token_is_verified_again_once_past_its_exp(
+        peer: KeyPeer, make_validator: MakeValidator, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [time.time()]
+    validator, _ = make_validator(now=lambda: now[0])
+    token = peer.tokens.token(lifetime=60)
+    await validate(validator, token)
+    refused: list[str] = []
+
+    def decode_in_the_future(token: str, *args: Any, **kwargs: Any) -> Any:
+        refused.append(token)  # PyJWT's own clock has not moved: say what it would say then
+        raise jwt.ExpiredSignatureError("Signature has expired")
+
+    monkeypatch.setattr(jwt, "decode", decode_in_the_future)
+    now[0] += 60 + 300 - 1  # within exp and the leeway: remembered
+    await validate(validator, token)
+    assert refused == []
+    now[0] += 2
+    with pytest.raises(InvalidToken, match="expired"):
+        await validate(validator, token)
+    assert refused == [token]
+
+
+async def test_a_remembered_token_of_a_withdrawn_key_is_refused(
+        peer: KeyPeer, validator: ChannelTokenValidator, clock: FakeClock) -> None:
+    token = peer.tokens.token("key-1")
+    await validate(validator, token)
+    peer.server.rotate(drop_old=True)
+    clock.advance(24 * 3600)  # the daily refresh drops key-1
+    with pytest.raises(InvalidToken, match="unknown signing key id"):
+        await validate(validator, token)
+
+
+async def test_only_so_many_tokens_are_remembered(peer: KeyPeer, make_validator: MakeValidator) -> None:
+    validator, _ = make_validator(remember=2)
+    tokens = [peer.tokens.token(tid=f"t{i}") for i in range(3)]
+    for token in tokens:
+        await validate(validator, token)
+    assert list(validator._verified) == tokens[1:]

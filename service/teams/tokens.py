@@ -11,6 +11,12 @@ because the SDK's version:
 Here every failure is `InvalidToken` (a `PermissionError`, which the adapter maps to 401),
 keys are fetched with aiohttp under a timeout, and an unknown key id refreshes the keys at
 once, at most every `min_refresh_seconds`.
+
+The Bot Connector signs one token for the bot and sends it with every activity until it
+nears expiry, so a token whose signature verified is remembered (the exact string, until
+its `exp`, while its key is still the published one): a burst of clicks verifies one RSA
+signature, not one per click. The checks that depend on the request (channel endorsement,
+serviceUrl) run every time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -94,6 +101,10 @@ class OpenIdKeys:
     @property
     def kids(self) -> frozenset[str]:
         return frozenset(self._keys)
+
+    def current(self, kid: str) -> SigningKey | None:
+        """The cached key for `kid`, unless the cache is due for its periodic refresh."""
+        return None if self._is_stale() else self._keys.get(kid)
 
     async def get(self, kid: str) -> SigningKey:
         """The key for `kid`, refreshing first if the cache is stale or lacks it."""
@@ -223,6 +234,15 @@ def parse_jwk(entry: Any) -> SigningKey:
 
 # --------------------------------------------------------------------------- validation
 
+VERIFIED_TOKENS_REMEMBERED = 256  # one per bot is the usual; a few during a token change
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    key: SigningKey
+    claims: Mapping[str, Any]
+    usable_until: float  # exp + leeway, in time.time() seconds
+
 
 class ChannelTokenValidator:
     """Checks a Bot Connector token the way the SDK's ChannelValidation does, failing with
@@ -235,6 +255,8 @@ class ChannelTokenValidator:
         *,
         issuer: str = BOT_FRAMEWORK_ISSUER,
         leeway_seconds: float = DEFAULT_LEEWAY_SECONDS,
+        remember: int = VERIFIED_TOKENS_REMEMBERED,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if not app_id:
             # An empty app id means "no authentication" in the SDK; that is never this class.
@@ -243,6 +265,9 @@ class ChannelTokenValidator:
         self._keys = keys
         self._issuer = issuer
         self._leeway_seconds = leeway_seconds
+        self._remember = remember
+        self._now = now
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()  # token -> what verifying it gave
 
     @property
     def keys(self) -> OpenIdKeys:
@@ -252,13 +277,27 @@ class ChannelTokenValidator:
         """The token's claims, if it was issued by the Bot Connector for this bot, this channel
         and this serviceUrl. Raises InvalidToken otherwise."""
         token = bearer_token(auth_header)
+        verified = self._verified.get(token)
+        if (verified is None or self._keys.current(verified.key.kid) is not verified.key
+                or self._now() > verified.usable_until):
+            verified = await self._verify(token)
+        else:
+            self._verified.move_to_end(token)
+        _check_endorsement(verified.key, channel_id)
+        _check_service_url(verified.claims, service_url)
+        return dict(verified.claims)
+
+    async def _verify(self, token: str) -> _Verified:
+        self._verified.pop(token, None)
         kid = _signing_key_id(token)
         key = await self._keys.get(kid)
         claims = self._decode(token, key)
         _check_audience(claims, self._app_id)
-        _check_endorsement(key, channel_id)
-        _check_service_url(claims, service_url)
-        return claims
+        verified = _Verified(key, claims, usable_until=float(claims["exp"]) + self._leeway_seconds)
+        self._verified[token] = verified
+        if len(self._verified) > self._remember:
+            self._verified.popitem(last=False)
+        return verified
 
     def _decode(self, token: str, key: SigningKey) -> dict[str, Any]:
         try:
