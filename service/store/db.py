@@ -223,13 +223,14 @@ def _tables_needed(statement: Any) -> frozenset[sa.Table] | None:
     needed: frozenset[sa.Table] | None = None
     if named and named <= _WITH_PARENTS.keys():
         closure = _WITH_CHILDREN if isinstance(statement, sa.Delete) else {}
-        needed = frozenset().union(*(_WITH_PARENTS[n] | closure.get(n, frozenset()) for n in named))
-        needed = frozenset().union(*(_WITH_PARENTS[n] for n in needed))  # parents of children too
+        named |= {child for n in named for child in closure.get(n, ())}
+        needed = frozenset().union(*(_WITH_PARENTS[n] for n in named))
     try:  # statements built once (module constants) keep the answer
         statement._countersign_needs = needed
     except AttributeError:
         pass
     return needed
+
 
 Op = Callable[[Tx], Awaitable[T]]
 
@@ -272,7 +273,8 @@ class SqliteThreads:
                    concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="store-reader"))
 
     async def close(self) -> None:
-        # Each thread finishes what it runs; connections are closed on the thread that made them.
+        # Each thread finishes what it runs first. The writer's connection is closed on its
+        # own thread; the readers' once their threads have stopped.
         await asyncio.wrap_future(self.writer.submit(self.write_engine.dispose))
         self.writer.shutdown(wait=False)
         await asyncio.to_thread(self.readers.shutdown, wait=True)
