@@ -111,3 +111,20 @@ async def test_an_op_that_waits_on_something_else_is_refused_and_the_store_goes_
         return list((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
 
     assert await store.read(kinds) == ["fine"]
+
+
+@sqlite_only
+async def test_requests_read_on_a_store_thread_and_jobs_on_the_loop(store: Store) -> None:  # noqa: F811
+    from service.foreground import mark_job
+    from service.store.db import ThreadConnection
+
+    async def kind(conn: Any) -> type:
+        return type(conn)
+
+    async def as_job() -> type:
+        mark_job()
+        return await store.read(kind)
+
+    assert await store.read(kind) is ThreadConnection
+    assert await asyncio.create_task(as_job()) is sa.ext.asyncio.AsyncConnection
+    assert await store.read(kind) is ThreadConnection  # the mark stays in the job's task

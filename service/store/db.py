@@ -258,7 +258,11 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class SqliteThreads:
-    """SQLite's writes in one thread (one connection), its reads in a few more."""
+    """SQLite's writes in one thread (one connection); the reads of requests in two more.
+
+    Jobs' reads stay on the event loop (aiosqlite): in threads, several at once took the
+    GIL from the loop for 20-60 ms while cards were posted (bench/RESULTS.md), against
+    under 10 ms on the loop, and a job does not need the lower latency."""
 
     write_engine: sa.Engine
     read_engine: sa.Engine
@@ -266,7 +270,7 @@ class SqliteThreads:
     readers: concurrent.futures.ThreadPoolExecutor
 
     @classmethod
-    def open(cls, url: str, readers: int = 4) -> SqliteThreads:
+    def open(cls, url: str, readers: int = 2) -> SqliteThreads:
         return cls(create_sqlite_thread_engine(url, pool_size=1, begin="BEGIN IMMEDIATE"),
                    create_sqlite_thread_engine(url, pool_size=readers, begin="BEGIN"),
                    concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer"),
@@ -326,10 +330,11 @@ class Store:
 
     async def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """`fn(conn)` in one read transaction; `conn` has `await conn.execute(...)` and
-        `conn.dialect` (an AsyncConnection, or a ThreadConnection on SQLite)."""
-        if self.foreground is not None and in_job():
+        `conn.dialect` (an AsyncConnection, or a ThreadConnection for a request on SQLite)."""
+        background = in_job()
+        if self.foreground is not None and background:
             await self.foreground.wait_clear()
-        if self._threads is not None:
+        if self._threads is not None and not background:
             return await asyncio.wrap_future(self._threads.readers.submit(self._read_in_thread, fn))
         async with self.reader_engine.connect() as conn:
             return await fn(conn)
