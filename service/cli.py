@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import csv
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence

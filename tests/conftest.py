@@ -18,8 +18,11 @@ from aiohttp.test_utils import TestServer
 from service.app import create_app
 from service.config import Settings
 from service.signing import HEADER, sign
+from service.store.db import Store
+from service.store.migrate import upgrade
 
 from .peers.certs import TlsFiles, make_tls_files
+from .peers.openai_server import ScriptedLLM
 from .peers.postgres import PostgresServer
 from .peers.smtp import SmtpServer
 
@@ -44,6 +47,25 @@ def smtp_server(tmp_path: Path, tls: TlsFiles) -> Iterator[SmtpServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """A migrated, started store on the test's database (SQLite or PostgreSQL)."""
+    s = Store.from_url(db_url)
+    await upgrade(s.writer_engine)
+    await s.start()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[ScriptedLLM]:
+    """A local OpenAI-compatible server answering with scripted replies."""
+    server = ScriptedLLM()
+    server.url = await server.start()  # type: ignore[attr-defined]
+    yield server
+    await server.close()
 
 
 @pytest.fixture(scope="session")
@@ -142,9 +164,6 @@ async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartServi
     async def start(smtp: SmtpServer | None = None, **overrides: Any) -> Service:
         settings = test_settings(tmp_path, db_url, smtp, **overrides)
         if not settings.is_sqlite:
-            from service.store.db import Store
-            from service.store.migrate import upgrade
-
             store = Store.from_url(settings.effective_database_url)
             await upgrade(store.writer_engine)
             await store.close()

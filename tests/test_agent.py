@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,14 +25,6 @@ SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 CUSTOMER = {"email": "ann.customer@example.com", "name": "Ann Customer"}
 REQUEST = "Hello, I bought a jacket three weeks ago and it does not fit. Can I still return it for a refund?"
 DRAFT = {"subject": "Your return", "body": "Dear Ann,\n\nYes: unused items can be returned within 30 days.\n\nSupport"}
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    server.url = await server.start()  # type: ignore[attr-defined]
-    yield server
-    await server.close()
 
 
 async def agent_service(start_service: StartService, smtp: SmtpServer, llm: ScriptedLLM, **overrides: Any) -> Service:

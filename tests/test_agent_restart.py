@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +49,6 @@ class Api:
 
 def pending(revision: int) -> Any:
     return lambda run: any(a["revision"] == revision and a["status"] == "pending" for a in run["approvals"])
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    server.url = await server.start()  # type: ignore[attr-defined]
-    yield server
-    await server.close()
 
 
 def environment(tmp_path: Path, db_url: str, smtp: SmtpServer, llm: ScriptedLLM, port: int) -> dict[str, str]:

@@ -8,7 +8,7 @@ from service.foreground import Foreground
 from service.jobs import Job, JobHandler, Worker
 from service.store.db import Store
 
-from .test_jobs import _enqueue, _queue, store  # noqa: F401 (the store fixture)
+from .test_jobs import _enqueue, _queue
 
 
 class Clock:
@@ -54,7 +54,7 @@ def test_max_defer_zero_never_defers() -> None:
         assert fg.clear()
 
 
-async def test_worker_starts_no_job_while_a_request_is_answered(store: Store) -> None:  # noqa: F811
+async def test_worker_starts_no_job_while_a_request_is_answered(store: Store) -> None:
     ran: list[float] = []
     queue = _queue(store)
 
@@ -80,7 +80,7 @@ async def test_worker_starts_no_job_while_a_request_is_answered(store: Store) ->
         await worker.stop()
 
 
-async def test_a_running_job_waits_at_its_next_store_access(store: Store) -> None:  # noqa: F811
+async def test_a_running_job_waits_at_its_next_store_access(store: Store) -> None:
     queue = _queue(store)
     started, go = asyncio.Event(), asyncio.Event()
     steps: list[str] = []

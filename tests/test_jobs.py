@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -13,16 +12,6 @@ import sqlalchemy as sa
 from service.jobs import Job, JobHandler, JobQueue, JobStatus, LeaseLost, PermanentError, TransientError, Worker
 from service.store import tables as t
 from service.store.db import Store, Tx
-from service.store.migrate import upgrade
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store.from_url(db_url)
-    await upgrade(s.writer_engine)
-    await s.start()
-    yield s
-    await s.close()
 
 
 async def _second_store(db_url: str) -> Store:

@@ -8,7 +8,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -47,14 +46,6 @@ QUESTIONS = [
     ("Do you offer express delivery?", "shipping-and-delivery.md"),
     ("Can I claim warranty on a gift without a receipt?", "warranty.pdf"),
 ]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    server.url = await server.start()  # type: ignore[attr-defined]
-    yield server
-    await server.close()
 
 
 async def test_bm25_puts_the_right_policy_first_for_every_question(tmp_path: Path) -> None:

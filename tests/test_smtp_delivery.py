@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Service, StartService, email_action, free_port
+from .conftest import Service, StartService, email_action
 from .peers.smtp import SmtpServer
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from service.store import tables as t
 from service.store.db import OpSuspended, Store, Tx
 
-from .test_jobs import store  # noqa: F401 (the store fixture)
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
@@ -32,7 +31,7 @@ def _approval(approval_id: str, run_id: str) -> dict[str, Any]:
                 sources=None, tool_call_id=None)
 
 
-async def test_a_statement_sees_the_rows_its_op_queued_in_the_tables_it_needs(store: Store) -> None:  # noqa: F811
+async def test_a_statement_sees_the_rows_its_op_queued_in_the_tables_it_needs(store: Store) -> None:
     run_id, approval_id = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def op(tx: Tx) -> tuple[int, set[str], int, set[str]]:
@@ -60,7 +59,7 @@ async def test_a_statement_sees_the_rows_its_op_queued_in_the_tables_it_needs(st
     assert await store.read(count_jobs) == 1  # the rest went in at commit
 
 
-async def test_a_delete_writes_the_queued_rows_that_reference_its_table_first(store: Store) -> None:  # noqa: F811
+async def test_a_delete_writes_the_queued_rows_that_reference_its_table_first(store: Store) -> None:
     run_id, approval_id = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def setup(tx: Tx) -> None:
@@ -84,7 +83,7 @@ async def test_a_delete_writes_the_queued_rows_that_reference_its_table_first(st
         await store.write(op)
 
 
-async def test_text_statements_write_every_queued_row_first(store: Store) -> None:  # noqa: F811
+async def test_text_statements_write_every_queued_row_first(store: Store) -> None:
     run_id = str(uuid.uuid4())
 
     async def op(tx: Tx) -> int:
@@ -95,7 +94,7 @@ async def test_text_statements_write_every_queued_row_first(store: Store) -> Non
 
 
 @sqlite_only
-async def test_an_op_that_waits_on_something_else_is_refused_and_the_store_goes_on(store: Store) -> None:  # noqa: F811
+async def test_an_op_that_waits_on_something_else_is_refused_and_the_store_goes_on(store: Store) -> None:
     async def sleepy(tx: Tx) -> None:
         tx.audit("sleepy", run_id=None, actor="test")
         await asyncio.sleep(0)
@@ -114,7 +113,7 @@ async def test_an_op_that_waits_on_something_else_is_refused_and_the_store_goes_
 
 
 @sqlite_only
-async def test_requests_read_on_a_store_thread_and_jobs_on_the_loop(store: Store) -> None:  # noqa: F811
+async def test_requests_read_on_a_store_thread_and_jobs_on_the_loop(store: Store) -> None:
     from service.foreground import mark_job
     from service.store.db import ThreadConnection
 

@@ -70,7 +70,7 @@ def build_adapter(settings: Settings, http: aiohttp.ClientSession
 
 class TeamsChannel:
     def __init__(self, settings: Settings, store: Store, jobs: JobQueue, runs: Runs, decisions: Decisions,
-                 http: aiohttp.ClientSession, *, foreground: Foreground | None = None) -> None:
+                 http: aiohttp.ClientSession, *, foreground: Foreground) -> None:
         if not settings.microsoft_app_id and not settings.bot_insecure_no_auth:
             raise TeamsNotConfigured(
                 "Teams needs MicrosoftAppId (and MicrosoftAppPassword); for local development only, "
@@ -87,7 +87,7 @@ class TeamsChannel:
         runs.on_approval_created.append(self.cards.on_approval_created)
         runs.on_approval_changed.append(self.cards.on_approval_changed)
         self.endpoint = MessagesEndpoint(self.adapter, self.bot, insecure=self.validator is None,
-                                         foreground=foreground or Foreground())
+                                         foreground=foreground)
         if self.validator is None:
             log.warning("Teams channel running WITHOUT Bot Framework authentication (development mode)")
 
