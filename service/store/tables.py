@@ -101,6 +101,9 @@ decisions = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("final_action", sa.JSON),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # The credential that took the decision when it differs from the reviewer: an API key
+    # with `decide:on-behalf` records itself here and the reviewer in reviewer_id.
+    sa.Column("actor", sa.String(320)),
 )
 
 deliveries = sa.Table(
@@ -237,4 +240,31 @@ agent_snapshots = sa.Table(
     sa.Column("llm_calls", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# Ops API keys (`countersign keys create`): only a SHA-256 of the key is stored (keys are
+# 256 random bits, so a plain hash is enough); `prefix` lets an operator recognise one.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("key_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("reviewer", sa.String(320)),  # the one reviewer a `decide` key decides as
+    sa.Column("created_by", sa.String(320), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime),
+    sa.Column("revoked_at", UtcDateTime),
+    sa.Column("revoked_by", sa.String(320)),
+)
+
+# Signed requests seen within their validity window: a signature is accepted once, on
+# every process sharing the database. Rows past `expires_at` can be deleted at any time.
+signature_uses = sa.Table(
+    "signature_uses",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("expires_at", UtcDateTime, nullable=False, index=True),
 )
