@@ -18,7 +18,7 @@ from .agent.llm import LlmSettings, build_llm, describe
 from .agent.runner import AgentRunner
 from .agent.tools import ToolRegistry, load_plugins
 from .agent.workflow import AgentWorkflow
-from .api.auth import ApiAuth
+from .api.auth import ApiAuth, AuthSettings
 from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
@@ -27,9 +27,11 @@ from .config import Settings
 from .decisions import SEND_EMAIL_JOB, Decisions
 from .foreground import Foreground
 from .jobs import JobQueue, Worker
+from .keys import ApiKeys, ReplayGuard
 from .mail.delivery import EmailDelivery
 from .mail.smtp import SmtpTransport
 from .runs import AGENT_JOB, CALLBACK_JOB, Runs
+from .scopes import OPERATOR_SCOPES, Scope
 from .store.db import Store
 from .store.migrate import check_migrated, upgrade
 from .teams.channel import TeamsChannel, TeamsNotConfigured
@@ -73,6 +75,18 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> web.Applicati
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
     return app
+
+
+def auth_settings(settings: Settings) -> AuthSettings:
+    operator_scopes = OPERATOR_SCOPES
+    if settings.api_token_may_decide_on_behalf:
+        operator_scopes = operator_scopes | {Scope.DECIDE_ON_BEHALF}
+    return AuthSettings(
+        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        operator_scopes=operator_scopes,
+        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        tolerance_seconds=settings.signature_tolerance_seconds, accept_v1=settings.webhook_accept_v1,
+    )
 
 
 def llm_settings(settings: Settings) -> LlmSettings:
@@ -164,11 +178,11 @@ async def _lifecycle(
     runs.on_gated_outcome = agent.on_gated_outcome
     jobs.register(CALLBACK_JOB, Callbacks(runs, http, secret=secret, public_url=settings.effective_public_url,
                                           timeout=settings.callback_timeout_seconds).handler())
+    keys = ApiKeys(store)
     app[SERVICES] = Services(
         settings=settings, store=store, jobs=jobs, runs=runs, decisions=decisions,
-        auth=ApiAuth(settings.api_token.get_secret_value() if settings.api_token else None, secret,
-                     settings.signature_tolerance_seconds),
-        foreground=foreground,
+        auth=ApiAuth(auth_settings(settings), keys, ReplayGuard(store), runs.idempotency_key_seen),
+        keys=keys, foreground=foreground,
     )
     teams = (TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)
              if settings.teams_enabled else None)

@@ -1,4 +1,4 @@
-"""`countersign`: serve | migrate | index | trigger | audit verify | audit export."""
+"""`countersign`: serve | migrate | index | trigger | keys create|list|revoke | audit verify | audit export."""
 
 from __future__ import annotations
 
@@ -81,14 +81,19 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     """POST a pre-drafted email (or an agent request) to a running service."""
     import aiohttp
 
+    from urllib.parse import urlsplit
+
     from .app import ensure_api_token
-    from .signing import HEADER, sign
+    from .signing import HEADER, sign_v2
 
     settings = ensure_api_token(_settings()) if not args.sign else _settings()
     if args.file:
         with open(args.file, "rb") as f:
             body = f.read()
     elif args.request:
+        if not args.to:
+            print("countersign trigger: --request needs --to, the customer's address", file=sys.stderr)
+            return 2
         body = json.dumps({"request": args.request, "customer": {"email": args.to[0]}}).encode()
     else:
         if not (args.to and args.subject and args.body):
@@ -97,17 +102,23 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         body = json.dumps({"action": {"type": "send_email", "to": args.to, "subject": args.subject,
                                       "body": args.body}}).encode()
     headers = {"Content-Type": "application/json"}
+    url = (args.url or settings.effective_public_url).rstrip("/") + "/api/runs"
     if args.sign:
         if not settings.webhook_secret:
             print("countersign trigger: --sign needs COUNTERSIGN_WEBHOOK_SECRET", file=sys.stderr)
             return 2
-        headers[HEADER] = sign(settings.webhook_secret.get_secret_value(), int(time.time()), body)
+        parts = urlsplit(url)
+        headers[HEADER] = sign_v2(settings.webhook_secret.get_secret_value(), int(time.time()), "POST",
+                                  parts.path, parts.query, body)
+    elif args.key:
+        headers["Authorization"] = f"Bearer {args.key}"
     else:
-        assert settings.api_token is not None
+        if settings.api_token is None:
+            print("countersign trigger: give --key, --sign, or set COUNTERSIGN_API_TOKEN", file=sys.stderr)
+            return 2
         headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
-    url = (args.url or settings.effective_public_url).rstrip("/") + "/api/runs"
 
     async def post() -> tuple[int, Any]:
         async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as r:
@@ -177,6 +188,108 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_command(work: Any) -> int:
+    """Run `work(keys)` against the configured database (migrating SQLite like `serve`)."""
+    from .app import prepare_database
+    from .keys import ApiKeys
+    from .store.db import Store
+    from .store.migrate import NotMigrated
+
+    settings = _settings()
+
+    async def run() -> int:
+        store = Store.from_url(settings.effective_database_url)
+        try:
+            await prepare_database(settings, store)
+            await store.start()
+            return int(await work(ApiKeys(store)))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except NotMigrated as exc:
+        print(f"countersign: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (containers)
+        return "cli"
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from .durations import parse_duration
+    from .keys import KeyNameTaken
+    from .scopes import ScopeRuleError, parse_scopes
+
+    scopes, unknown = parse_scopes(args.scope or [])
+    if unknown:
+        from .scopes import Scope
+
+        print(f"countersign keys create: unknown scope {', '.join(map(repr, unknown))}; scopes are "
+              f"{', '.join(s.value for s in Scope)}", file=sys.stderr)
+        return 2
+    try:
+        expires_in = parse_duration(args.expires) if args.expires else None
+    except ValueError as exc:
+        print(f"countersign keys create: --expires: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(keys: Any) -> int:
+        try:
+            created = await keys.create(name=args.name, scopes=scopes, reviewer=args.reviewer, expires_in=expires_in,
+                                        created_by=_cli_actor())
+        except (ScopeRuleError, KeyNameTaken) as exc:
+            print(f"countersign keys create: {exc}", file=sys.stderr)
+            return 2
+        key = created.key
+        print(f"created key {key.name!r} ({key.prefix}...) with {', '.join(sorted(s.value for s in key.scopes))}"
+              + (f", deciding as {key.reviewer}" if key.reviewer else "")
+              + (f", expires {key.expires_at.isoformat()}" if key.expires_at else ", no expiry"))
+        print("the key is shown once; it is stored only as a hash:")
+        print(created.secret)
+        return 0
+
+    return _keys_command(work)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from .store.db import utcnow
+
+    async def work(keys: Any) -> int:
+        now = utcnow()
+        rows = [(k.name, k.prefix, k.status(now), ",".join(sorted(s.value for s in k.scopes)), k.reviewer or "-",
+                 k.expires_at.isoformat(timespec="seconds") if k.expires_at else "-", k.created_by)
+                for k in await keys.list()]
+        header = ("NAME", "PREFIX", "STATUS", "SCOPES", "REVIEWER", "EXPIRES", "CREATED BY")
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        return 0
+
+    return _keys_command(work)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from .domain import NotFound
+
+    async def work(keys: Any) -> int:
+        try:
+            key = await keys.revoke(args.name, by=_cli_actor())
+        except NotFound:
+            print(f"countersign keys revoke: no key named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"key {key.name!r} revoked at {key.revoked_at.isoformat(timespec='seconds')}")
+        return 0
+
+    return _keys_command(work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="countersign", description="Human approval gateway for AI agent actions.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,8 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--subject")
     trigger.add_argument("--body")
     trigger.add_argument("--idempotency-key")
-    trigger.add_argument("--sign", action="store_true", help="sign with COUNTERSIGN_WEBHOOK_SECRET instead of the token")
+    trigger.add_argument("--sign", action="store_true", help="sign (v2) with COUNTERSIGN_WEBHOOK_SECRET instead of the token")
+    trigger.add_argument("--key", help="an API key with runs:create (default: COUNTERSIGN_API_TOKEN)")
     trigger.set_defaults(func=cmd_trigger)
+
+    keys = sub.add_parser("keys", help="API keys with scopes").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; prints it once, on the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", required=True,
+                        help="runs:create, runs:read, runs:cancel, jobs:retry, audit:read, keys:admin, decide, "
+                             "decide:on-behalf (repeat for several)")
+    create.add_argument("--reviewer", help="with --scope decide: the one reviewer the key decides as")
+    create.add_argument("--expires", help="lifetime, e.g. 90d, 12h, P30D (default: none)")
+    create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key, at once on every replica")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
     audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)

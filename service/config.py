@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     signature_tolerance_seconds: int = 300
+    # Accept the old body-only v1 signatures for a migration period (logged as deprecated).
+    webhook_accept_v1: bool = False
+    # A deliberate choice: let the operator token decide on a named reviewer's behalf
+    # (recorded as the token, on behalf of the reviewer). Off: only decide keys decide.
+    api_token_may_decide_on_behalf: bool = False
     max_body_bytes: int = 256 * 1024
 
     # SMTP (aiosmtplib).

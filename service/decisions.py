@@ -59,6 +59,16 @@ _CLAIM = (t.approvals.update()
 _STATUS = sa.select(t.approvals.c.status).where(t.approvals.c.id == sa.bindparam("approval_id"))
 
 
+def _identity(request: DecisionRequest) -> dict[str, str]:
+    """Audit data saying who decided through what, beyond the event's actor."""
+    out = {}
+    if request.on_behalf_by:
+        out["on_behalf_of"] = request.reviewer.id
+    if request.credential:
+        out["credential"] = request.credential
+    return out
+
+
 class Decisions:
     def __init__(self, store: Store, jobs: JobQueue, runs: Runs, message_id_domain: str) -> None:
         self.store = store
@@ -102,20 +112,22 @@ class Decisions:
             decision = Decision(
                 id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=request.reviewer,
                 channel=request.channel, created_at=tx.now, reason=request.reason, final_action=final_action,
+                on_behalf_by=request.on_behalf_by,
             )
             tx.insert(t.decisions, dict(
                 id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
                 reviewer_id=request.reviewer.id, reviewer_name=request.reviewer.name,
                 reviewer_email=request.reviewer.email, channel=request.channel.value, reason=request.reason,
                 final_action=final_action.to_dict() if final_action else None, created_at=tx.now,
+                actor=request.on_behalf_by,
             ))
             audit_data: dict[str, Any] = {"approval_id": approval.id, "decision_id": decision.id,
-                                          "channel": request.channel.value}
+                                          "channel": request.channel.value, **_identity(request)}
             if approved_sha256:
                 audit_data["approved_sha256"] = approved_sha256
             if request.reason:
                 audit_data["reason"] = request.reason
-            tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.reviewer.id, data=audit_data)
+            tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.actor, data=audit_data)
             delivery = await self._after_decision(tx, approval, new_status, final_action, decision)
             await self.runs.approval_changed(tx, approval.id)
             tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
@@ -133,9 +145,9 @@ class Decisions:
         self, tx: Tx, approval: Approval, request: DecisionRequest, refusal: NotAllowed | AlreadyDecided
     ) -> DecisionOutcome:
         reason = refusal.code
-        tx.audit("decision.refused", run_id=approval.run_id, actor=request.reviewer.id,
+        tx.audit("decision.refused", run_id=approval.run_id, actor=request.actor,
                  data={"approval_id": approval.id, "attempted": request.kind.value, "channel": request.channel.value,
-                       "reason": reason, "message": refusal.message})
+                       "reason": reason, "message": refusal.message, **_identity(request)})
         tx.after_commit(metrics.DECISIONS_REFUSED.labels(reason=reason, channel=request.channel.value).inc)
         status = ApprovalStatus(refusal.context.get("status", approval.status.value))
         return DecisionOutcome(approval.id, approval.run_id, decided=False, status=status,

@@ -189,6 +189,14 @@ class DecisionRequest:
     # The channel can look the reviewer's email up (Teams' member API) when the policy
     # names reviewers by email: `decide` then answers EMAIL_NEEDED instead of refusing.
     can_resolve_email: bool = False
+    # An API key deciding for `reviewer` (scope decide:on-behalf): recorded as the actor.
+    on_behalf_by: str | None = None
+    # The credential a reviewer decided with, when not the channel's own (a `decide` key).
+    credential: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.on_behalf_by or self.reviewer.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +237,7 @@ class Decision:
     created_at: datetime
     reason: str | None = None
     final_action: EmailAction | None = None  # what was approved (after edit), None on reject
+    on_behalf_by: str | None = None  # the API key that decided for `reviewer`
 
 
 # DecisionOutcome.detail["reason"] when a request with `can_resolve_email` needs the email.

@@ -50,6 +50,7 @@ class NewRun:
     callback_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    created_by: str = "api"  # the credential that triggered the run (audit actor)
     request_sha256: str | None = None
 
 
@@ -190,8 +191,10 @@ class Runs:
                 requested_by=new.requested_by, callback_url=new.callback_url, metadata=new.metadata,
                 policy=new.policy.to_dict(), summary=None, failure_reason=None, created_at=tx.now, updated_at=tx.now,
             ))
-            tx.audit("run.created", run_id=run_id, actor=new.requested_by or "api",
-                     data={"kind": kind, "policy": new.policy.name, "metadata": new.metadata})
+            # The actor is the credential; `requested_by` is only what the caller says.
+            tx.audit("run.created", run_id=run_id, actor=new.created_by,
+                     data={"kind": kind, "policy": new.policy.name, "metadata": new.metadata,
+                           "requested_by": new.requested_by})
             if new.action:
                 await self.add_approval(tx, run_id, 1, new.action, new.policy, new.requested_by)
             else:
@@ -284,6 +287,13 @@ class Runs:
 
         return await self.store.write(op)
 
+    async def idempotency_key_seen(self, key: str) -> bool:
+        async def q(conn: AsyncConnection) -> bool:
+            found = await conn.execute(sa.select(t.idempotency_keys.c.key).where(t.idempotency_keys.c.key == key))
+            return found.first() is not None
+
+        return await self.store.read(q)
+
     async def get(self, run_id: str) -> RunDetail:
         async def q(conn: AsyncConnection) -> RunDetail:
             row = (await conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()
@@ -358,6 +368,7 @@ def _decision_dict(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "approval_id": row.approval_id, "kind": row.kind,
         "reviewer": {"id": row.reviewer_id, "name": row.reviewer_name, "email": row.reviewer_email},
+        "actor": row.actor or row.reviewer_id, "on_behalf_of": row.reviewer_id if row.actor else None,
         "channel": row.channel, "reason": row.reason, "created_at": _iso(row.created_at),
     }
 

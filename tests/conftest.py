@@ -15,9 +15,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from service.api.deps import SERVICES
 from service.app import create_app
 from service.config import Settings
-from service.signing import HEADER, sign
+from service.scopes import Scope
+from service.signing import HEADER, sign_v2
 from service.store.db import Store
 from service.store.migrate import upgrade
 
@@ -102,21 +104,35 @@ def test_settings(tmp_path: Path, db_url: str, smtp: SmtpServer | None, **overri
     return Settings(**values)
 
 
+def signed(method: str, path: str, body: bytes, secret: str = WEBHOOK_SECRET, *, at: int | None = None) -> dict[str, str]:
+    """The v2 signature header for a request to `path` (which may carry a query string)."""
+    bare, _, query = path.partition("?")
+    return {HEADER: sign_v2(secret, int(time.time()) if at is None else at, method, bare, query, body)}
+
+
 @dataclass
 class Service:
     url: str
     settings: Settings
     http: aiohttp.ClientSession
     app: Any
+    # An API key with decide:on-behalf, made at start: how an integration decides through the API.
+    decider_key: str = ""
 
     async def request(self, method: str, path: str, *, body: Any = None, raw: bytes | None = None,
                       auth: str = "token", headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+        """`auth`: "token" (the operator token), "webhook" (a v2 signature), "decider" (the
+        on-behalf key), "none", or an API key itself."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
         h = {"Content-Type": "application/json"}
         if auth == "token":
             h["Authorization"] = f"Bearer {API_TOKEN}"
         elif auth == "webhook":
-            h[HEADER] = sign(WEBHOOK_SECRET, int(time.time()), data)
+            h.update(signed(method, path, data))
+        elif auth == "decider":
+            h["Authorization"] = f"Bearer {self.decider_key}"
+        elif auth != "none":
+            h["Authorization"] = f"Bearer {auth}"
         h.update(headers or {})
         async with self.http.request(method, self.url + path, data=data, headers=h) as r:
             text = await r.text()
@@ -136,9 +152,15 @@ class Service:
         assert status == 200, payload
         return payload
 
-    async def decide(self, approval_id: str, body: dict[str, Any]) -> tuple[int, Any]:
-        status, payload, _ = await self.request("POST", f"/api/approvals/{approval_id}/decisions", body=body)
+    async def decide(self, approval_id: str, body: dict[str, Any], auth: str = "decider") -> tuple[int, Any]:
+        status, payload, _ = await self.request("POST", f"/api/approvals/{approval_id}/decisions", body=body, auth=auth)
         return status, payload
+
+    async def make_key(self, name: str, *scopes: Scope, reviewer: str | None = None) -> str:
+        """A new API key, made as `countersign keys create` makes it."""
+        created = await self.app[SERVICES].keys.create(name=name, scopes=frozenset(scopes), reviewer=reviewer,
+                                                       expires_in=None, created_by="test")
+        return created.secret
 
     async def wait_for(self, run_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -172,7 +194,9 @@ async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartServi
         await server.start_server(shutdown_timeout=2)
         http = aiohttp.ClientSession()
         started.append((server, http))
-        return Service(str(server.make_url("")).rstrip("/"), settings, http, app)
+        service = Service(str(server.make_url("")).rstrip("/"), settings, http, app)
+        service.decider_key = await service.make_key(f"decider-{len(started)}", Scope.DECIDE_ON_BEHALF)
+        return service
 
     yield start
     for server, http in reversed(started):

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.api.deps import SERVICES
-from service.signing import HEADER, sign
+from service.signing import HEADER, sign_v2
 from service.store import tables as t
 
 from .conftest import API_TOKEN, WEBHOOK_SECRET, Service, StartService, email_action
@@ -247,7 +247,7 @@ OTHER = json.dumps({"action": email_action(to=["x@evil.com"])}).encode()
 
 
 def signed(body: bytes, *, secret: str = WEBHOOK_SECRET, age: int = 0) -> dict[str, str]:
-    return {HEADER: sign(secret, int(time.time()) - age, body)}
+    return {HEADER: sign_v2(secret, int(time.time()) - age, "POST", "/api/runs", "", body)}
 
 
 # (id, headers, status, field): sent with the valid body and no credentials but these headers.
@@ -331,7 +331,8 @@ async def test_credentials_are_checked_before_the_body(service: Service) -> None
     status, payload, headers = await service.request("POST", "/api/runs", raw=b"{not json", auth="none")
     assert_problem(status, payload, headers, 401)
     status, payload, headers = await service.request("POST", "/api/runs", raw=b"{not json", auth="none",
-                                                     headers={HEADER: sign("wrong", int(time.time()), b"{not json")})
+                                                     headers={HEADER: sign_v2("wrong", int(time.time()), "POST",
+                                                                               "/api/runs", "", b"{not json")})
     assert_problem(status, payload, headers, 401)
 
 
@@ -364,7 +365,7 @@ DECISION_CASES: list[tuple[str, Any, int, str | None, str | None]] = [
     ("unknown_decision_kind", {"decision": "maybe", "reviewer": RITA}, 422, "decision", None),
     ("decision_is_a_number", {"decision": 1, "reviewer": RITA}, 422, "decision", None),
     ("missing_decision", {"reviewer": RITA}, 422, "decision", "Field required"),
-    ("missing_reviewer", {"decision": "approve"}, 422, "reviewer", "Field required"),
+    ("missing_reviewer", {"decision": "approve"}, 422, "reviewer", "must name the reviewer"),
     ("reviewer_is_a_string", {"decision": "approve", "reviewer": "rita"}, 422, "reviewer", None),
     ("reviewer_without_id", {"decision": "approve", "reviewer": {"name": "Rita"}}, 422, "reviewer.id", None),
     ("blank_reviewer_id", {"decision": "approve", "reviewer": {"id": "  "}}, 422, "reviewer.id", "blank"),
@@ -403,7 +404,8 @@ async def test_decision_refuses(service: Service, body: Any, status: int, field:
     run_id, approval_id = await pending_approval(service)
     before = await stored(service)
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    got, payload, headers = await service.request("POST", f"/api/approvals/{approval_id}/decisions", raw=raw)
+    got, payload, headers = await service.request("POST", f"/api/approvals/{approval_id}/decisions", raw=raw,
+                                                  auth="decider")
     assert_problem(got, payload, headers, status, field, mentions)
     assert await stored(service) == before
     await assert_still_pending(service, run_id)
@@ -411,11 +413,12 @@ async def test_decision_refuses(service: Service, body: Any, status: int, field:
 
 # (id, approval id or None for the real one, credentials, headers, status): a valid approve
 DECISION_REQUEST_CASES: list[tuple[str, str | None, str, dict[str, str], int]] = [
-    ("unknown_approval", "00000000-0000-4000-8000-000000000000", "token", {}, 404),
-    ("approval_id_too_long", "a" * 37, "token", {}, 404),
+    ("unknown_approval", "00000000-0000-4000-8000-000000000000", "decider", {}, 404),
+    ("approval_id_too_long", "a" * 37, "decider", {}, 404),
     ("no_credentials", None, "none", {}, 401),
     ("wrong_token", None, "none", {"Authorization": "Bearer nope"}, 401),
-    ("wrong_content_type", None, "token", {"Content-Type": "text/plain"}, 415),
+    ("operator_token_may_not_decide", None, "token", {}, 403),
+    ("wrong_content_type", None, "decider", {"Content-Type": "text/plain"}, 415),
 ]
 
 
@@ -526,7 +529,7 @@ async def test_store_sensitive_input(service: Service) -> None:
     for case, method, path, body, status, field in STORE_CASES:
         raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         got, payload, headers = await service.request(method, path.format(run=run_id, approval=approval_id),
-                                                      raw=raw)
+                                                      raw=raw, auth="decider" if "/decisions" in path else "token")
         try:
             assert_problem(got, payload, headers, status, field)
         except AssertionError as exc:
@@ -578,7 +581,7 @@ async def test_mutated_bodies_never_500(service: Service) -> None:
     for _ in range(80):
         body = mutate(rng, decision)
         status, payload, headers = await service.request("POST", f"/api/approvals/{approval_id}/decisions",
-                                                         body=body)
+                                                         body=body, auth="decider")
         assert status < 500, (body, payload)
         if status >= 400:
             assert_problem(status, payload, headers, status)

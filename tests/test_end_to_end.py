@@ -113,7 +113,9 @@ async def test_policy_reviewers_and_self_approval(service: Service, smtp_server:
     assert status == 200
     run = await service.wait_status(accepted["id"], "completed")
     refused = [e for e in run["timeline"] if e["event"] == "decision.refused"]
-    assert [e["actor"] for e in refused] == ["mallory@example.com", "RITA@example.com"]
+    # The key that asked is the actor; the reviewer it named is who it was on behalf of.
+    assert [(e["actor"], e["data"]["on_behalf_of"]) for e in refused] == [
+        ("key:decider-1", "mallory@example.com"), ("key:decider-1", "RITA@example.com")]
 
 
 async def test_cancel_then_decide(service: Service, smtp_server: SmtpServer) -> None:

@@ -145,7 +145,7 @@ async def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
         Draft202012Validator.check_schema(schema)
     for item in document["paths"].values():
         for op in item.values():
-            assert "200" in op["responses"] or "202" in op["responses"], op["operationId"]
+            assert {"200", "201", "202"} & set(op["responses"]), op["operationId"]
             for status, response in op["responses"].items():
                 if "$ref" in response:
                     name = response["$ref"].rsplit("/", 1)[1]
@@ -232,11 +232,14 @@ async def test_answers_match_the_document(service: Service, smtp_server: SmtpSer
     await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions",
                    body={"decision": "approve", "reviewer": {"id": "mallory@example.com"}}, expect=403)
     await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions",
+                   body={"decision": "approve", "reviewer": {"id": "mallory@example.com"}}, auth="decider", expect=403)
+    await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions",
                    body={"decision": "edit", "reviewer": {"id": "rita@example.com", "name": "Rita",
                                                            "email": "rita@example.com"},
-                         "subject": "Your refund (EUR 40)"}, expect=200)
+                         "subject": "Your refund (EUR 40)"}, auth="decider", expect=200)
     await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions",
-                   body={"decision": "reject", "reviewer": {"id": "sam@example.com"}, "reason": "late"}, expect=409)
+                   body={"decision": "reject", "reviewer": {"id": "sam@example.com"}, "reason": "late"},
+                   auth="decider", expect=409)
     completed = await service.wait_status(run_id, "completed")
     assert completed["deliveries"] and completed["decisions"] and completed["approvals"][0]["approved_action"]
     await api.call("GET", "/api/runs/{run_id}", f"/api/runs/{run_id}", expect=200)
@@ -270,13 +273,31 @@ async def test_answers_match_the_document(service: Service, smtp_server: SmtpSer
     await api.call("POST", "/api/runs", body={"action": email_action(subject="Changed")}, headers=key, expect=409)
     await api.call("POST", "/api/runs/{run_id}/cancel", f"/api/runs/{run_id}/cancel", raw=b"[", expect=400)
     await api.call("POST", decisions, "/api/approvals/nope/decisions",
-                   body={"decision": "approve", "reviewer": {"id": "rita"}}, expect=404)
-    await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions", raw=b"[]", expect=422)
+                   body={"decision": "approve", "reviewer": {"id": "rita"}}, auth="decider", expect=404)
+    await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions", raw=b"[]", auth="decider",
+                   expect=422)
+    await api.call("POST", decisions, f"/api/approvals/{approval_id}/decisions",
+                   body={"decision": "approve", "reviewer": {"id": "rita"}}, expect=403)
     await api.call("GET", "/api/jobs", "/api/jobs?status=lost", expect=422)
     await api.call("POST", "/api/jobs/{job_id}/retry", "/api/jobs/nope/retry", expect=404)
 
+    # Keys and the audit log.
+    created, _ = await api.call("POST", "/api/keys", body={"name": "reader", "scopes": ["runs:read"], "expires": "1d"},
+                                expect=201)
+    await api.call("POST", "/api/keys", body={"name": "reader", "scopes": ["runs:read"]}, expect=409)
+    await api.call("POST", "/api/keys", body={"name": "x", "scopes": ["decide"], "reviewer": "rita"}, expect=403)
+    await api.call("POST", "/api/keys", body={"name": "x", "scopes": []}, expect=422)
+    await api.call("GET", "/api/keys", expect=200)
+    await api.call("GET", "/api/keys", auth=created["key"], expect=403)
+    await api.call("POST", "/api/keys/{name}/revoke", "/api/keys/reader/revoke", expect=200)
+    await api.call("POST", "/api/keys/{name}/revoke", "/api/keys/nobody/revoke", expect=404)
+    await api.call("GET", "/api/runs", auth=created["key"], expect=401)
+    page, _ = await api.call("GET", "/api/audit", "/api/audit?limit=2", expect=200)
+    assert len(page["items"]) == 2 and page["next_after"] == page["items"][-1]["seq"]
+    await api.call("GET", "/api/audit", "/api/audit?limit=0", expect=422)
+
     # Every operation was exercised with its success status.
-    ok = {(m, p) for m, p, s in api.contract.checked if s in ("200", "202")}
+    ok = {(m, p) for m, p, s in api.contract.checked if s in ("200", "201", "202")}
     assert ok == _documented(document), _documented(document) - ok
 
 

@@ -1,7 +1,9 @@
-"""`POST /api/approvals/{id}/decisions`: an operator integration decides through the API.
+"""`POST /api/approvals/{id}/decisions`: deciding through the API, with a key that may.
 
-The API token holder vouches for the reviewer named in the body; the decision is
-recorded with channel `api` and goes through the same path as a Teams click.
+A `decide` key is bound to one reviewer and decides as that reviewer (a `reviewer` in the
+body must be absent or the same). A `decide:on-behalf` key names the reviewer; it is
+recorded as the actor, on behalf of the reviewer. Either way the decision goes through the
+same path and policy checks as a Teams click, with channel `api`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..domain import Channel, DecisionKind, DecisionRequest, Reviewer
+from ..scopes import Principal, Scope
+from .auth import missing_scope
 from .body import parse, read_authenticated
 from .deps import SERVICES
 from .errors import ApiError
@@ -16,15 +20,37 @@ from .params import path_id
 from .schemas import DecisionIn
 
 
+def _reviewer(principal: Principal, data: DecisionIn) -> tuple[Reviewer, str | None]:
+    """(who decides, the key deciding on their behalf or None)."""
+    given = data.reviewer
+    if principal.has(Scope.DECIDE) and principal.reviewer:
+        bound = principal.reviewer
+        if given is None or (given.id.casefold() == bound.casefold()
+                             and (given.email is None or given.email.casefold() == bound.casefold())):
+            email = bound if "@" in bound else None
+            return Reviewer(id=bound, name=given.name if given else None, email=email), None
+        if not principal.has(Scope.DECIDE_ON_BEHALF):
+            raise ApiError(403, "reviewer_mismatch",
+                           f"this key decides as {bound!r} only; leave `reviewer` out or name that reviewer",
+                           [{"field": "reviewer", "message": f"must be absent or {bound!r}"}])
+    if principal.has(Scope.DECIDE_ON_BEHALF):
+        if given is None:
+            raise ApiError(422, "validation_error", "a decide:on-behalf key must name the reviewer",
+                           [{"field": "reviewer", "message": "required: the reviewer this decision is for"}])
+        return Reviewer(id=given.id, name=given.name, email=given.email), principal.actor
+    raise missing_scope(principal, Scope.DECIDE)
+
+
 async def decide(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    body, _principal = await read_authenticated(request)
+    body, principal = await read_authenticated(request, (Scope.DECIDE, Scope.DECIDE_ON_BEHALF))
     data = parse(DecisionIn, body, request)
+    reviewer, on_behalf_by = _reviewer(principal, data)
     with services.foreground.request():
         outcome = await services.decisions.decide(DecisionRequest(
             approval_id=path_id(request, "approval_id", "approval"), kind=DecisionKind(data.decision),
-            reviewer=Reviewer(id=data.reviewer.id, name=data.reviewer.name, email=data.reviewer.email),
-            channel=Channel.API, reason=data.reason, subject=data.subject, body=data.body,
+            reviewer=reviewer, channel=Channel.API, reason=data.reason, subject=data.subject, body=data.body,
+            on_behalf_by=on_behalf_by, credential=None if on_behalf_by else principal.actor,
         ))
     if not outcome.decided:
         reason = outcome.detail.get("reason")

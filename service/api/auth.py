@@ -1,46 +1,128 @@
-"""Who is calling the ops API: an API token holder (Bearer) or a signed webhook."""
+"""Who is calling the ops API, and whether it may do what it asks.
+
+Credentials: an API key (`Authorization: Bearer csk_...`, scopes of its own), the operator
+token (`Bearer $COUNTERSIGN_API_TOKEN`), or a request signed with the webhook secret
+(`X-Countersign-Signature`, v2). Each resolves to a `Principal`; the route's scope is
+checked before anything is stored (a refused signature is not even remembered).
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 
-from ..signing import HEADER, SignatureError, verify
+from ..keys import KEY_PREFIX, ApiKeys, ReplayGuard
+from ..scopes import WEBHOOK_SCOPES, Principal, PrincipalKind, Scope
+from ..signing import HEADER, SignatureError, verify_request
+from ..store.db import utcnow
 from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+OPERATOR_ACTOR = "operator-token"
+WEBHOOK_ACTOR = "webhook"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    api_token: str | None
+    operator_scopes: frozenset[Scope]
+    webhook_secret: str | None
+    tolerance_seconds: int
+    accept_v1: bool
 
 
 class ApiAuth:
-    def __init__(self, api_token: str | None, webhook_secret: str | None, tolerance: int) -> None:
-        if not api_token and not webhook_secret:
-            raise ValueError("the ops API needs an API token or a webhook secret")
-        self.api_token = api_token
-        self.webhook_secret = webhook_secret
-        self.tolerance = tolerance
+    def __init__(self, settings: AuthSettings, keys: ApiKeys, replays: ReplayGuard,
+                 idempotency_seen: Callable[[str], Awaitable[bool]]) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.replays = replays
+        self.idempotency_seen = idempotency_seen
 
-    def check(self, request: web.Request, body: bytes) -> str:
-        """The caller's principal ("token" or "webhook"), or `ApiError(401)`."""
+    async def authenticate(self, request: web.Request, body: bytes,
+                           scope: Scope | tuple[Scope, ...] | None) -> Principal:
+        """The caller, holding `scope` (when given); else `ApiError` 401 or 403. Changes nothing
+        unless the caller is allowed: only then is a signature remembered against replays."""
         authorization = request.headers.get("Authorization")
         if authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
-            if scheme.lower() == "bearer" and self.api_token and token and hmac.compare_digest(
-                token.strip().encode("utf-8", "surrogateescape"), self.api_token.encode()
-            ):
-                return "token"
-            raise self._unauthorized("the bearer token is not valid")
+            principal = await self._bearer(authorization)
+            require(principal, scope)
+            return principal
         signature = request.headers.get(HEADER)
         if signature is not None:
-            if not self.webhook_secret:
-                raise self._unauthorized("signed webhooks are not enabled (no COUNTERSIGN_WEBHOOK_SECRET)")
-            try:
-                verify(self.webhook_secret, signature, body, now=time.time(), tolerance=self.tolerance)
-            except SignatureError as exc:
-                raise self._unauthorized(str(exc)) from None
-            return "webhook"
-        raise self._unauthorized(f"send `Authorization: Bearer <token>` or a signed `{HEADER}` header")
+            return await self._signed(request, signature, body, scope)
+        raise unauthorized(f"send `Authorization: Bearer <key>` or a signed `{HEADER}` header")
 
-    @staticmethod
-    def _unauthorized(detail: str) -> ApiError:
-        return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="countersign"'})
+    async def _bearer(self, authorization: str) -> Principal:
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise unauthorized("the Authorization header must be `Bearer <key>`")
+        if token.startswith(KEY_PREFIX):
+            key = await self.keys.find(token)
+            if key is None:
+                raise unauthorized("the API key is not valid")
+            status = key.status(utcnow())
+            if status != "active":
+                await self.keys.record_refused_use(key, status)
+                raise unauthorized(f"the API key {key.name!r} is {status}")
+            return key.principal()
+        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
+        api_token = self.settings.api_token
+        if api_token and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), api_token.encode()):
+            return Principal(PrincipalKind.OPERATOR_TOKEN, OPERATOR_ACTOR, self.settings.operator_scopes)
+        raise unauthorized("the bearer token is not valid")
+
+    async def _signed(self, request: web.Request, header: str, body: bytes,
+                      scope: Scope | tuple[Scope, ...] | None) -> Principal:
+        secret = self.settings.webhook_secret
+        if not secret:
+            raise unauthorized("signed webhooks are not enabled (no COUNTERSIGN_WEBHOOK_SECRET)")
+        try:
+            verified = verify_request(
+                secret, header, method=request.method, path=request.rel_url.raw_path,
+                query=request.rel_url.raw_query_string, body=body, now=time.time(),
+                tolerance=self.settings.tolerance_seconds, accept_v1=self.settings.accept_v1)
+        except SignatureError as exc:
+            raise unauthorized(str(exc)) from None
+        if verified.scheme == "v1":
+            log.warning("a request was signed with the deprecated v1 scheme (body only); sign with v2: "
+                        "COUNTERSIGN_WEBHOOK_ACCEPT_V1 will go away", extra={"path": request.path})
+        principal = Principal(PrincipalKind.WEBHOOK, WEBHOOK_ACTOR, WEBHOOK_SCOPES)
+        require(principal, scope)
+        # The window the timestamp allows, plus a little: until then the same signature must not pass again.
+        expires = datetime.fromtimestamp(verified.timestamp, timezone.utc) + timedelta(
+            seconds=self.settings.tolerance_seconds + 1)
+        if not await self.replays.claim(verified.digest, expires):
+            # A retried trigger carrying an Idempotency-Key already seen still gets its run.
+            key = request.headers.get("Idempotency-Key")
+            if not (scope is Scope.RUNS_CREATE and key and await self.idempotency_seen(key)):
+                raise unauthorized(f"this {HEADER} was already used: sign every request anew")
+        return principal
+
+
+def require(principal: Principal, scope: Scope | tuple[Scope, ...] | None) -> None:
+    """`scope`: the one needed, or a tuple of which any one will do (the first is named when none is held)."""
+    if scope is None:
+        return
+    wanted = scope if isinstance(scope, tuple) else (scope,)
+    if not any(principal.has(s) for s in wanted):
+        raise missing_scope(principal, wanted[0])
+
+
+def missing_scope(principal: Principal, scope: Scope) -> ApiError:
+    return ApiError(403, "missing_scope", f"this credential ({principal.actor}) lacks the scope `{scope.value}`",
+                    extensions={"scope": scope.value})
+
+
+def unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="countersign"'})
+
+

@@ -8,17 +8,20 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..scopes import Principal, Scope
 from .deps import SERVICES
 from .errors import ROOT_FIELD, ApiError, validation_errors
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_authenticated(request: web.Request) -> tuple[bytes, str]:
-    """(raw body, principal). The body is read before auth because the signature covers it;
-    aiohttp's `client_max_size` answers 413 before anything is buffered past the limit."""
+async def read_authenticated(request: web.Request,
+                             scope: Scope | tuple[Scope, ...] | None) -> tuple[bytes, Principal]:
+    """(raw body, principal holding `scope`). The body is read before auth because the
+    signature covers it; aiohttp's `client_max_size` answers 413 before anything is
+    buffered past the limit."""
     body = await request.read()
-    return body, request.app[SERVICES].auth.check(request, body)
+    return body, await request.app[SERVICES].auth.authenticate(request, body, scope)
 
 
 def parse(model: type[M], body: bytes, request: web.Request, *, allow_empty: bool = False) -> M:

@@ -10,6 +10,7 @@ from ..config import Settings
 from ..decisions import Decisions
 from ..foreground import Foreground
 from ..jobs import JobQueue
+from ..keys import ApiKeys
 from ..runs import Runs
 from ..store.db import Store
 from .auth import ApiAuth
@@ -23,6 +24,7 @@ class Services:
     runs: Runs
     decisions: Decisions
     auth: ApiAuth
+    keys: ApiKeys
     foreground: Foreground
 
 

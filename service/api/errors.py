@@ -25,13 +25,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extensions: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.extensions = extensions or {}  # RFC 9457 extension members, e.g. the missing `scope`
 
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
@@ -40,9 +41,9 @@ TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not f
 
 
 def problem(status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None,
-            headers: dict[str, str] | None = None) -> web.Response:
+            headers: dict[str, str] | None = None, extensions: dict[str, Any] | None = None) -> web.Response:
     body: dict[str, Any] = {"type": f"https://countersign.dev/problems/{code}", "title": TITLES.get(status, "Error"),
-                            "status": status, "detail": detail, "request_id": request_id.get()}
+                            "status": status, "detail": detail, "request_id": request_id.get(), **(extensions or {})}
     if errors:
         body["errors"] = errors
     return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers)
@@ -121,7 +122,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         try:
             response = await handler(request)
         except ApiError as exc:
-            response = problem(exc.status, exc.code, exc.detail, exc.errors, exc.headers)
+            response = problem(exc.status, exc.code, exc.detail, exc.errors, exc.headers, exc.extensions)
         except ValidationError as exc:
             response = problem(422, "validation_error", "the request body is not valid", validation_errors(exc))
         except NotFound as exc:

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from ..jobs import Job, JobStatus
+from ..scopes import Scope
 from ..store import tables as t
 from .body import read_authenticated
 from .deps import SERVICES
@@ -15,7 +16,7 @@ from .params import path_id, query_id
 
 async def list_jobs(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    services.auth.check(request, b"")
+    await read_authenticated(request, Scope.RUNS_READ)
     try:
         status = JobStatus(request.query.get("status", JobStatus.DEAD.value))
     except ValueError:
@@ -35,7 +36,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def retry_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    _body, principal = await read_authenticated(request)
+    _body, principal = await read_authenticated(request, Scope.JOBS_RETRY)
     job_id = path_id(request, "job_id", "job")
-    job = await services.jobs.retry_dead(job_id, actor=principal)
+    job = await services.jobs.retry_dead(job_id, actor=principal.actor)
     return web.json_response(job.to_dict())

@@ -68,6 +68,10 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         }
     if not route.authenticated:
         operation["security"] = []
+    if route.scopes:
+        needed = " or ".join(f"`{s.value}`" for s in route.scopes)
+        operation["description"] = f"Needs a credential with the scope {needed}."
+        operation["x-required-scopes"] = [s.value for s in route.scopes]
     return operation
 
 
@@ -96,10 +100,13 @@ def openapi_document() -> dict[str, Any]:
                 "Problem": _problem_response("Any other error (RFC 9457 problem details)"),
             },
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "COUNTERSIGN_API_TOKEN"},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An API key (csk_..., `countersign keys create`) or COUNTERSIGN_API_TOKEN"},
                 "webhookSignature": {
                     "type": "apiKey", "in": "header", "name": "X-Countersign-Signature",
-                    "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>' with COUNTERSIGN_WEBHOOK_SECRET>",
+                    "description": "t=<unix seconds>,v2=<hex HMAC-SHA256 of '<t>\\n<METHOD>\\n<path>\\n<query>\\n"
+                                   "<raw body>' with COUNTERSIGN_WEBHOOK_SECRET>; each signature is accepted once. "
+                                   "Grants runs:create and runs:read only.",
                 },
             },
         },

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..domain import EmailAction, RunStatus
 from ..policy import Policy, PolicyMode
+from ..scopes import Scope
 from ..runs import Customer, NewRun, RunDetail, RunSummary
 from .body import parse, read_authenticated
 from .deps import SERVICES, Services
@@ -53,7 +54,7 @@ def run_url(services: Services, run_id: str) -> str:
 
 async def create_run(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    body, principal = await read_authenticated(request)
+    body, principal = await read_authenticated(request, Scope.RUNS_CREATE)
     key = _idempotency_key(request)
     data = parse(RunCreate, body, request)
     policy = _resolve_policy(services, data.policy)
@@ -66,7 +67,7 @@ async def create_run(request: web.Request) -> web.Response:
         policy=policy, action=action, request=data.request,
         customer=Customer(data.customer.email, data.customer.name) if data.customer else None,
         requested_by=data.requested_by, callback_url=str(data.callback_url) if data.callback_url else None,
-        metadata=data.metadata, idempotency_key=key,
+        metadata=data.metadata, idempotency_key=key, created_by=principal.actor,
         request_sha256=hashlib.sha256(data.model_dump_json().encode()).hexdigest() if key else None,
     ))
     status = RunStatus.AWAITING_APPROVAL if action else RunStatus.DRAFTING
@@ -98,9 +99,8 @@ def detail_json(services: Services, detail: RunDetail) -> dict[str, Any]:
 
 
 async def _authenticate_read(request: web.Request) -> Services:
-    services = request.app[SERVICES]
-    services.auth.check(request, b"")
-    return services
+    await read_authenticated(request, Scope.RUNS_READ)
+    return request.app[SERVICES]
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -153,7 +153,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def cancel_run(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    body, principal = await read_authenticated(request)
+    body, principal = await read_authenticated(request, Scope.RUNS_CANCEL)
     data = parse(CancelIn, body, request, allow_empty=True)
-    run = await services.runs.cancel(path_id(request, "run_id", "run"), actor=principal, reason=data.reason)
+    run = await services.runs.cancel(path_id(request, "run_id", "run"), actor=principal.actor, reason=data.reason)
     return web.json_response(summary_json(services, run))

@@ -25,6 +25,7 @@ from ..domain import ActionType, ApprovalStatus, Channel, DecisionKind, Delivery
 from ..jobs import JobStatus
 from ..mail.fields import BodyText, HeaderText, header_text
 from ..policy import PolicyMode
+from ..scopes import Scope
 
 _TEXT_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # keeps tab, LF and CR
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
@@ -175,7 +176,9 @@ class ReviewerIn(Strict):
 
 class DecisionIn(Strict):
     decision: Literal["approve", "reject", "edit"]
-    reviewer: ReviewerIn
+    reviewer: ReviewerIn | None = Field(
+        default=None, description="With a `decide` key: absent, or the key's own reviewer. With `decide:on-behalf`: "
+                                  "required, the reviewer the key decides for")
     reason: ReasonText | None = None
     subject: HeaderText | None = None
     body: BodyText | None = None
@@ -299,6 +302,8 @@ class DecisionRecordOut(BaseModel):
     approval_id: str
     kind: DecisionKind
     reviewer: ReviewerOut
+    actor: str = Field(description="Who took the decision: the reviewer, or the API key that decided on their behalf")
+    on_behalf_of: str | None = Field(description="The reviewer, when an API key decided for them (decide:on-behalf)")
     channel: Channel
     reason: str | None
     created_at: Timestamp
@@ -370,8 +375,56 @@ class Problem(BaseModel):
     detail: str
     request_id: str | None = None
     errors: list[FieldError] | None = None
+    scope: str | None = Field(default=None, description="403 missing_scope: the scope the credential lacks")
 
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# ---- API keys --------------------------------------------------------------------------
+
+class KeyCreateIn(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
+    reviewer: ShortText | None = Field(default=None, description="Required with `decide`: the one reviewer the key "
+                                                                 "decides as")
+    expires: ShortText | None = Field(default=None, description="How long the key lives: 90d, 12h, P30D, ...")
+
+
+class KeyOut(BaseModel):
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it (the key itself is never shown again)")
+    scopes: list[Scope]
+    reviewer: str | None
+    status: Literal["active", "expired", "revoked"]
+    created_by: str
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    revoked_at: Timestamp | None
+    revoked_by: str | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key: shown once, stored only as a hash")
+
+
+class KeyPage(BaseModel):
+    items: list[KeyOut]
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    at: Timestamp
+    run_id: str | None
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null at the end of the log")

@@ -22,7 +22,7 @@ def _view_query() -> sa.Select[Any]:
               .order_by(t.decisions.c.created_at.desc()).limit(1).scalar_subquery())
     d, v = t.decisions.alias("d"), t.deliveries.alias("v")
     return (
-        sa.select(t.approvals, d.c.reviewer_name, d.c.reviewer_email, d.c.reviewer_id, d.c.reason,
+        sa.select(t.approvals, d.c.reviewer_name, d.c.reviewer_email, d.c.reviewer_id, d.c.reason, d.c.actor,
                   d.c.kind.label("decision_kind"), d.c.id.label("decision_id"), v.c.status.label("delivery_status"),
                   v.c.smtp_reply, v.c.error.label("delivery_error"), v.c.sent_at, v.c.sending_at,
                   v.c.created_at.label("delivery_created_at"), v.c.id.label("delivery_id"))
@@ -39,6 +39,11 @@ def _sources(stored: Any) -> tuple[SourceView, ...]:
                  for s in stored or ())
 
 
+def shown_decider(reviewer: str, on_behalf_by: str | None) -> str:
+    """A decision an API key took for a reviewer says so wherever it is shown."""
+    return f"{on_behalf_by} on behalf of {reviewer}" if on_behalf_by else reviewer
+
+
 async def load_view(store: Store, approval_id: str) -> ApprovalView:
     async def q(conn: Any) -> ApprovalView:
         row = (await conn.execute(_VIEW, {"approval_id": approval_id})).first()
@@ -48,7 +53,8 @@ async def load_view(store: Store, approval_id: str) -> ApprovalView:
         action = row.approved_action or row.action
         policy = row.policy or {}
         decided = row.decision_id is not None
-        decided_by = (row.reviewer_name or row.reviewer_email or row.reviewer_id) if decided else row.decided_by
+        decided_by = (shown_decider(row.reviewer_name or row.reviewer_email or row.reviewer_id, row.actor)
+                      if decided else row.decided_by)
         return ApprovalView(
             approval_id=row.id, run_id=row.run_id, revision=row.revision, status=row.status,
             to=tuple(action["to"]), cc=tuple(action.get("cc") or ()), subject=action["subject"], body=action["body"],
@@ -77,7 +83,8 @@ def decided_view(outcome: DecisionOutcome) -> ApprovalView:
         to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
         requested_by=approval.requested_by, policy=approval.policy.get("name"),
         reviewers=tuple(approval.policy.get("reviewers") or ()),
-        decided_by=reviewer.name or reviewer.email or reviewer.id, decided_at=approval.decided_at,
+        decided_by=shown_decider(reviewer.name or reviewer.email or reviewer.id, decision.on_behalf_by),
+        decided_at=approval.decided_at,
         reason=decision.reason, edited=decision.kind is DecisionKind.EDIT, sources=_sources(approval.sources),
         delivery=DeliveryView(status=delivery.status.value, detail=delivery.detail, at=delivery.at)
         if delivery is not None else None,
