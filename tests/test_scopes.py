@@ -54,6 +54,11 @@ async def test_webhook_secret_cannot_decide_as_anyone(service: Service, smtp_ser
     assert problem["type"].endswith("/missing_scope") and problem["scope"] == "decide"
     assert "webhook" in problem["detail"]
     await assert_untouched(service, run_id, before)
+
+    async def remembered(conn: Any) -> int:
+        return (await conn.execute(sa.select(sa.func.count()).select_from(t.signature_uses))).scalar_one()
+
+    assert await service.app[SERVICES].store.read(remembered) == 0  # a refused request is not even remembered
     await asyncio.sleep(0.2)
     assert smtp_server.messages() == []
 
