@@ -55,6 +55,15 @@ def countersign_argv() -> list[str]:
     return [str(script)] if script.exists() else [PYTHON, "-m", "service"]
 
 
+def make_key(env: Mapping[str, str], name: str, *scopes: str, reviewer: str | None = None) -> str:
+    """An API key made with `countersign keys create` on the service's database (migrating SQLite first)."""
+    argv = [*countersign_argv(), "keys", "create", "--name", name, *[a for s in scopes for a in ("--scope", s)]]
+    if reviewer:
+        argv += ["--reviewer", reviewer]
+    out = subprocess.run(argv, env=dict(env), capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment without any COUNTERSIGN_* of the caller, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERSIGN_")}

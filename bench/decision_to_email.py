@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from _common import (BENCH, PYTHON, Server, SmtpPeer, clean_env, countersign_argv, free_port, header,
+from _common import (BENCH, PYTHON, Server, SmtpPeer, clean_env, countersign_argv, free_port, header, make_key,
                      median_range, percentile, verdict)
 
 TOKEN = "bench-api-token-0123456789"
@@ -60,11 +60,12 @@ async def wait_completed(http: aiohttp.ClientSession, service: Server, run_id: s
 
 
 async def decide(http: aiohttp.ClientSession, service: Server, peer: SmtpPeer, run_id: str, approval_id: str,
-                 subject: str) -> tuple[float, float, int]:
+                 subject: str, decider: dict[str, str]) -> tuple[float, float, int]:
     """(ms to the SMTP server's on_data, ms to the decision's HTTP answer, status polls)."""
     started = time.monotonic_ns()
-    async with http.post(f"{service.url}/api/approvals/{approval_id}/decisions", headers=AUTH,
-                         json={"decision": "approve", "reviewer": {"id": "rita@example.com"}}) as r:
+    # A reviewer's own key (scope decide): the operator token may not decide.
+    async with http.post(f"{service.url}/api/approvals/{approval_id}/decisions", headers=decider,
+                         json={"decision": "approve"}) as r:
         assert r.status == 200, await r.text()
         await r.read()
     answered = time.monotonic_ns()
@@ -96,6 +97,7 @@ async def run(args: argparse.Namespace) -> None:
     bare_argv = [PYTHON, str(BENCH / "bare_server.py"), "--port", str(bare_port), "--smtp-host", smtp["smtp_host"],
                  "--smtp-port", str(smtp["smtp_port"]), "--smtp-username", smtp["smtp_username"],
                  "--smtp-password", smtp["smtp_password"], "--smtp-ca-file", smtp["smtp_ca_file"]]
+    decider = {"Authorization": f"Bearer {make_key(service_env, 'rita', 'decide', reviewer='rita@example.com')}"}
     service_ms: list[float] = []
     answer_ms: list[float] = []
     bare_ms: list[float] = []
@@ -111,7 +113,8 @@ async def run(args: argparse.Namespace) -> None:
                 pending = [await create_pending(http, service, s) for s in subjects]  # not timed
                 for i, (subject, (run_id, approval_id)) in enumerate(zip(subjects, pending)):
                     cpu = service.cpu_seconds()
-                    to_smtp, to_answer, n_polls = await decide(http, service, peer, run_id, approval_id, subject)
+                    to_smtp, to_answer, n_polls = await decide(http, service, peer, run_id, approval_id, subject,
+                                                               decider)
                     cpu = service.cpu_seconds() - cpu
                     floor = await bare_send(http, bare, peer, "bare-" + subject)
                     await asyncio.sleep(args.gap)

@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (BENCH, PYTHON, ROOT, Server, clean_env, countersign_argv, free_port, header, median_range,
-                     percentile, require_tools, verdict)
+from _common import (BENCH, PYTHON, ROOT, Server, clean_env, countersign_argv, free_port, header, make_key,
+                     median_range, percentile, require_tools, verdict)
 
 sys.path.insert(0, str(ROOT))
 from service.signing import HEADER, sign  # noqa: E402
@@ -53,6 +53,7 @@ LUA = """wrk.method = "POST"
 wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["{header}"] = "{signature}"
+wrk.headers["Authorization"] = "Bearer {key}"
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("WRK %d %d %d %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
@@ -81,9 +82,9 @@ def signature() -> str:
     return sign(SECRET, int(time.time()), BODY)
 
 
-def run_wrk(server: Server, *, seconds: float, connections: int, threads: int, workdir: Path) -> LoadResult:
+def run_wrk(server: Server, *, seconds: float, connections: int, threads: int, workdir: Path, key: str) -> LoadResult:
     script = workdir / "post.lua"
-    script.write_text(LUA.format(body=BODY.decode(), header=HEADER, signature=signature()))
+    script.write_text(LUA.format(body=BODY.decode(), header=HEADER, signature=signature(), key=key))
     cpu = server.cpu_seconds()
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script),
                           server.url + "/api/runs"], capture_output=True, text=True, check=True).stdout
@@ -97,13 +98,14 @@ def run_wrk(server: Server, *, seconds: float, connections: int, threads: int, w
                       cpu_ms_per_request=1000 * cpu / max(requests, 1))
 
 
-def run_hey(server: Server, *, rate: float, seconds: float, workers: int, workdir: Path) -> LoadResult:
+def run_hey(server: Server, *, rate: float, seconds: float, workers: int, workdir: Path, key: str) -> LoadResult:
     """Hold `rate` requests/s (hey: -q per worker); the latency of every request from hey's CSV."""
     body = workdir / "body.json"
     body.write_bytes(BODY)
     cpu = server.cpu_seconds()
     out = subprocess.run(["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q", f"{rate / workers:.4f}", "-m", "POST",
-                          "-T", "application/json", "-H", f"{HEADER}: {signature()}", "-D", str(body), "-o", "csv",
+                          "-T", "application/json", "-H", f"{HEADER}: {signature()}",
+                          "-H", f"Authorization: Bearer {key}", "-D", str(body), "-o", "csv",
                           server.url + "/api/runs"], capture_output=True, text=True, check=True).stdout
     cpu = server.cpu_seconds() - cpu
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -147,6 +149,9 @@ def main() -> None:
     service_env = clean_env({"COUNTERSIGN_DATA_DIR": str(workdir / "data"), "COUNTERSIGN_WEBHOOK_SECRET": SECRET,
                              "COUNTERSIGN_API_TOKEN": TOKEN, "COUNTERSIGN_LOG_LEVEL": "WARNING",
                              "COUNTERSIGN_PORT": str(service_port)})
+    # A signature is accepted once now, and wrk replays one request: the service is fed a
+    # `runs:create` key (one indexed read per request); the floors still check the signature.
+    key = make_key(service_env, "bench-intake", "runs:create")
     client_ok = 0
     results: dict[str, list[LoadResult]] = {"bare": [], "service": [], **{name: [] for name in FLOORS}}
     floor_ok = dict.fromkeys(FLOORS, 0)
@@ -162,7 +167,8 @@ def main() -> None:
                                      str(floor_ports["floor-raw"]), "--no-validation",
                                      "--database", str(workdir / "floor-raw" / "countersign.db")],
                        port=floor_ports["floor-raw"], env=clean_env({}), log=workdir / "floor-raw.log") as floor_raw):
-        load = {"seconds": args.duration, "connections": args.connections, "threads": args.threads, "workdir": workdir}
+        load = {"seconds": args.duration, "connections": args.connections, "threads": args.threads, "workdir": workdir,
+                "key": key}
         servers = [bare, service, floor, floor_raw]
         for server in servers:  # warm-up, not recorded
             warm = run_wrk(server, **{**load, "seconds": 3})
@@ -182,7 +188,7 @@ def main() -> None:
                       f"non-2xx {result.requests - result.ok}  socket errors {result.errors}", file=sys.stderr)
         rate = statistics.median(r.rps for r in results["service"]) / 2
         for _ in range(args.half_rate_rounds):
-            result = run_hey(service, rate=rate, seconds=args.duration, workers=args.hey_workers, workdir=workdir)
+            result = run_hey(service, rate=rate, seconds=args.duration, workers=args.hey_workers, workdir=workdir, key=key)
             half.append(result)
             client_ok += result.ok
             print(f"half rate {rate:,.0f}/s: achieved {result.rps:,.0f}/s p50 {result.p50_ms:.1f} ms "
