@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 
-from ..keys import KEY_PREFIX, ApiKeys, ReplayGuard
+from ..keys import KEY_PREFIX, ApiKey, ApiKeys, ReplayGuard
 from ..scopes import WEBHOOK_SCOPES, Principal, PrincipalKind, Scope
 from ..signing import HEADER, SignatureError, verify_request
 from ..store.db import utcnow
@@ -45,6 +46,7 @@ class ApiAuth:
         self.keys = keys
         self.replays = replays
         self.idempotency_seen = idempotency_seen
+        self._refusals_audited: dict[str, float] = {}
 
     async def authenticate(self, request: web.Request, body: bytes,
                            scope: Scope | tuple[Scope, ...] | None) -> Principal:
@@ -65,13 +67,10 @@ class ApiAuth:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("the Authorization header must be `Bearer <key>`")
-        if token.startswith(KEY_PREFIX):
-            key = await self.keys.find(token)
-            if key is None:
-                raise unauthorized("the API key is not valid")
+        if token.startswith(KEY_PREFIX) and (key := await self.keys.find(token)) is not None:
             status = key.status(utcnow())
             if status != "active":
-                await self.keys.record_refused_use(key, status)
+                await self._refused_use(key, status)
                 raise unauthorized(f"the API key {key.name!r} is {status}")
             return key.principal()
         # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
@@ -79,6 +78,17 @@ class ApiAuth:
         if api_token and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), api_token.encode()):
             return Principal(PrincipalKind.OPERATOR_TOKEN, OPERATOR_ACTOR, self.settings.operator_scopes)
         raise unauthorized("the bearer token is not valid")
+
+    async def _refused_use(self, key: ApiKey, status: str) -> None:
+        """Audit a revoked or expired key being presented: once per key per minute and
+        process, so that someone replaying an old key cannot grow the audit log at will."""
+        now = time.monotonic()
+        if now - self._refusals_audited.get(key.id, -math.inf) < 60:
+            return
+        if len(self._refusals_audited) > 10_000:
+            self._refusals_audited.clear()
+        self._refusals_audited[key.id] = now
+        await self.keys.record_refused_use(key, status)
 
     async def _signed(self, request: web.Request, header: str, body: bytes,
                       scope: Scope | tuple[Scope, ...] | None) -> Principal:
