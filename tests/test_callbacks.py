@@ -35,7 +35,7 @@ from service.app import CALLBACKS, create_app
 from service.callback_policy import CallbackConfigError, CallbackPolicy, Reach, classify, ip_literal
 from service.callbacks import NO_ANSWER, REFUSED, SIGNATURE_HEADER
 from service.redact import redact_url, redact_urls_in
-from service.signing import HEADER, SignatureError, sign, verify
+from service.signing import HEADER, SignatureError, verify
 from service.store import tables as t
 
 from . import conftest
