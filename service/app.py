@@ -209,7 +209,6 @@ async def _lifecycle(
     decisions = Decisions(store, jobs, runs, settings.message_id_domain)
     transport = SmtpTransport(settings)
     http = aiohttp.ClientSession()
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,
                                                 reply_to=settings.mail_reply_to).handler())
     agent = build_agent(settings, store, runs, workflow)

@@ -575,6 +575,9 @@ async def test_logs_and_audit_export_hold_no_credentials_or_queries(
                     assert time.monotonic() < deadline, run
                     await asyncio.sleep(0.05)
                 assert "s3cret" not in json.dumps(run) and "oldpw" not in json.dumps(run)
+            async with http.get(f"{service.url}/api/audit?limit=5000") as r:
+                assert r.status == 200
+                audit_answer = await r.text()
     finally:
         service.kill()
         await service.wait_dead()
@@ -586,6 +589,6 @@ async def test_logs_and_audit_export_hold_no_credentials_or_queries(
     assert {"job.dead", "callback.delivered"} <= {e["kind"] for e in events}
     log = log_file.read_text()
     assert "refused" in log and f"http://127.0.0.1:{receiver.port}/old" in log  # redacted, but there
-    for text in (exported.stdout, log):
+    for text in (exported.stdout, audit_answer, log):
         for secret in ("s3cret", "oldpw", "olduser", CALLBACK_SECRET, API_TOKEN):
             assert secret not in text, secret
