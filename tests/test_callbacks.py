@@ -136,7 +136,8 @@ async def stored_counts(service: Service) -> dict[str, int]:
 def recorded_errors(run: dict[str, Any]) -> list[str]:
     """What the run shows about its callback's failure: the job's error and the dead letter's."""
     job = callback_job(run)
-    return [job["last_error"] if job else "", *(e["data"]["error"] for e in run["timeline"] if e["event"] == "job.dead")]
+    dead = [e["data"]["error"] for e in run["timeline"] if e["event"] == "job.dead"]
+    return [job["last_error"] if job else "", *dead]
 
 
 def assert_no_network_detail(texts: list[str], *ports: int) -> None:
@@ -192,7 +193,8 @@ def test_bad_allow_list_entries_are_refused(entry: str, mentions: str) -> None:
 
 
 def test_allow_list_matching() -> None:
-    policy = CallbackPolicy.from_settings(allow_http=True, allowed_hosts=["Ops.Internal.", "*.corp.example", "10.0.0.5"])
+    policy = CallbackPolicy.from_settings(allow_http=True,
+                                          allowed_hosts=["Ops.Internal.", "*.corp.example", "10.0.0.5"])
     assert policy.check_url("http://ops.internal:8080/hook").allow_listed
     assert policy.check_url("https://OPS.INTERNAL./hook").allow_listed
     assert policy.check_url("https://a.b.corp.example/hook").allow_listed
@@ -460,14 +462,16 @@ async def test_failures_are_recorded_without_network_detail(
     start_service: StartService, receivers: Callable[..., Any]
 ) -> None:
     receiver = await receivers("127.0.0.1")
-    receiver.answers = [web.Response(status=404), web.Response(status=302, headers={"Location": receiver.url("/final")}),
+    receiver.answers = [web.Response(status=404),
+                        web.Response(status=302, headers={"Location": receiver.url("/final")}),
                         web.Response(status=503, headers={"Retry-After": "0"})]
     closed = free_port()
     service = await start_service(None, callback_allow_http=True, callback_allowed_hosts=["127.0.0.1"],
                                   callback_signing_secret=CALLBACK_SECRET, job_max_attempts=2)
     not_found = await ended_run(service, receiver.url("/gone"))
     _, job = await settled_callback(service, not_found)
-    assert (job["status"], job["last_error"]) == ("dead", "PermanentError: callback failed: the receiver answered HTTP 404")
+    assert job["status"] == "dead"
+    assert job["last_error"] == "PermanentError: callback failed: the receiver answered HTTP 404"
     redirected = await ended_run(service, receiver.url("/moved"))
     _, job = await settled_callback(service, redirected)
     assert job["last_error"] == ("PermanentError: callback failed: the receiver answered HTTP 302 "

@@ -110,7 +110,8 @@ def detail_json(services: Services, detail: RunDetail) -> dict[str, Any]:
         **summary_json(services, detail.run), "request": detail.request, "customer": detail.customer,
         # Never in full: a query may hold the receiver's token, and runs stored before
         # user names and passwords were refused may hold those.
-        "callback_url": redact_url(detail.callback_url) if detail.callback_url else None, "policy": detail.policy, "approvals": detail.approvals,
+        "callback_url": redact_url(detail.callback_url) if detail.callback_url else None,
+        "policy": detail.policy, "approvals": detail.approvals,
         "decisions": detail.decisions, "deliveries": detail.deliveries,
         "jobs": [j.to_dict() for j in detail.jobs], "timeline": detail.timeline,
     }
