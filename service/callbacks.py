@@ -108,8 +108,13 @@ class Callbacks:
             async with asyncio.timeout(self.timeout):
                 destination, addresses = await self._destination(url, shown, detail.run.id)
                 status, retry_after = await self._post(url, destination, addresses, body, job.id)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (PermanentError, TransientError):
+            raise
+        except Exception as exc:
             # The detail names addresses and ports: the log only, at debug.
+            if not isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError)):
+                log.warning("callback for run %s to %s failed unexpectedly (%s)", detail.run.id, shown,
+                            type(exc).__name__)
             log.debug("callback for run %s to %s got no answer: %s: %s", detail.run.id, shown,
                       type(exc).__name__, redact_urls_in(str(exc)))
             raise TransientError(NO_ANSWER) from None
