@@ -22,6 +22,7 @@ from .api.auth import ApiAuth, AuthSettings
 from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
+from .callback_policy import CallbackConfigError, CallbackPolicy
 from .callbacks import Callbacks
 from .config import Settings
 from .decisions import SEND_EMAIL_JOB, Decisions
@@ -37,6 +38,7 @@ from .store.migrate import check_migrated, upgrade
 from .teams.channel import TeamsChannel, TeamsNotConfigured
 
 TEAMS: web.AppKey[TeamsChannel | None] = web.AppKey("teams")
+CALLBACKS: web.AppKey[Callbacks] = web.AppKey("callbacks", Callbacks)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,41 @@ def ensure_api_token(settings: Settings) -> Settings:
     return settings.model_copy(update={"api_token": SecretStr(path.read_text().strip())})
 
 
+def ensure_callback_secret(settings: Settings) -> Settings:
+    """Callbacks are always signed: with no secret configured, use (or make) one kept in
+    the data directory, like the API token. Several processes must share one, so they need
+    the setting (or one data directory); the log says where the secret is, never what."""
+    if settings.callback_signing_secret:
+        return settings
+    path = settings.data_dir / "callback-signing-secret"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass  # made earlier, or by another process starting at the same moment
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    secret = path.read_text().strip()
+    if not secret:
+        raise CallbackConfigError(f"{path.resolve()} is empty; delete it or set COUNTERSIGN_CALLBACK_SIGNING_SECRET")
+    log.warning("no COUNTERSIGN_CALLBACK_SIGNING_SECRET set; callbacks are signed with the secret in %s "
+                "(give it to your callback receivers; several service processes must share one)", path.resolve())
+    return settings.model_copy(update={"callback_signing_secret": SecretStr(secret)})
+
+
+def callback_policy(settings: Settings) -> CallbackPolicy:
+    """The callback rules, checked at start: `serve` refuses settings that cannot work."""
+    signing = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
+    inbound = [s.get_secret_value() for s in (settings.webhook_secret, settings.api_token) if s]
+    if signing is not None and signing in inbound:
+        raise CallbackConfigError(
+            "COUNTERSIGN_CALLBACK_SIGNING_SECRET must differ from COUNTERSIGN_WEBHOOK_SECRET and "
+            "COUNTERSIGN_API_TOKEN: a callback receiver would hold a key the ops API accepts")
+    return CallbackPolicy.from_settings(allow_http=settings.callback_allow_http,
+                                        allowed_hosts=settings.callback_allowed_hosts)
+
+
 async def prepare_database(settings: Settings, store: Store) -> None:
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -67,11 +104,12 @@ async def prepare_database(settings: Settings, store: Store) -> None:
 
 
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
-    settings = ensure_api_token(settings)
+    settings = ensure_callback_secret(ensure_api_token(settings))
     check_teams_settings(settings)
+    callbacks_allowed = callback_policy(settings)
     workflow = build_workflow(settings)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, run_workers))
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, callbacks_allowed, run_workers))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
     return app
@@ -153,7 +191,8 @@ async def _bot_messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _lifecycle(
-    app: web.Application, settings: Settings, workflow: AgentWorkflow, run_workers: bool
+    app: web.Application, settings: Settings, workflow: AgentWorkflow, callbacks_allowed: CallbackPolicy,
+    run_workers: bool,
 ) -> AsyncIterator[None]:
     store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max)
     try:
@@ -170,19 +209,21 @@ async def _lifecycle(
     decisions = Decisions(store, jobs, runs, settings.message_id_domain)
     transport = SmtpTransport(settings)
     http = aiohttp.ClientSession()
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,
                                                 reply_to=settings.mail_reply_to).handler())
     agent = build_agent(settings, store, runs, workflow)
     jobs.register(AGENT_JOB, agent.handler())
     runs.on_gated_outcome = agent.on_gated_outcome
-    jobs.register(CALLBACK_JOB, Callbacks(runs, http, secret=secret, public_url=settings.effective_public_url,
-                                          timeout=settings.callback_timeout_seconds).handler())
+    assert settings.callback_signing_secret is not None  # ensure_callback_secret
+    callbacks = Callbacks(runs, callbacks_allowed, secret=settings.callback_signing_secret.get_secret_value(),
+                          public_url=settings.effective_public_url, timeout=settings.callback_timeout_seconds)
+    jobs.register(CALLBACK_JOB, callbacks.handler())
+    app[CALLBACKS] = callbacks
     keys = ApiKeys(store)
     app[SERVICES] = Services(
         settings=settings, store=store, jobs=jobs, runs=runs, decisions=decisions,
         auth=ApiAuth(auth_settings(settings), keys, ReplayGuard(store), runs.idempotency_key_seen),
-        keys=keys, foreground=foreground,
+        keys=keys, foreground=foreground, callback_policy=callbacks_allowed,
     )
     teams = (TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)
              if settings.teams_enabled else None)

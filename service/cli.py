@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .agent.knowledge import KnowledgeError
     from .agent.tools import ToolConfigError
     from .app import create_app
+    from .callback_policy import CallbackConfigError
     from .store.migrate import NotMigrated
     from .teams.channel import TeamsNotConfigured
 
@@ -33,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
                     access_log=None, print=None)
-    except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError) as exc:
+    except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError, CallbackConfigError) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     # long from the start of a burst (0: jobs never wait). See service/foreground.py.
     job_defer_to_requests_seconds: float = 1.0
     callback_timeout_seconds: float = 10.0
+    # Callbacks (service/callback_policy.py): https only unless this is set (development).
+    callback_allow_http: bool = False
+    # Only these hosts are called when set: names ("ops.example.com", "*.example.com") or
+    # addresses, which may then be private or loopback on purpose. Never link-local/metadata.
+    callback_allowed_hosts: list[str] = Field(default_factory=list)
+    # Signs outgoing callbacks (X-Countersign-Callback-Signature); none: `serve` generates
+    # one into the data dir. Must differ from the inbound API credentials.
+    callback_signing_secret: SecretStr | None = None
 
     # Store: how many concurrent writes one transaction may take (group commit).
     write_batch_max: int = 256

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from . import metrics
 from .domain import InvalidTransition, NotFound
 from .foreground import Foreground, mark_job
+from .redact import redact_urls_in
 from .store import tables as t
 from .store.db import Op, Store, Tx, utcnow
 
@@ -87,7 +88,8 @@ class Job:
         return {
             "id": self.id, "kind": self.kind, "run_id": self.run_id, "status": self.status.value,
             "attempts": self.attempts, "max_attempts": self.max_attempts, "due_at": self.due_at.isoformat(),
-            "last_error": self.last_error,
+            # Errors stored before URLs were redacted on the way in may still hold credentials.
+            "last_error": redact_urls_in(self.last_error) if self.last_error else None,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
@@ -245,7 +247,9 @@ class JobQueue:
 
     async def fail(self, job: Job, error: BaseException) -> JobStatus:
         """Record a failed attempt: schedule a retry, or move the job to the dead letters."""
-        message = f"{type(error).__name__}: {error}"[:2000]
+        # Library errors quote URLs; the stored error (shown on the run, audited) never keeps
+        # their user names, passwords or queries.
+        message = redact_urls_in(f"{type(error).__name__}: {error}")[:2000]
         transient = not isinstance(error, PermanentError)
         handler = self.handlers.get(job.kind)
 
@@ -391,7 +395,8 @@ class Worker:
             elif not isinstance(exc, (TransientError, PermanentError)):
                 log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
             else:
-                log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
+                log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts,
+                            redact_urls_in(str(exc)))
             try:
                 await self.queue.fail(job, exc)
             except LeaseLost as lost:

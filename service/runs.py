@@ -15,6 +15,7 @@ from . import metrics
 from .domain import ApprovalStatus, EmailAction, InvalidTransition, NotFound, RunStatus
 from .jobs import Job, JobQueue
 from .policy import Policy
+from .redact import redact_urls_in
 from .store import tables as t
 from .store.db import Store, Tx
 
@@ -321,8 +322,8 @@ class Runs:
                 decisions=[_decision_dict(d) for d in decisions],
                 deliveries=[_delivery_dict(d) for d in deliveries],
                 jobs=[Job.from_row(j) for j in jobs],
-                timeline=[{"seq": e.seq, "at": e.at.isoformat(), "event": e.kind, "actor": e.actor, "data": e.data}
-                          for e in events],
+                timeline=[{"seq": e.seq, "at": e.at.isoformat(), "event": e.kind, "actor": e.actor,
+                           "data": _shown_event_data(e.kind, e.data)} for e in events],
             )
 
         return await self.store.read(q)
@@ -348,6 +349,14 @@ class Runs:
             return page, next_cursor
 
         return await self.store.read(q)
+
+
+def _shown_event_data(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    # `job.dead` events written before errors were redacted can quote a callback URL with
+    # its credentials; the event stays as it is (the chain covers it), the answer does not.
+    if kind == "job.dead" and isinstance(data.get("error"), str):
+        return {**data, "error": redact_urls_in(data["error"])}
+    return data
 
 
 def _iso(value: datetime | None) -> str | None:

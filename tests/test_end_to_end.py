@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from service.domain import EmailAction
 from service.mail.message import content_of
 
@@ -164,15 +166,17 @@ async def test_callback_is_signed_and_retried(start_service, smtp_server: SmtpSe
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from service.signing import verify
+    from service.callbacks import SIGNATURE_HEADER
+    from service.signing import HEADER, SignatureError, verify
 
     from .conftest import WEBHOOK_SECRET, free_port
 
-    received: list[tuple[bytes, str]] = []
+    callback_secret = "test-callback-secret-e2e"
+    received: list[tuple[bytes, dict[str, str]]] = []
     answers = [503, 200]
 
     async def hook(request: web.Request) -> web.Response:
-        received.append((await request.read(), request.headers.get("X-Countersign-Signature", "")))
+        received.append((await request.read(), dict(request.headers)))
         return web.Response(status=answers.pop(0) if answers else 200)
 
     app = web.Application()
@@ -180,15 +184,21 @@ async def test_callback_is_signed_and_retried(start_service, smtp_server: SmtpSe
     server = TestServer(app, host="127.0.0.1", port=free_port())
     await server.start_server(shutdown_timeout=2)
     try:
-        service = await start_service(smtp_server)
+        # The receiver is on loopback: reachable only because it is allow-listed (and over
+        # plain http only because that is allowed too).
+        service = await start_service(smtp_server, callback_allow_http=True, callback_allowed_hosts=["127.0.0.1"],
+                                      callback_signing_secret=callback_secret)
         accepted = await service.create_run({"action": email_action(), "callback_url": str(server.make_url("/hook"))})
         approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
         await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": "rita"}})
         run = await service.wait_for(accepted["id"], lambda r: "callback.delivered" in [e["event"] for e in r["timeline"]])
         assert len(received) == 2
-        body, signature = received[-1]
+        body, headers = received[-1]
         import time
-        verify(WEBHOOK_SECRET, signature, body, now=time.time(), tolerance=300)
+        verify(callback_secret, headers[SIGNATURE_HEADER], body, now=time.time(), tolerance=300)
+        with pytest.raises(SignatureError):  # not the webhook secret, and not its header
+            verify(WEBHOOK_SECRET, headers[SIGNATURE_HEADER], body, now=time.time(), tolerance=300)
+        assert HEADER not in headers
         payload = json.loads(body)
         assert payload["event"] == "run.completed" and payload["run"]["id"] == accepted["id"]
         assert [j["attempts"] for j in run["jobs"] if j["kind"] == "callback"] == [2]

@@ -216,7 +216,8 @@ async def test_answers_match_the_document(service: Service, smtp_server: SmtpSer
                               expect=202)
     other, _ = await api.call("POST", "/api/runs", auth="webhook",
                               body={"action": email_action(subject="Other"),
-                                    "callback_url": f"http://127.0.0.1:{free_port()}/closed"}, expect=202)
+                                    # a name for loopback: accepted, then refused when sent
+                                    "callback_url": f"https://localhost:{free_port()}/closed"}, expect=202)
 
     # Read and list.
     run, _ = await api.call("GET", "/api/runs/{run_id}", f"/api/runs/{run_id}", expect=200)
@@ -244,7 +245,7 @@ async def test_answers_match_the_document(service: Service, smtp_server: SmtpSer
     assert completed["deliveries"] and completed["decisions"] and completed["approvals"][0]["approved_action"]
     await api.call("GET", "/api/runs/{run_id}", f"/api/runs/{run_id}", expect=200)
 
-    # Cancel another run; its callback goes nowhere and ends in the dead letters; retry it.
+    # Cancel another run; its callback is refused (loopback) and ends in the dead letters; retry it.
     await api.call("POST", "/api/runs/{run_id}/cancel", f"/api/runs/{other['id']}/cancel",
                    body={"reason": "customer called"}, expect=200)
     await api.call("POST", "/api/runs/{run_id}/cancel", f"/api/runs/{other['id']}/cancel", expect=409)

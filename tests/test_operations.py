@@ -87,7 +87,8 @@ async def test_secrets_never_appear_in_logs_or_answers(start_service: StartServi
     for path in ("/api/runs", "/api/jobs?status=dead", "/api/openapi.json", "/metrics"):
         async with service.http.get(service.url + path, headers={"Authorization": f"Bearer {API_TOKEN}"}) as r:
             answers.append(await r.text())
-    for secret in (API_TOKEN, WEBHOOK_SECRET, PASSWORD):
+    callback_secret = (tmp_path / "data" / "callback-signing-secret").read_text().strip()  # generated
+    for secret in (API_TOKEN, WEBHOOK_SECRET, PASSWORD, callback_secret):
         assert secret not in caplog.text
         assert all(secret not in a for a in answers)
     assert "535" in failed["failure_reason"]

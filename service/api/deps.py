@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..callback_policy import CallbackPolicy
 from ..config import Settings
 from ..decisions import Decisions
 from ..foreground import Foreground
@@ -26,6 +27,7 @@ class Services:
     auth: ApiAuth
     keys: ApiKeys
     foreground: Foreground
+    callback_policy: CallbackPolicy
 
 
 SERVICES = web.AppKey("services", Services)

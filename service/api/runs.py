@@ -10,8 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..callback_policy import CallbackRefused
 from ..domain import EmailAction, RunStatus
 from ..policy import Policy, PolicyMode
+from ..redact import redact_url
 from ..scopes import Scope
 from ..runs import Customer, NewRun, RunDetail, RunSummary
 from .body import parse, read_authenticated
@@ -48,6 +50,18 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def _check_callback_url(services: Services, url: str | None) -> None:
+    """What the URL alone says (scheme, credentials, an address, the allow-list); a host
+    name is judged again, on its addresses, when the callback is sent."""
+    if url is None:
+        return
+    try:
+        services.callback_policy.check_url(url)
+    except CallbackRefused as exc:
+        raise ApiError(422, "validation_error", "the callback URL is not allowed",
+                       [{"field": "callback_url", "message": str(exc)}]) from None
+
+
 def run_url(services: Services, run_id: str) -> str:
     return f"{services.settings.effective_public_url}/api/runs/{run_id}"
 
@@ -57,6 +71,8 @@ async def create_run(request: web.Request) -> web.Response:
     body, principal = await read_authenticated(request, Scope.RUNS_CREATE)
     key = _idempotency_key(request)
     data = parse(RunCreate, body, request)
+    callback_url = str(data.callback_url) if data.callback_url else None
+    _check_callback_url(services, callback_url)
     policy = _resolve_policy(services, data.policy)
     action = None
     if data.action is not None:
@@ -66,7 +82,7 @@ async def create_run(request: web.Request) -> web.Response:
     created = await services.runs.create(NewRun(
         policy=policy, action=action, request=data.request,
         customer=Customer(data.customer.email, data.customer.name) if data.customer else None,
-        requested_by=data.requested_by, callback_url=str(data.callback_url) if data.callback_url else None,
+        requested_by=data.requested_by, callback_url=callback_url,
         metadata=data.metadata, idempotency_key=key, created_by=principal.actor,
         request_sha256=hashlib.sha256(data.model_dump_json().encode()).hexdigest() if key else None,
     ))
@@ -92,7 +108,10 @@ def summary_json(services: Services, run: RunSummary) -> dict[str, Any]:
 def detail_json(services: Services, detail: RunDetail) -> dict[str, Any]:
     return {
         **summary_json(services, detail.run), "request": detail.request, "customer": detail.customer,
-        "callback_url": detail.callback_url, "policy": detail.policy, "approvals": detail.approvals,
+        # Never in full: a query may hold the receiver's token, and runs stored before
+        # user names and passwords were refused may hold those.
+        "callback_url": redact_url(detail.callback_url) if detail.callback_url else None,
+        "policy": detail.policy, "approvals": detail.approvals,
         "decisions": detail.decisions, "deliveries": detail.deliveries,
         "jobs": [j.to_dict() for j in detail.jobs], "timeline": detail.timeline,
     }

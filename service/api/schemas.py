@@ -155,7 +155,9 @@ class RunCreate(Strict):
     action: ActionIn | None = None
     policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or a policy")
     requested_by: ShortText | None = None
-    callback_url: CallbackUrl | None = None
+    callback_url: CallbackUrl | None = Field(
+        default=None, description="https (http only where the service allows it), no user name or password; "
+        "private, loopback, link-local and metadata addresses are refused (README: Callbacks)")
     metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -336,7 +338,7 @@ class TimelineEvent(BaseModel):
 class RunDetailOut(RunOut):
     request: str | None
     customer: CustomerOut | None
-    callback_url: str | None
+    callback_url: str | None = Field(description="Without user name, password, query or fragment")
     policy: PolicyOut
     approvals: list[ApprovalOut]
     decisions: list[DecisionRecordOut]
