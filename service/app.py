@@ -222,7 +222,7 @@ async def _lifecycle(
     keys = ApiKeys(store)
     app[SERVICES] = Services(
         settings=settings, store=store, jobs=jobs, runs=runs, decisions=decisions,
-        auth=ApiAuth(auth_settings(settings), keys, ReplayGuard(store), runs.idempotency_key_seen),
+        auth=ApiAuth(auth_settings(settings), keys, ReplayGuard(store)),
         keys=keys, foreground=foreground, callback_policy=callbacks_allowed,
     )
     teams = (TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)

@@ -245,8 +245,11 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         try:
             created = await keys.create(name=args.name, scopes=scopes, reviewer=args.reviewer, expires_in=expires_in,
                                         created_by=_cli_actor())
-        except (ScopeRuleError, KeyNameTaken) as exc:
-            print(f"countersign keys create: {exc}", file=sys.stderr)
+        except ScopeRuleError as exc:
+            print(f"countersign keys create: --{exc.field}: {exc}", file=sys.stderr)
+            return 2
+        except KeyNameTaken as exc:
+            print(f"countersign keys create: --name: {exc}", file=sys.stderr)
             return 2
         key = created.key
         print(f"created key {key.name!r} ({key.prefix}...) with {', '.join(sorted(s.value for s in key.scopes))}"

@@ -179,6 +179,6 @@ class Decisions:
                 run_id=approval.run_id, approval_id=approval.id, tool_call_id=approval.tool_call_id,
                 status="rejected", reason=decision.reason, decided_by=decision.reviewer.id))
         else:
-            await self.runs.finish(tx, approval.run_id, RunStatus.REJECTED, actor=decision.reviewer.id,
-                                   failure_reason=decision.reason)
+            await self.runs.finish(tx, approval.run_id, RunStatus.REJECTED,
+                                   actor=decision.on_behalf_by or decision.reviewer.id, failure_reason=decision.reason)
         return None

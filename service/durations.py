@@ -7,16 +7,19 @@ from datetime import timedelta
 
 from pydantic import TypeAdapter, ValidationError
 
-_COMPACT = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_COMPACT = re.compile(r"\s*(\d{1,12})\s*([smhdw])\s*")  # used with fullmatch
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ISO = TypeAdapter(timedelta)
 
 
 def parse_duration(text: str) -> timedelta:
     """Raise `ValueError` saying which forms are accepted."""
-    match = _COMPACT.match(text)
+    match = _COMPACT.fullmatch(text)
     if match:
-        value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise ValueError(f"{text!r} is longer than any duration this service keeps") from None
     elif text.strip().upper().startswith("P"):
         try:
             value = _ISO.validate_python(text.strip().upper())

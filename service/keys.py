@@ -19,12 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .domain import InvalidTransition, NotFound
-from .scopes import Principal, PrincipalKind, Scope, ScopeRuleError, check_key_shape, key_actor
+from .scopes import Principal, PrincipalKind, Scope, ScopeRuleError, check_grant, check_key_shape, key_actor
 from .store import tables as t
 from .store.db import Store, Tx, utcnow
 
 KEY_PREFIX = "csk_"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch
+MAX_KEY_LIFETIME = timedelta(days=3650)
 
 
 def key_sha256(secret: str) -> str:
@@ -56,7 +57,7 @@ class ApiKey:
         return "active"
 
     def principal(self) -> Principal:
-        return Principal(PrincipalKind.API_KEY, key_actor(self.name), self.scopes, self.reviewer)
+        return Principal(PrincipalKind.API_KEY, key_actor(self.name), self.scopes, self.reviewer, self.expires_at)
 
     @classmethod
     def from_row(cls, row: Any) -> ApiKey:
@@ -79,10 +80,17 @@ class ApiKeys:
         self.store = store
 
     async def create(self, *, name: str, scopes: frozenset[Scope], reviewer: str | None, expires_in: timedelta | None,
-                     created_by: str) -> CreatedKey:
-        if not NAME_PATTERN.match(name):
-            raise ScopeRuleError("a key name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+                     created_by: str, grantor: Principal | None = None) -> CreatedKey:
+        """`grantor`: the key making this one through the API (the CLI has the database: no limit)."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise ScopeRuleError("a key name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                                 "name")
         check_key_shape(scopes, reviewer)
+        if expires_in is not None and expires_in > MAX_KEY_LIFETIME:
+            raise ScopeRuleError("a key lives at most 3650 days (10 years); leave the expiry out for a key without one",
+                                 "expires")
+        if grantor is not None:
+            check_grant(grantor, scopes, reviewer, utcnow() + expires_in if expires_in else None)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
 
         async def op(tx: Tx) -> ApiKey | None:
@@ -150,6 +158,12 @@ class ApiKeys:
         await self.store.write(op)
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    new: bool
+    first_idempotency_key: str | None = None  # a replay: the key the signature first came with
+
+
 class ReplayGuard:
     """Remembers each accepted signature until it expires, in the store, so that a replay
     is refused by every process sharing the database."""
@@ -160,17 +174,21 @@ class ReplayGuard:
         self.store = store
         self._last_purge = utcnow()
 
-    async def claim(self, digest: str, expires_at: datetime) -> bool:
-        """True if this signature had not been seen; False for a replay."""
+    async def claim(self, digest: str, expires_at: datetime, idempotency_key: str | None) -> Claim:
+        """Whether this signature is new, or a replay (and then with which Idempotency-Key it first came)."""
         purge = utcnow() - self._last_purge > self.PURGE_EVERY
 
-        async def op(tx: Tx) -> bool:
+        async def op(tx: Tx) -> Claim:
             insert = (postgresql.insert if tx.dialect == "postgresql" else sqlite.insert)(t.signature_uses)
-            done = await tx.execute(insert.values(digest=digest, expires_at=expires_at)
+            done = await tx.execute(insert.values(digest=digest, expires_at=expires_at, idempotency_key=idempotency_key)
                                     .on_conflict_do_nothing(index_elements=["digest"]))
             if purge:
                 await tx.execute(t.signature_uses.delete().where(t.signature_uses.c.expires_at < tx.now))
-            return bool(done.rowcount == 1)
+            if done.rowcount == 1:
+                return Claim(new=True)
+            first = (await tx.execute(sa.select(t.signature_uses.c.idempotency_key)
+                                      .where(t.signature_uses.c.digest == digest))).scalar()
+            return Claim(new=False, first_idempotency_key=first)
 
         if purge:
             self._last_purge = utcnow()

@@ -288,13 +288,6 @@ class Runs:
 
         return await self.store.write(op)
 
-    async def idempotency_key_seen(self, key: str) -> bool:
-        async def q(conn: AsyncConnection) -> bool:
-            found = await conn.execute(sa.select(t.idempotency_keys.c.key).where(t.idempotency_keys.c.key == key))
-            return found.first() is not None
-
-        return await self.store.read(q)
-
     async def get(self, run_id: str) -> RunDetail:
         async def q(conn: AsyncConnection) -> RunDetail:
             row = (await conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).first()

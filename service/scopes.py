@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class Scope(str, enum.Enum):
@@ -45,6 +46,7 @@ class Principal:
     actor: str
     scopes: frozenset[Scope]
     reviewer: str | None = None  # a `decide` key's one reviewer
+    expires_at: datetime | None = None  # a key's expiry: what it grants cannot outlive it
 
     def has(self, scope: Scope) -> bool:
         return scope in self.scopes
@@ -67,13 +69,36 @@ def key_actor(name: str) -> str:
 
 
 class ScopeRuleError(ValueError):
-    """A key whose scopes do not fit together (e.g. `decide` without a reviewer)."""
+    """A key that may not be made as asked (e.g. `decide` without a reviewer); `field` names the culprit."""
+
+    def __init__(self, message: str, field: str = "scopes") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def check_key_shape(scopes: frozenset[Scope], reviewer: str | None) -> None:
     if Scope.DECIDE in scopes and not reviewer:
-        raise ScopeRuleError("the `decide` scope needs --reviewer: a decide key decides as one reviewer")
+        raise ScopeRuleError("the `decide` scope needs a reviewer: a decide key decides as one reviewer", "reviewer")
     if reviewer and Scope.DECIDE not in scopes:
-        raise ScopeRuleError("--reviewer binds a key to a reviewer for the `decide` scope; add --scope decide")
+        raise ScopeRuleError("a reviewer binds a key for the `decide` scope; add the scope decide", "reviewer")
     if not scopes:
         raise ScopeRuleError("a key needs at least one scope")
+
+
+class NotGrantable(ScopeRuleError):
+    """More than the maker of a key holds itself."""
+
+
+def check_grant(grantor: Principal, scopes: frozenset[Scope], reviewer: str | None,
+                expires_at: datetime | None) -> None:
+    """A key made through the API gives no more than its maker holds: the same scopes or
+    fewer, `decide` only for the maker's own reviewer, and a life no longer than its own."""
+    beyond = sorted(s.value for s in scopes - grantor.scopes)
+    if beyond:
+        raise NotGrantable(f"a key can grant only scopes it holds itself; this one lacks {', '.join(beyond)}")
+    if Scope.DECIDE in scopes and (reviewer or "").casefold() != (grantor.reviewer or "").casefold():
+        raise NotGrantable(f"a decide key can only be made for the maker's own reviewer ({grantor.reviewer})",
+                           "reviewer")
+    if grantor.expires_at is not None and (expires_at is None or expires_at > grantor.expires_at):
+        raise NotGrantable(f"this key expires at {grantor.expires_at.isoformat()}; a key it makes must expire "
+                           "no later", "expires")

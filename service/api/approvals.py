@@ -25,10 +25,12 @@ def _reviewer(principal: Principal, data: DecisionIn) -> tuple[Reviewer, str | N
     given = data.reviewer
     if principal.has(Scope.DECIDE) and principal.reviewer:
         bound = principal.reviewer
+        if given is not None and given.name is not None:
+            raise ApiError(422, "validation_error", "a decide key decides as its own reviewer, under that name",
+                           [{"field": "reviewer.name", "message": "leave it out: the key names its reviewer"}])
         if given is None or (given.id.casefold() == bound.casefold()
                              and (given.email is None or given.email.casefold() == bound.casefold())):
-            email = bound if "@" in bound else None
-            return Reviewer(id=bound, name=given.name if given else None, email=email), None
+            return Reviewer(id=bound, email=bound if "@" in bound else None), None
         if not principal.has(Scope.DECIDE_ON_BEHALF):
             raise ApiError(403, "reviewer_mismatch",
                            f"this key decides as {bound!r} only; leave `reviewer` out or name that reviewer",

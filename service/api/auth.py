@@ -12,7 +12,6 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -40,12 +39,10 @@ class AuthSettings:
 
 
 class ApiAuth:
-    def __init__(self, settings: AuthSettings, keys: ApiKeys, replays: ReplayGuard,
-                 idempotency_seen: Callable[[str], Awaitable[bool]]) -> None:
+    def __init__(self, settings: AuthSettings, keys: ApiKeys, replays: ReplayGuard) -> None:
         self.settings = settings
         self.keys = keys
         self.replays = replays
-        self.idempotency_seen = idempotency_seen
         self._refusals_audited: dict[str, float] = {}
 
     async def authenticate(self, request: web.Request, body: bytes,
@@ -107,14 +104,17 @@ class ApiAuth:
                         "COUNTERSIGN_WEBHOOK_ACCEPT_V1 will go away", extra={"path": request.path})
         principal = Principal(PrincipalKind.WEBHOOK, WEBHOOK_ACTOR, WEBHOOK_SCOPES)
         require(principal, scope)
-        # The window the timestamp allows, plus a little: until then the same signature must not pass again.
+        # Remembered for twice the window the timestamp allows, so that replicas whose clocks
+        # differ (each purges by its own) still all know the signature while any accepts it.
         expires = datetime.fromtimestamp(verified.timestamp, timezone.utc) + timedelta(
-            seconds=self.settings.tolerance_seconds + 1)
-        if not await self.replays.claim(verified.digest, expires):
-            # A retried trigger carrying an Idempotency-Key already seen still gets its run.
-            key = request.headers.get("Idempotency-Key")
-            if not (scope is Scope.RUNS_CREATE and key and await self.idempotency_seen(key)):
-                raise unauthorized(f"this {HEADER} was already used: sign every request anew")
+            seconds=2 * self.settings.tolerance_seconds)
+        key = request.headers.get("Idempotency-Key") if scope is Scope.RUNS_CREATE else None
+        claim = await self.replays.claim(verified.digest, expires, key)
+        # A retried trigger still gets its run, but only with the Idempotency-Key the signed
+        # request first came with: the header is not signed, so any other key could name
+        # (and learn about) another caller's run.
+        if not claim.new and not (key and claim.first_idempotency_key == key):
+            raise unauthorized(f"this {HEADER} was already used: sign every request anew")
         return principal
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..durations import parse_duration
 from ..keys import ApiKey, KeyNameTaken
-from ..scopes import Scope, ScopeRuleError
+from ..scopes import NotGrantable, Scope, ScopeRuleError
 from ..store.db import utcnow
 from .body import parse, read_authenticated
 from .deps import SERVICES
@@ -56,10 +56,11 @@ async def create_key(request: web.Request) -> web.Response:
         raise ApiError(422, "validation_error", str(exc), [{"field": "expires", "message": str(exc)}]) from None
     try:
         created = await services.keys.create(name=data.name, scopes=scopes, reviewer=data.reviewer,
-                                              expires_in=expires_in, created_by=principal.actor)
+                                              expires_in=expires_in, created_by=principal.actor, grantor=principal)
+    except NotGrantable as exc:
+        raise ApiError(403, "scope_not_grantable", str(exc), [{"field": exc.field, "message": str(exc)}]) from None
     except ScopeRuleError as exc:
-        field = "reviewer" if "reviewer" in str(exc) else "scopes"
-        raise ApiError(422, "validation_error", str(exc), [{"field": field, "message": str(exc)}]) from None
+        raise ApiError(422, "validation_error", str(exc), [{"field": exc.field, "message": str(exc)}]) from None
     except KeyNameTaken as exc:
         raise ApiError(409, "key_name_taken", exc.message, [{"field": "name", "message": exc.message}]) from None
     return web.json_response({**key_json(created.key), "key": created.secret}, status=201)

@@ -267,4 +267,7 @@ signature_uses = sa.Table(
     metadata,
     sa.Column("digest", sa.String(64), primary_key=True),
     sa.Column("expires_at", UtcDateTime, nullable=False, index=True),
+    # The Idempotency-Key the signed request first came with: only a replay carrying the
+    # same key is answered (with its run), since the header itself is not signed.
+    sa.Column("idempotency_key", sa.String(255)),
 )

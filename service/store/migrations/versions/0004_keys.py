@@ -35,6 +35,7 @@ def upgrade() -> None:
     op.create_table('signature_uses',
     sa.Column('digest', sa.String(length=64), nullable=False),
     sa.Column('expires_at', service.store.tables.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=255), nullable=True),
     sa.PrimaryKeyConstraint('digest', name=op.f('pk_signature_uses'))
     )
     with op.batch_alter_table('signature_uses', schema=None) as batch_op:
