@@ -170,7 +170,7 @@ class RunCreate(Strict):
     request: RequestText | None = None
     customer: CustomerIn | None = None
     action: ActionIn | None = None
-    policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or a policy")
+    policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or an inline policy narrowing one")
     requested_by: ShortText | None = None
     callback_url: CallbackUrl | None = Field(
         default=None, description="https (http only where the service allows it), no user name or password; "
