@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,10 @@ def load_settings(**values: Any) -> Settings:
     it is (for a policy: the file, the policy and the key)."""
     try:
         return Settings(**values)
+    except FileNotFoundError as exc:  # COUNTERSIGN_CONFIG names no file
+        raise SettingsError([str(exc)]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"{os.environ.get('COUNTERSIGN_CONFIG')}: not valid TOML: {exc}"]) from None
     except ValidationError as exc:
         source = _policies_source() if "policies" not in values else "settings"
         lines = []

@@ -247,3 +247,15 @@ def test_every_bad_policy_value_is_named(tmp_path: Path, monkeypatch: pytest.Mon
         load_settings(data_dir=tmp_path)
     assert [line for line in refused.value.lines if line.startswith(f'{config}: policy "refunds": {expected}')], \
         refused.value.lines
+
+
+def test_a_settings_file_that_cannot_be_read_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "cs.toml"
+    config.write_text('[policies.refunds\nreviewers = "anyone"\n')
+    monkeypatch.setenv("COUNTERSIGN_CONFIG", str(config))
+    with pytest.raises(SettingsError) as refused:
+        load_settings(data_dir=tmp_path)
+    assert refused.value.lines[0].startswith(f"{config}: not valid TOML: ")
+    monkeypatch.setenv("COUNTERSIGN_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(SettingsError, match="which is not a file"):
+        load_settings(data_dir=tmp_path)
