@@ -176,7 +176,7 @@ def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWor
 def check_teams_settings(settings: Settings) -> None:
     """Refuse to start when Teams is asked for but cannot be authenticated."""
     wants_teams = bool(settings.microsoft_app_password) or any(
-        p.get("teams_channel") or p.get("teams_chat") for p in settings.policies.values())
+        p.teams_channel or p.teams_chat for p in settings.policies.values())
     if wants_teams and not settings.teams_enabled:
         raise TeamsNotConfigured(
             "Teams is configured (a password or a policy routes to Teams) but MicrosoftAppId is empty; set it, "

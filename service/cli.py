@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import logs
-from .config import Settings
+from .config import Settings, SettingsError, load_settings
 
 
 def _settings() -> Settings:
-    return Settings()
+    return load_settings()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -346,7 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:  # nothing started: every command needs usable settings
+        for line in exc.lines:
+            print(f"countersign: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import enum
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .agent.knowledge import BUILTIN_CORPUS, RetrievalMode
+from .policy import DEFAULT_POLICY, Policy
+from .policy_config import PolicyConfig, describe_error
 
 
 class SmtpSecurity(str, enum.Enum):
@@ -136,13 +139,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    # Named approval policies, from the TOML file's [policies.NAME] tables.
-    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Named approval policies, from the TOML file's [policies.NAME] tables, checked strictly
+    # (service/policy_config.py). Without a "default" table, runs get DEFAULT_POLICY (anyone).
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
 
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    def configured_policy(self, name: str) -> Policy | None:
+        """The configured policy `name` (the embedded default for "default"), or None."""
+        if name in self.policies:
+            return self.policies[name].to_policy(name)
+        return DEFAULT_POLICY if name == DEFAULT_POLICY.name else None
 
     @property
     def effective_knowledge_dir(self) -> Path:
@@ -191,3 +201,39 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"COUNTERSIGN_CONFIG points at {toml_path!r}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used: `lines` says what is wrong, one problem each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def _policies_source() -> str:
+    # Where [policies.*] came from, for the error message: the environment wins over the file.
+    if any(k.casefold() == "countersign_policies" for k in os.environ):
+        return "COUNTERSIGN_POLICIES"
+    return os.environ.get("COUNTERSIGN_CONFIG") or "settings"
+
+
+def load_settings(**values: Any) -> Settings:
+    """`Settings(**values)`, or `SettingsError` with one line per problem, each naming where
+    it is (for a policy: the file, the policy and the key)."""
+    try:
+        return Settings(**values)
+    except FileNotFoundError as exc:  # COUNTERSIGN_CONFIG names no file
+        raise SettingsError([str(exc)]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"{os.environ.get('COUNTERSIGN_CONFIG')}: not valid TOML: {exc}"]) from None
+    except ValidationError as exc:
+        source = _policies_source() if "policies" not in values else "settings"
+        lines = []
+        for err in exc.errors(include_url=False):
+            line = describe_error(source, err)
+            if line is None:
+                where = ".".join(str(p) for p in err["loc"]) or "settings"
+                line = f"setting {where}: {err['msg']}"
+            lines.append(line)
+        raise SettingsError(lines) from None

@@ -1,16 +1,25 @@
-"""Who may decide on an approval. Pure: checked on the server against the stored policy.
+"""Who may decide on an approval, and how a run may narrow the policy it gets. Pure: checked
+on the server against the stored policy.
 
 A policy is stored with each approval when it is created, so changing the configured
 policies later never changes the rules of a request already waiting.
+
+A policy always says who may decide: a list of identities, or explicitly "anyone" (any
+person the channel authenticates as a reviewer). The configuration refuses an empty or
+missing list (service/policy_config.py); only approvals stored before that rule existed
+carry `"reviewers": []`, which meant anyone then and is still read so (changing it would
+strand requests already waiting).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .domain import NotAllowed, Reviewer
+
+ANYONE = "anyone"  # the value of `reviewers` that lets anyone decide, in the settings file and stored JSON
 
 
 class PolicyMode(str, enum.Enum):
@@ -21,50 +30,80 @@ class PolicyMode(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    name: str = "default"
-    mode: PolicyMode = PolicyMode.FIRST_RESPONDER
-    # Identities (AAD object ids or email addresses, compared case-insensitively) allowed to
-    # decide. Empty: anyone the channel authenticates as a reviewer.
+    """The rules of one approval.
+
+    Exactly one of `anyone` (True: anyone the channel authenticates may decide) and
+    `reviewers` (the identities allowed to decide, AAD object ids or emails, compared
+    case-insensitively) says who may decide; constructing a policy with both or neither
+    is an error, so no code path can arrive at "nobody named, so everybody" by accident.
+    """
+
+    name: str
     reviewers: tuple[str, ...] = ()
+    anyone: bool = False
+    mode: PolicyMode = PolicyMode.FIRST_RESPONDER
     allow_self_approval: bool = False
     # Where Teams shows the approval: a channel (a new thread each) and/or reviewers in
     # personal chat (AAD object ids or emails of people the bot knows).
     teams_channel: str | None = None
     teams_chat: tuple[str, ...] = ()
+    # True when a run narrowed the configured policy `name` with an inline policy.
+    inline: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.anyone and self.reviewers:
+            raise ValueError(f"policy {self.name!r}: reviewers are named, so it cannot also let anyone decide")
+        if not self.anyone and not self.reviewers:
+            raise ValueError(f"policy {self.name!r} names no reviewers; say anyone=True to let anyone decide")
 
     @property
     def names_reviewers_by_email(self) -> bool:
         return any("@" in r for r in self.reviewers)
 
+    def may_be_decided_by(self, identities: set[str]) -> bool:
+        """Whether one of a person's identities (casefolded) is among the reviewers."""
+        return self.anyone or bool(identities & {r.casefold() for r in self.reviewers})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "mode": self.mode.value,
-            "reviewers": list(self.reviewers),
+            "reviewers": ANYONE if self.anyone else list(self.reviewers),
             "allow_self_approval": self.allow_self_approval,
             "teams_channel": self.teams_channel,
             "teams_chat": list(self.teams_chat),
+            **({"inline": True} if self.inline else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Policy:
+        """A stored policy. `"reviewers": []` (or missing) is an approval stored before
+        policies had to say "anyone": it meant anyone then, and still does."""
+        reviewers = data.get("reviewers")
+        anyone = reviewers == ANYONE or not reviewers
         return cls(
             name=data.get("name", "default"),
             mode=PolicyMode(data.get("mode", PolicyMode.FIRST_RESPONDER.value)),
-            reviewers=tuple(data.get("reviewers") or ()),
+            reviewers=() if anyone else tuple(reviewers or ()),
+            anyone=anyone,
             allow_self_approval=bool(data.get("allow_self_approval", False)),
             teams_channel=data.get("teams_channel") or None,
             teams_chat=tuple(data.get("teams_chat") or ()),
+            inline=bool(data.get("inline", False)),
             extra=dict(data.get("extra") or {}),
         )
+
+
+# What a run gets when it names no policy and none called "default" is configured.
+DEFAULT_POLICY = Policy(name="default", anyone=True)
 
 
 def check_reviewer(policy: Policy, reviewer: Reviewer, requested_by: str | None) -> None:
     """Raise `NotAllowed` unless `reviewer` may decide under `policy`."""
     identities = reviewer.identities()
-    if policy.reviewers and not identities & {r.casefold() for r in policy.reviewers}:
+    if not policy.may_be_decided_by(identities):
         raise NotAllowed(
             f"reviewer {reviewer.id!r} is not among the reviewers of policy {policy.name!r}",
             reviewer=reviewer.id,
@@ -76,3 +115,79 @@ def check_reviewer(policy: Policy, reviewer: Reviewer, requested_by: str | None)
             reviewer=reviewer.id,
             policy=policy.name,
         )
+
+
+# ---- narrowing: what a run may ask for on top of the policy it gets ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Narrowing:
+    """An inline policy: changes a run asks for on top of its configured (base) policy.
+    None / empty: keep the base's value. Further fields (more approvals, shorter timers)
+    join here, each with its rule in `narrow`."""
+
+    reviewers: tuple[str, ...] | None = None
+    allow_self_approval: bool | None = None
+    mode: PolicyMode | None = None
+    teams_channel: str | None = None
+    teams_chat: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    field: str  # the inline policy's field, e.g. "reviewers"
+    message: str
+
+
+class NarrowingRefused(Exception):
+    """An inline policy asked for more than its base policy allows."""
+
+    def __init__(self, base: Policy, violations: list[Violation]) -> None:
+        super().__init__(f"the inline policy does not narrow policy {base.name!r}: "
+                         + "; ".join(f"{v.field}: {v.message}" for v in violations))
+        self.base = base
+        self.violations = violations
+
+
+def narrow(base: Policy, ask: Narrowing) -> Policy:
+    """The policy `base` narrowed by `ask`, or `NarrowingRefused` naming every field that
+    would widen it: an inline policy may only make fewer people able to decide, never
+    grant self-approval, and may add where cards are shown only when the resulting policy
+    names its reviewers (with "anyone", where a card appears would decide who decides)."""
+    violations: list[Violation] = []
+    reviewers, anyone = base.reviewers, base.anyone
+    if ask.reviewers is not None:
+        if not base.anyone:
+            allowed = {r.casefold() for r in base.reviewers}
+            outside = [r for r in ask.reviewers if r.casefold() not in allowed]
+            if outside:
+                violations.append(Violation("reviewers", (
+                    f"{', '.join(repr(r) for r in outside)} {'is' if len(outside) == 1 else 'are'} not among the "
+                    f"reviewers of policy {base.name!r}; an inline policy may only name some of them")))
+        reviewers, anyone = tuple(dict.fromkeys(ask.reviewers)), False
+    if ask.allow_self_approval and not base.allow_self_approval:
+        violations.append(Violation("allow_self_approval", (
+            f"policy {base.name!r} forbids self-approval, and an inline policy cannot grant it")))
+    if ask.mode is not None and ask.mode is not base.mode:
+        violations.append(Violation("mode", f"policy {base.name!r} decides {base.mode.value}; an inline policy "
+                                            "cannot change that"))
+    adds_channel = ask.teams_channel is not None and ask.teams_channel != base.teams_channel
+    adds_chat = any(c not in base.teams_chat for c in ask.teams_chat)
+    if (adds_channel or adds_chat) and anyone:
+        violations.extend(Violation(f, (
+            f"policy {base.name!r} lets anyone decide, so where its cards appear decides who decides: an inline "
+            "policy may add Teams destinations only together with the reviewers who may decide"))
+            for f, adds in (("teams_channel", adds_channel), ("teams_chat", adds_chat)) if adds)
+    elif adds_channel and base.teams_channel is not None:
+        violations.append(Violation("teams_channel", (
+            f"policy {base.name!r} posts to its own channel; an inline policy may add personal chats "
+            "but not move the card to another channel")))
+    if violations:
+        raise NarrowingRefused(base, violations)
+    return replace(
+        base, reviewers=reviewers, anyone=anyone,
+        allow_self_approval=base.allow_self_approval if ask.allow_self_approval is None else ask.allow_self_approval,
+        teams_channel=ask.teams_channel or base.teams_channel,
+        teams_chat=tuple(dict.fromkeys((*base.teams_chat, *ask.teams_chat))),
+        inline=True,
+    )

@@ -310,7 +310,7 @@ class Runs:
             )).all()
             return RunDetail(
                 run=RunSummary.from_row(row), request=row.request, customer=row.customer,
-                callback_url=row.callback_url, policy=row.policy,
+                callback_url=row.callback_url, policy=_shown_policy(row.policy),
                 approvals=[_approval_dict(a) for a in approvals],
                 decisions=[_decision_dict(d) for d in decisions],
                 deliveries=[_delivery_dict(d) for d in deliveries],
@@ -356,10 +356,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _shown_policy(stored: dict[str, Any]) -> dict[str, Any]:
+    # As it decides: a policy stored before "anyone" had to be explicit shows it explicitly.
+    return Policy.from_dict(stored).to_dict()
+
+
 def _approval_dict(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "revision": row.revision, "status": row.status, "action": row.action,
-        "policy": row.policy, "requested_by": row.requested_by, "created_at": _iso(row.created_at),
+        "policy": _shown_policy(row.policy), "requested_by": row.requested_by, "created_at": _iso(row.created_at),
         "decided_at": _iso(row.decided_at), "decided_by": row.decided_by,
         "approved_action": row.approved_action, "approved_sha256": row.approved_sha256,
         "sources": row.sources or [], "tool_call_id": row.tool_call_id,

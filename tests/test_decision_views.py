@@ -28,9 +28,9 @@ async def test_decided_view_is_the_view_the_store_gives(
     start_service: StartService, smtp_server: SmtpServer, kind: DecisionKind, reviewer: Reviewer, fields: dict[str, Any]
 ) -> None:
     # No workers: the email job must not move the delivery on before the store is read.
-    service = await start_service(smtp_server, worker_concurrency=0)
+    service = await start_service(smtp_server, worker_concurrency=0, policies={"refunds": {"reviewers": "anyone"}})
     accepted = await service.create_run({"action": email_action(cc=["boss@example.com"]),
-                                         "requested_by": "ops@example.com", "policy": {"name": "refunds"}})
+                                         "requested_by": "ops@example.com", "policy": "refunds"})
     approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
     services = service.app[SERVICES]
 

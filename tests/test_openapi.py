@@ -205,7 +205,7 @@ async def test_answers_match_the_document(service: Service, smtp_server: SmtpSer
     body = {"action": email_action(cc=["billing@example.com"], in_reply_to="<o-1@customer.example.com>",
                                    references=["<t-1@customer.example.com>"]),
             "requested_by": "ops-bot", "metadata": {"ticket": "T-42", "n": [1, 2.5, None]},
-            "policy": {"name": "two", "reviewers": ["rita@example.com", "sam@example.com"]}}
+            "policy": {"reviewers": ["rita@example.com", "sam@example.com"]}}
     key = {"Idempotency-Key": "openapi-flow-1"}
     accepted, headers = await api.call("POST", "/api/runs", body=body, headers=key, expect=202)
     _, replay_headers = await api.call("POST", "/api/runs", body=body, headers=key, expect=202)

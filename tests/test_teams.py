@@ -68,8 +68,10 @@ class Teams:
         assert status == 200
 
     async def pending_run(self, **policy: Any) -> tuple[str, str]:
+        # No narrowing: the "team" policy (anyone in CHANNEL). With one: the channel is added,
+        # which an inline policy may do only together with the reviewers who may decide.
         accepted = await self.service.create_run({"action": email_action(), "requested_by": "ops@example.com",
-                                                  "policy": {"teams_channel": CHANNEL, **policy}})
+                                                  "policy": {"teams_channel": CHANNEL, **policy} if policy else "team"})
         run = await self.service.run(accepted["id"])
         return accepted["id"], run["approvals"][0]["id"]
 
@@ -95,7 +97,8 @@ async def teams(start_service: StartService, smtp_server: SmtpServer) -> AsyncIt
         service = await start_service(
             smtp_server, microsoft_app_id=APP_ID, microsoft_app_password="test-app-password",
             bot_openid_metadata_url=str(key_server.make_url(METADATA_PATH)),
-            bot_token_url=f"{connector_url}/oauth2/v2.0/token", bot_key_refresh_min_seconds=0.5)
+            bot_token_url=f"{connector_url}/oauth2/v2.0/token", bot_key_refresh_min_seconds=0.5,
+            policies={"team": {"reviewers": "anyone", "teams_channel": CHANNEL}})
         yield Teams(service, connector, keys, TokenFactory(keys, app_id=APP_ID, service_url=connector_url),
                     connector_url)
     finally:
@@ -108,12 +111,12 @@ async def test_install_is_remembered_and_removal_forgets(teams: Teams) -> None:
     await teams.install()
     status, page, _ = await teams.service.request("GET", "/api/runs")  # the app is healthy
     assert status == 200
-    accepted = await teams.service.create_run({"action": email_action(), "policy": {"teams_channel": CHANNEL}})
+    accepted = await teams.service.create_run({"action": email_action(), "policy": "team"})
     await teams.wait_calls("POST", 1, "/v3/conversations")
     status, _ = await teams.post(teams.activity("conversationUpdate", membersRemoved=[{"id": f"28:{APP_ID}"}]))
     assert status == 200
     await teams.service.create_run({"action": email_action(subject="after removal"),
-                                    "policy": {"teams_channel": CHANNEL}})
+                                    "policy": "team"})
     run = await teams.service.wait_for(
         (await teams.service.request("GET", "/api/runs"))[1]["items"][0]["id"],
         lambda r: any(j["kind"] == "teams.post_card" and j["status"] == "dead" for j in r["jobs"]))
@@ -381,7 +384,8 @@ def test_teams_without_app_id_refuses_to_start(tmp_path, db_url: str) -> None:  
 
     for settings in (
         Settings(data_dir=tmp_path, api_token="x" * 20, microsoft_app_password="secret"),
-        Settings(data_dir=tmp_path, api_token="x" * 20, policies={"default": {"teams_channel": CHANNEL}}),
+        Settings(data_dir=tmp_path, api_token="x" * 20,
+                 policies={"default": {"reviewers": "anyone", "teams_channel": CHANNEL}}),
     ):
         with pytest.raises(TeamsNotConfigured, match="MicrosoftAppId"):
             create_app(settings)
@@ -414,7 +418,8 @@ async def test_new_personal_chat_is_created_for_a_known_reviewer(teams: Teams) -
     status, answer = await teams.post(teams.click(first, "countersign.reject", sender="sam", reason="not now"))
     assert answer["statusCode"] == 200
 
-    run_id, _ = await teams.pending_run(teams_channel=None, teams_chat=["sam@example.com"])
+    run_id, _ = await teams.pending_run(teams_channel=None, teams_chat=["sam@example.com"],
+                                        reviewers=["sam@example.com"])
     creates = await teams.wait_calls("POST", 2, "/v3/conversations")
     create = [c for c in creates if c.path == "/v3/conversations" and not c.body.get("channelData", {}).get("channel")]
     assert len(create) == 1 and create[0].body["members"] == [{"id": "29:sam"}] and create[0].body["isGroup"] is False
@@ -430,7 +435,7 @@ async def test_agent_draft_card_shows_revision_and_sources(teams: Teams) -> None
     await teams.install()
     accepted = await teams.service.create_run({
         "request": "Can I still return a jacket I bought three weeks ago?",
-        "customer": {"email": "ann@example.com", "name": "Ann"}, "policy": {"teams_channel": CHANNEL}})
+        "customer": {"email": "ann@example.com", "name": "Ann"}, "policy": "team"})
     [create] = await teams.wait_calls("POST", 1, "/v3/conversations", timeout=30)
     card = create.body["activity"]["attachments"][0]["content"]
     text = "\n".join(_texts(card))

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..callback_policy import CallbackRefused
 from ..domain import EmailAction, RunStatus
-from ..policy import Policy, PolicyMode
+from ..policy import DEFAULT_POLICY, Narrowing, NarrowingRefused, Policy, PolicyMode, narrow
 from ..redact import redact_url
 from ..scopes import Scope
 from ..runs import Customer, NewRun, RunDetail, RunSummary
@@ -26,18 +26,29 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _resolve_policy(services: Services, given: str | PolicyIn | None) -> Policy:
-    configured = services.settings.policies
-    if given is None:
-        return Policy.from_dict({"name": "default", **configured["default"]}) if "default" in configured else Policy()
-    if isinstance(given, str):
-        if given not in configured:
-            known = ", ".join(sorted(configured)) or "none configured"
-            raise ApiError(422, "validation_error", f"unknown policy {given!r}",
-                           [{"field": "policy", "message": f"no policy named {given!r} (known: {known})"}])
-        return Policy.from_dict({"name": given, **configured[given]})
-    return Policy(name=given.name or "inline", mode=PolicyMode(given.mode), reviewers=tuple(given.reviewers),
-                  allow_self_approval=given.allow_self_approval, teams_channel=given.teams_channel,
-                  teams_chat=tuple(given.teams_chat))
+    """The policy a run gets: a configured one by name (default: "default"), or an inline
+    policy narrowing one (`base`). Anything that would widen its base is a 422."""
+    settings = services.settings
+    if given is None or isinstance(given, str):
+        name, field = given or DEFAULT_POLICY.name, "policy"
+    else:
+        name, field = given.base or DEFAULT_POLICY.name, "policy.base"
+    base = settings.configured_policy(name)
+    if base is None:
+        known = ", ".join(sorted({*settings.policies, DEFAULT_POLICY.name}))
+        raise ApiError(422, "validation_error", f"unknown policy {name!r}",
+                       [{"field": field, "message": f"no policy named {name!r} (known: {known})"}])
+    if not isinstance(given, PolicyIn):
+        return base
+    try:
+        return narrow(base, Narrowing(
+            reviewers=tuple(given.reviewers) if given.reviewers is not None else None,
+            allow_self_approval=given.allow_self_approval,
+            mode=PolicyMode(given.mode) if given.mode is not None else None,
+            teams_channel=given.teams_channel, teams_chat=tuple(given.teams_chat)))
+    except NarrowingRefused as refused:
+        raise ApiError(422, "policy_not_narrowed", f"the inline policy would widen policy {base.name!r}",
+                       [{"field": f"policy.{v.field}", "message": v.message} for v in refused.violations]) from None
 
 
 def _idempotency_key(request: web.Request) -> str | None:

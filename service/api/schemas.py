@@ -121,13 +121,30 @@ ActionIn = Annotated[SendEmailActionIn, Field(discriminator="type")]
 
 
 class PolicyIn(Strict):
-    name: ShortText | None = None
-    mode: Literal["first_responder"] = "first_responder"
-    reviewers: list[ShortText] = Field(default_factory=list, max_length=500)
-    allow_self_approval: bool = False
+    """An inline policy: narrows a configured policy for this run. It may name some of the
+    base's reviewers (any, when the base lets anyone decide), forbid self-approval, and add
+    Teams destinations when the resulting policy names its reviewers; anything that would
+    widen the base is a 422 naming the field."""
+
+    base: ShortText | None = Field(default=None, description='The configured policy to narrow (default: "default")')
+    mode: Literal["first_responder"] | None = None
+    reviewers: list[ShortText] | None = Field(
+        default=None, min_length=1, max_length=500,
+        description="Some of the base policy's reviewers (any identities when the base lets anyone decide)")
+    allow_self_approval: bool | None = Field(
+        default=None, description="Only false, or true when the base policy already allows it")
     teams_channel: ShortText | None = Field(default=None, description="Teams channel id: a new thread per approval")
     teams_chat: list[ShortText] = Field(default_factory=list, max_length=60,
                                         description="Reviewers (AAD object ids or emails) asked in personal chat")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_name(cls, data: Any) -> Any:
+        # Inline policies used to name themselves; the name shown is now the base's.
+        if isinstance(data, dict) and "name" in data:
+            raise FieldsError("an inline policy has no name of its own: give `base`, the configured policy it "
+                              "narrows", "name")
+        return data
 
 
 def _policy_kind(value: Any) -> str | None:
@@ -153,7 +170,7 @@ class RunCreate(Strict):
     request: RequestText | None = None
     customer: CustomerIn | None = None
     action: ActionIn | None = None
-    policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or a policy")
+    policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or an inline policy narrowing one")
     requested_by: ShortText | None = None
     callback_url: CallbackUrl | None = Field(
         default=None, description="https (http only where the service allows it), no user name or password; "
@@ -256,10 +273,12 @@ class ActionOut(BaseModel):
 class PolicyOut(BaseModel):
     name: str
     mode: PolicyMode
-    reviewers: list[str]
+    reviewers: list[str] | Literal["anyone"] = Field(
+        description='Who may decide: these identities, or "anyone" the channel authenticates')
     allow_self_approval: bool
     teams_channel: str | None
     teams_chat: list[str]
+    inline: bool = Field(default=False, description="Present (true) when the run narrowed policy `name` inline")
     extra: dict[str, Any] | None = Field(default=None, description="Only present when the policy has extra settings")
 
 

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from adaptive_cards import ApprovalView, DeliveryView, SourceView
 
 from ..domain import DecisionKind, DecisionOutcome, NotFound
+from ..policy import Policy
 from ..store import tables as t
 from ..store.db import Store
 
@@ -59,7 +60,7 @@ async def load_view(store: Store, approval_id: str) -> ApprovalView:
             approval_id=row.id, run_id=row.run_id, revision=row.revision, status=row.status,
             to=tuple(action["to"]), cc=tuple(action.get("cc") or ()), subject=action["subject"], body=action["body"],
             in_reply_to=action.get("in_reply_to"), requested_by=row.requested_by, policy=policy.get("name"),
-            reviewers=tuple(policy.get("reviewers") or ()), decided_by=decided_by, decided_at=row.decided_at,
+            reviewers=Policy.from_dict(policy).reviewers, decided_by=decided_by, decided_at=row.decided_at,
             reason=row.reason if decided else None,
             edited=decided and row.decision_kind == "edit",
             sources=_sources(row.sources),
@@ -82,7 +83,7 @@ def decided_view(outcome: DecisionOutcome) -> ApprovalView:
         approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status=approval.status.value,
         to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
         requested_by=approval.requested_by, policy=approval.policy.get("name"),
-        reviewers=tuple(approval.policy.get("reviewers") or ()),
+        reviewers=Policy.from_dict(approval.policy).reviewers,
         decided_by=shown_decider(reviewer.name or reviewer.email or reviewer.id, decision.on_behalf_by),
         decided_at=approval.decided_at,
         reason=decision.reason, edited=decision.kind is DecisionKind.EDIT, sources=_sources(approval.sources),
