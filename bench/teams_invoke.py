@@ -124,7 +124,8 @@ class TeamsPeers:
     def service_env(self) -> dict[str, str]:
         return {"MicrosoftAppId": APP_ID, "MicrosoftAppPassword": APP_PASSWORD,
                 "COUNTERSIGN_BOT_OPENID_METADATA_URL": self.metadata_url,
-                "COUNTERSIGN_BOT_TOKEN_URL": f"{self.connector_url}/oauth2/v2.0/token"}
+                "COUNTERSIGN_BOT_TOKEN_URL": f"{self.connector_url}/oauth2/v2.0/token",
+                "COUNTERSIGN_TEAMS_ALLOWED_TENANTS": BENCH_TENANTS}
 
     async def stop(self) -> None:
         await stop_by_stdin(self.proc)
@@ -180,6 +181,9 @@ class Place:
     tenant: str
     team: str
     channel: str
+
+
+BENCH_TENANTS = ",".join(f"tenant-{i}" for i in range(64))  # --tenants at most 64
 
 
 def places(channels: int, tenants: int) -> list[Place]:

@@ -11,7 +11,7 @@ from service.api.deps import SERVICES
 from service.domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, Reviewer
 from service.store import tables as t
 from service.store.db import Tx
-from service.teams.views import decided_view, load_view
+from service.teams.views import ApiLinks, decided_view, load_view
 
 from .conftest import SmtpServer, StartService, email_action
 
@@ -40,8 +40,9 @@ async def test_decided_view_is_the_view_the_store_gives(
     await services.store.write(add_sources)
     outcome = await services.decisions.decide(DecisionRequest(approval_id, kind, reviewer, Channel.TEAMS, **fields))
     assert outcome.decided
-    view = decided_view(outcome)
-    assert view == await load_view(services.store, approval_id)
+    links = ApiLinks("http://countersign.test")
+    view = decided_view(outcome, links)
+    assert view == await load_view(services.store, approval_id, links)
     assert view.status == ("rejected" if kind is DecisionKind.REJECT else "approved") and len(view.sources) == 2
 
 
