@@ -53,12 +53,15 @@ class MessagesEndpoint:
                 raise ApiError(401, "unauthorized", f"Bot Framework token rejected: {exc}") from None
         if request.content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "the Bot Framework sends application/json")
-        activity = _activity(await _read_body(request, self.max_body_bytes))
+        data = _json_object(await _read_body(request, self.max_body_bytes))
+        activity = _activity(data)
         try:
-            tenant = self.tenants.check_activity(activity)
+            tenant = self.tenants.check_activity(data)
         except TenantNotAllowed as exc:
             log.warning("Teams activity refused: %s", exc)
             raise ApiError(403, "tenant_not_allowed", str(exc)) from None
+        if not activity.conversation.tenant_id:  # the SDK's model reads only `tenantID`
+            activity.conversation.tenant_id = tenant
         try:
             # An invoke (a card click) has a person waiting, within Teams' deadline.
             with self.foreground.request() if activity.type == "invoke" else nullcontext():
@@ -86,13 +89,19 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _activity(body: bytes) -> Activity:
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {type(exc).__name__}") from None
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_activity", "an activity is a JSON object")
+    return data
+
+
+def _activity(data: dict[str, Any]) -> Activity:
     try:
         activity = Activity().deserialize(data)
     except Exception as exc:  # msrest raises several types for ill-typed fields

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from botbuilder.schema import Activity
-
 
 class TenantNotAllowed(PermissionError):
     def __init__(self, tenant_id: str | None, what: str) -> None:
@@ -31,16 +29,20 @@ class AllowedTenants:
         if not self.allows(tenant_id):
             raise TenantNotAllowed(tenant_id, what)
 
-    def check_activity(self, activity: Activity) -> str:
-        """The activity's tenant, if allowed. Teams names it in `channelData.tenant.id` and
-        `conversation.tenantId`; both, where present, must be allowed (a mismatch is refused)."""
-        channel_data: dict[str, Any] = activity.channel_data if isinstance(activity.channel_data, dict) else {}
-        tenant = channel_data.get("tenant")
-        named = [tenant.get("id") if isinstance(tenant, dict) else None,
-                 activity.conversation.tenant_id if activity.conversation else None]
+    def check_activity(self, data: dict[str, Any]) -> str:
+        """The tenant of an activity (its JSON), if allowed. Teams names it in
+        `channelData.tenant.id` and `conversation.tenantId`; every one present must be
+        allowed (a mismatch is refused). Read from the JSON: the SDK's model maps only
+        `conversation.tenantID`, so `tenantId` would be lost in deserialising."""
+        channel_data = data.get("channelData")
+        tenant = channel_data.get("tenant") if isinstance(channel_data, dict) else None
+        conversation = data.get("conversation")
+        named = [tenant.get("id") if isinstance(tenant, dict) else None]
+        if isinstance(conversation, dict):
+            named += [conversation.get("tenantId"), conversation.get("tenantID")]
         present = [t for t in named if t]
         if not present:
             raise TenantNotAllowed(None, "the activity")
         for tenant_id in present:
-            self.check(tenant_id if isinstance(tenant_id, str) else str(tenant_id), "the activity")
+            self.check(tenant_id if isinstance(tenant_id, str) else repr(tenant_id), "the activity")
         return str(present[0])
