@@ -139,7 +139,7 @@ async def serve_peers(key_file: Path, delay: float) -> None:
     keys = BotKeyServer()
     private_key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     keys.keys[KID] = ServedKey(KID, private_key, ["msteams"])  # type: ignore[arg-type]
-    connector = FakeConnector(delay=delay)
+    connector = FakeConnector(delay=delay, invent_members=True)  # clicks look the reviewer's email up
     posted_ns: list[int] = []
 
     @web.middleware

@@ -3,7 +3,11 @@
 
 A click is decided through the same `Decisions.decide` as the ops API. The reviewer is
 the activity's `from.aadObjectId` (checked by the Bot Connector's signed token), never
-anything in the card's data; the card only says which approval was clicked.
+anything in the card's data; the card only says which approval was clicked. Where the
+email matters (the run has `requested_by`, or the policy names reviewers by email), the
+clicker's email and UPN come from the Teams member API and are compared too; a click
+whose email cannot be learnt is refused. An Approve or Edit of an approval whose card
+cannot show all of it is refused from the stored approval (`views.card_refusal`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class AllowedTenants:
         self.tenants = frozenset(t.strip().lower() for t in tenants if t.strip())
 
     def allows(self, tenant_id: str | None) -> bool:
-        return bool(tenant_id) and tenant_id.strip().lower() in self.tenants  # type: ignore[union-attr]
+        return tenant_id is not None and tenant_id.strip().lower() in self.tenants
 
     def check(self, tenant_id: str | None, what: str) -> None:
         if not self.allows(tenant_id):
