@@ -26,7 +26,9 @@ prefilled input, and must never be cut, or an edit would silently drop the end o
 email) is replaced by a note "too long to edit in Teams; edit it via the API"; sources are
 reduced to titles; then the shown body is cut with a marker "… (truncated, N more
 characters)", dropping sources entirely before showing less than `MIN_BODY_CHARS`.
-Approve and Reject are always kept.
+A card that cuts anything that would be approved (body, recipients, subject) offers
+Reject only, with a notice saying where the whole text can be read and decided
+(`approvable_on_card` tells the server the same from the stored approval).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 from . import size
 from .elements import Element, adaptive_card, execute_action, input_text, show_card_action, text_block
-from .sections import content_sections, decision_banner, notice, reference_line
+from .sections import content_sections, decision_banner, notice, reference_line, shows_action_in_full
 from .size import CARD_BUDGET_BYTES, MIN_BODY_CHARS, Limits, fits
 from .text import clip, escape_inline
 from .view import ApprovalView
@@ -51,6 +53,7 @@ __all__ = [
     "VERB_REJECT",
     "CardTooLarge",
     "action_data",
+    "approvable_on_card",
     "build_card",
     "build_final_card",
     "build_not_allowed_card",
@@ -85,10 +88,10 @@ def _fallback_text(view: ApprovalView) -> str:
     return escape_inline(f"Countersign approval {view.approval_id}: this Teams client cannot show the card.")
 
 
-def _pending_actions(view: ApprovalView, editable: bool) -> list[Element]:
+def _pending_actions(view: ApprovalView, editable: bool, approvable: bool = True) -> list[Element]:
     data = action_data(view)
-    actions = [execute_action("Approve", VERB_APPROVE, data, style="positive")]
-    if editable:
+    actions = [execute_action("Approve", VERB_APPROVE, data, style="positive")] if approvable else []
+    if editable and approvable:
         actions.append(
             show_card_action(
                 "Edit and approve",
@@ -135,13 +138,29 @@ def _pending_actions(view: ApprovalView, editable: bool) -> list[Element]:
     return actions
 
 
-def _pending(view: ApprovalView, limits: Limits, editable: bool) -> Element:
+def too_long_lines(view: ApprovalView) -> list[str]:
+    """Where a request too long for a card can be read whole and decided (escaped)."""
+    lines = ["This card cannot show the whole email, so it cannot be approved in Teams: only rejected."]
+    if view.read_at and view.decide_at:
+        lines.append(escape_inline(f"Read the whole text with GET {view.read_at} and decide with "
+                                   f"POST {view.decide_at} (the Countersign API)."))
+    else:
+        lines.append("Read the whole text and decide through the Countersign API.")
+    return lines
+
+
+def _pending(view: ApprovalView, limits: Limits, editable: bool, approvable: bool = True) -> Element:
     body: list[Element] = [
         text_block("Approval needed: send an email", heading=True, weight="Bolder", size="Medium"),
-        *content_sections(view, limits, draft_title="Draft", with_request=True, edit_unavailable=not editable),
+    ]
+    if not approvable:
+        body.append(notice("Too long to approve here", too_long_lines(view), style="warning"))
+    body += [
+        *content_sections(view, limits, draft_title="Draft", with_request=True,
+                          edit_unavailable=not editable and approvable),
         reference_line(view),
     ]
-    return adaptive_card(body, _pending_actions(view, editable), fallback_text=_fallback_text(view))
+    return adaptive_card(body, _pending_actions(view, editable, approvable), fallback_text=_fallback_text(view))
 
 
 _DRAFT_TITLES = {
@@ -210,21 +229,37 @@ def _fit(full_steps: list[Callable[[], Element]], build_cut: Callable[[Limits], 
     raise CardTooLarge(f"no card within {CARD_BUDGET_BYTES} bytes")
 
 
+def _complete_pending_card(view: ApprovalView) -> Element | None:
+    """The pending card showing the whole action (recipients, subject, body), with
+    Approve; None when no such card fits the budget."""
+    if len(view.body) > CARD_BUDGET_BYTES or not shows_action_in_full(view, size.FULL):
+        return None
+    for limits, editable in ((size.FULL, True), (size.COMPACT_SOURCES, True), (size.FULL, False),
+                             (size.COMPACT_SOURCES, False), (size.SOURCE_TITLES, False)):
+        card = _pending(view, limits, editable)
+        if fits(card):
+            return card
+    return None
+
+
+def approvable_on_card(view: ApprovalView) -> bool:
+    """Whether the pending card shows everything that would be approved, and so offers
+    Approve. The server asks this of the stored approval before taking an Approve or Edit
+    from a card: what the card's payload claims is never trusted."""
+    return _complete_pending_card(view) is not None
+
+
 def build_pending_card(view: ApprovalView) -> dict[str, Any]:
-    """The card reviewers act on. `view.status` must be pending."""
+    """The card reviewers act on. `view.status` must be pending.
+
+    A card that cannot show the whole action offers Reject only, and says where the whole
+    text can be read and decided (`view.read_at`, `view.decide_at`)."""
     if not view.is_pending:
         raise ValueError(f"approval {view.approval_id} is {view.status}, not pending")
-    return _fit(
-        [
-            lambda: _pending(view, size.FULL, True),
-            lambda: _pending(view, size.COMPACT_SOURCES, True),
-            lambda: _pending(view, size.FULL, False),
-            lambda: _pending(view, size.COMPACT_SOURCES, False),
-            lambda: _pending(view, size.SOURCE_TITLES, False),
-        ],
-        lambda limits: _pending(view, limits, False),
-        len(view.body),
-    )
+    card = _complete_pending_card(view)
+    if card is not None:
+        return card
+    return _fit([], lambda limits: _pending(view, limits, False, approvable=False), len(view.body))
 
 
 def build_final_card(view: ApprovalView) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from .view import ApprovalView
 
 __all__ = [
     "ACTION_LABELS",
+    "ANYONE",
+    "shows_action_in_full",
     "content_sections",
     "decision_banner",
     "notice",
@@ -27,6 +29,20 @@ EDIT_UNAVAILABLE = (
     "This draft is too long to edit in Teams. To change it, edit it through the Countersign API, "
     "or reject it with a reason."
 )
+
+
+ANYONE = "Anyone (this policy does not restrict who may decide)"
+
+
+def shows_action_in_full(view: ApprovalView, limits: Limits) -> bool:
+    """True when `limits` cut nothing of what would be approved: recipients, subject,
+    threading and body (the size guard may still cut sources and other facts)."""
+    def whole_list(items: Sequence[str]) -> bool:
+        return len(items) <= limits.items_shown and sum(map(len, items)) + 2 * max(len(items) - 1, 0) <= limits.list_chars
+
+    return ((limits.body_chars is None or len(view.body) <= limits.body_chars)
+            and len(view.subject) <= limits.field_chars and len(view.in_reply_to or "") <= limits.field_chars
+            and whole_list(view.to) and whole_list(view.cc))
 
 
 def _short(text: str, limit: int) -> str:
@@ -88,7 +104,9 @@ def action_facts(view: ApprovalView, limits: Limits, *, with_request: bool) -> E
             facts.append(("Requested by", _short(view.requested_by, limits.field_chars)))
         if view.policy:
             facts.append(("Policy", _short(view.policy, limits.field_chars)))
-        if view.reviewers:
+        if view.anyone:
+            facts.append(("Who may decide", ANYONE))
+        elif view.reviewers:
             facts.append(("Reviewers", _joined(view.reviewers, limits)))
         if view.deadline is not None:
             facts.append(("Deadline", format_datetime(view.deadline)))

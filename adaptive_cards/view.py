@@ -107,13 +107,17 @@ class ApprovalView:
     sources: tuple[SourceView, ...] = ()
     requested_by: str | None = None
     policy: str | None = None  # the policy's name
-    reviewers: tuple[str, ...] = ()  # who may decide (empty: anyone the channel accepts)
+    reviewers: tuple[str, ...] = ()  # who may decide
+    anyone: bool = False  # the policy lets anyone the channel accepts decide (shown as such)
     deadline: datetime | None = None
     decided_by: str | None = None  # a display name or identity
     decided_at: datetime | None = None
     reason: str | None = None  # rejection (or cancellation) reason
     edited: bool = False  # approved after an edit
     delivery: DeliveryView | None = None
+    # Where the whole request can be read and decided when the card cannot show it all.
+    read_at: str | None = None
+    decide_at: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("approval_id", "run_id"):
@@ -135,12 +139,14 @@ class ApprovalView:
         object.__setattr__(self, "sources", sources)
         if not isinstance(self.subject, str) or not isinstance(self.body, str):
             raise TypeError("subject and body must be strings")
-        for name in ("in_reply_to", "requested_by", "policy", "decided_by", "reason"):
+        for name in ("in_reply_to", "requested_by", "policy", "decided_by", "reason", "read_at", "decide_at"):
             _optional_text(getattr(self, name), name)
         _aware(self.deadline, "deadline")
         _aware(self.decided_at, "decided_at")
         if not isinstance(self.edited, bool):
             raise TypeError("edited must be a bool")
+        if not isinstance(self.anyone, bool):
+            raise TypeError("anyone must be a bool")
         if self.delivery is not None and not isinstance(self.delivery, DeliveryView):
             raise TypeError("delivery must be a DeliveryView or None")
 

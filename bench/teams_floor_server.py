@@ -39,6 +39,7 @@ from service.config import Settings  # noqa: E402
 from service.foreground import Foreground  # noqa: E402
 from service.teams.channel import build_adapter  # noqa: E402 (importing it applies the msrest fix too)
 from service.teams.endpoint import MessagesEndpoint  # noqa: E402
+from service.teams.tenants import AllowedTenants
 from service.teams.invoke import JsonInvokeHandler  # noqa: E402
 
 
@@ -70,7 +71,9 @@ def main() -> None:
         async with aiohttp.ClientSession() as http:
             validator, _, adapter = build_adapter(settings, http)  # the service's own hosting
             assert validator is not None, "the floor validates tokens: set MicrosoftAppId"
-            endpoints.append(MessagesEndpoint(adapter, FloorBot(), insecure=False, foreground=Foreground()))
+            endpoints.append(MessagesEndpoint(adapter, FloorBot(), validator=validator, foreground=Foreground(),
+                                              tenants=AllowedTenants(settings.effective_teams_allowed_tenants),
+                                              max_body_bytes=settings.bot_max_body_bytes))
             gc.freeze()  # as the service does after start-up
             yield
             await validator.keys.aclose()

@@ -124,7 +124,8 @@ class TeamsPeers:
     def service_env(self) -> dict[str, str]:
         return {"MicrosoftAppId": APP_ID, "MicrosoftAppPassword": APP_PASSWORD,
                 "COUNTERSIGN_BOT_OPENID_METADATA_URL": self.metadata_url,
-                "COUNTERSIGN_BOT_TOKEN_URL": f"{self.connector_url}/oauth2/v2.0/token"}
+                "COUNTERSIGN_BOT_TOKEN_URL": f"{self.connector_url}/oauth2/v2.0/token",
+                "COUNTERSIGN_TEAMS_ALLOWED_TENANTS": BENCH_TENANTS}
 
     async def stop(self) -> None:
         await stop_by_stdin(self.proc)
@@ -138,7 +139,7 @@ async def serve_peers(key_file: Path, delay: float) -> None:
     keys = BotKeyServer()
     private_key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     keys.keys[KID] = ServedKey(KID, private_key, ["msteams"])  # type: ignore[arg-type]
-    connector = FakeConnector(delay=delay)
+    connector = FakeConnector(delay=delay, invent_members=True)  # clicks look the reviewer's email up
     posted_ns: list[int] = []
 
     @web.middleware
@@ -180,6 +181,9 @@ class Place:
     tenant: str
     team: str
     channel: str
+
+
+BENCH_TENANTS = ",".join(f"tenant-{i}" for i in range(64))  # --tenants at most 64
 
 
 def places(channels: int, tenants: int) -> list[Place]:

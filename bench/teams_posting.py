@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestServer
 
 from _common import ROOT, cpu_seconds, free_port, header, percentile, verdict
-from teams_invoke import APP_ID, APP_PASSWORD, KID, TOKEN, TeamsPeers, create_runs, install, places, post_activity
+from teams_invoke import BENCH_TENANTS, APP_ID, APP_PASSWORD, KID, TOKEN, TeamsPeers, create_runs, install, places, post_activity
 
 sys.path.insert(0, str(ROOT))
 from service import logs  # noqa: E402
@@ -131,7 +131,8 @@ async def scenario(channels: int, cards: int, peers: TeamsPeers, workdir: Path, 
                    gc_freeze: bool = False) -> Outcome:
     settings = Settings(data_dir=workdir / "data", api_token=TOKEN, microsoft_app_id=APP_ID,
                         microsoft_app_password=APP_PASSWORD, bot_openid_metadata_url=peers.metadata_url,
-                        bot_token_url=f"{peers.connector_url}/oauth2/v2.0/token", log_level="WARNING")
+                        bot_token_url=f"{peers.connector_url}/oauth2/v2.0/token", log_level="WARNING",
+                        teams_allowed_tenants=BENCH_TENANTS.split(","))
     app = create_app(settings, run_workers=False)
     server = TestServer(app, host="127.0.0.1", port=free_port())
     await server.start_server()

@@ -24,7 +24,7 @@ from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
 from .callback_policy import CallbackConfigError, CallbackPolicy
 from .callbacks import Callbacks
-from .config import Settings
+from .config import WORKING_APP_TYPES, Settings
 from .decisions import SEND_EMAIL_JOB, Decisions
 from .foreground import Foreground
 from .jobs import JobQueue, Worker
@@ -181,6 +181,18 @@ def check_teams_settings(settings: Settings) -> None:
         raise TeamsNotConfigured(
             "Teams is configured (a password or a policy routes to Teams) but MicrosoftAppId is empty; set it, "
             "or COUNTERSIGN_BOT_INSECURE_NO_AUTH=true for local development only")
+    if not settings.teams_enabled:
+        return
+    if settings.microsoft_app_type not in WORKING_APP_TYPES:
+        raise TeamsNotConfigured(
+            f"MicrosoftAppType={settings.microsoft_app_type.value} is not supported (no managed identity "
+            f"credentials here); use one of: {', '.join(t.value for t in WORKING_APP_TYPES)}")
+    # The development no-auth mode needs the list too: a tenant is still named by every
+    # activity, and nothing from an unlisted one is stored or decided.
+    if not settings.effective_teams_allowed_tenants:
+        raise TeamsNotConfigured(
+            "Teams is configured but COUNTERSIGN_TEAMS_ALLOWED_TENANTS is empty: list the Microsoft Entra tenant "
+            "ids whose users may use the bot (a SingleTenant app allows MicrosoftAppTenantId without listing it)")
 
 
 async def _bot_messages(request: web.Request) -> web.StreamResponse:

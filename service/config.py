@@ -10,10 +10,11 @@ import enum
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+import json
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .agent.knowledge import BUILTIN_CORPUS, RetrievalMode
 from .policy import DEFAULT_POLICY, Policy
@@ -29,7 +30,12 @@ class SmtpSecurity(str, enum.Enum):
 class BotAppType(str, enum.Enum):
     MULTI_TENANT = "MultiTenant"
     SINGLE_TENANT = "SingleTenant"
+    # Accepted as a value so that start-up can say why it cannot work (no managed identity
+    # support in our credential factory); `serve` refuses it.
     USER_ASSIGNED_MSI = "UserAssignedMSI"
+
+
+WORKING_APP_TYPES = (BotAppType.MULTI_TENANT, BotAppType.SINGLE_TENANT)
 
 
 class Settings(BaseSettings):
@@ -110,6 +116,12 @@ class Settings(BaseSettings):
     # OAuth token endpoint for outgoing calls; default: login.microsoftonline.com for the app type.
     bot_token_url: str = ""
     bot_token_scope: str = "https://api.botframework.com/.default"
+    # Microsoft Entra tenants whose users may reach the bot (decide, install, be sent cards).
+    # Required when Teams is configured; SingleTenant adds MicrosoftAppTenantId by itself.
+    # Environment: comma-separated ids or a JSON list.
+    teams_allowed_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Body limit of /api/messages, far below max_body_bytes (see README, Microsoft Teams).
+    bot_max_body_bytes: int = 64 * 1024
     # Development only: accept unauthenticated Bot Framework requests when there is no app id.
     bot_insecure_no_auth: bool = False
     bot_key_refresh_min_seconds: float = 60.0  # an unknown key id refetches the keys at most this often
@@ -143,6 +155,16 @@ class Settings(BaseSettings):
     # (service/policy_config.py). Without a "default" table, runs get DEFAULT_POLICY (anyone).
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
 
+    @field_validator("teams_allowed_tenants", mode="before")
+    @classmethod
+    def _tenant_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return v
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
@@ -165,6 +187,14 @@ class Settings(BaseSettings):
     @property
     def teams_enabled(self) -> bool:
         return bool(self.microsoft_app_id) or self.bot_insecure_no_auth
+
+    @property
+    def effective_teams_allowed_tenants(self) -> frozenset[str]:
+        """The listed tenants, plus the app's own tenant for a SingleTenant app."""
+        tenants = {t.strip().lower() for t in self.teams_allowed_tenants if t.strip()}
+        if self.microsoft_app_type is BotAppType.SINGLE_TENANT and self.microsoft_app_tenant_id.strip():
+            tenants.add(self.microsoft_app_tenant_id.strip().lower())
+        return frozenset(tenants)
 
     @property
     def effective_bot_token_url(self) -> str:

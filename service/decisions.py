@@ -31,7 +31,7 @@ from .domain import (
     apply_decision,
 )
 from .jobs import JobQueue
-from .policy import Policy, check_reviewer
+from .policy import Policy, check_reviewer, needs_email
 from .domain import NotFound
 from .runs import GatedOutcome, Runs
 from .store import tables as t
@@ -88,12 +88,23 @@ class Decisions:
                 return None
             approval = _approval_from_row(row)
             policy = Policy.from_dict(approval.policy)
-            if request.can_resolve_email and not request.reviewer.email and policy.names_reviewers_by_email:
-                return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
-                                       detail={"reason": EMAIL_NEEDED})
+            reviewer = request.reviewer
+            if needs_email(policy, approval.requested_by) and not (reviewer.email or reviewer.upn):
+                if request.can_resolve_email:
+                    return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
+                                           detail={"reason": EMAIL_NEEDED})
+                if request.email_unresolved:
+                    return self._refused(tx, approval, request, NotAllowed(
+                        "Countersign could not look up your email address, so it cannot check that you did not "
+                        "request this yourself; nothing was decided. Try again later, or decide through the API.",
+                        reviewer=reviewer.id, policy=policy.name))
             try:
-                check_reviewer(policy, request.reviewer, approval.requested_by)
+                check_reviewer(policy, reviewer, approval.requested_by)
                 new_status, final_action = apply_decision(approval, request)
+                refusal_text = (request.approval_refusal(approval)
+                                if request.approval_refusal is not None and final_action is not None else None)
+                if refusal_text:
+                    raise NotAllowed(refusal_text, reviewer=reviewer.id, policy=policy.name)
             except (NotAllowed, AlreadyDecided) as refusal:
                 return self._refused(tx, approval, request, refusal)
 

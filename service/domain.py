@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -172,9 +173,13 @@ class Reviewer:
     id: str
     name: str | None = None
     email: str | None = None
+    upn: str | None = None  # Teams: the user principal name, often but not always the email
 
     def identities(self) -> set[str]:
-        return {v.casefold() for v in (self.id, self.email) if v}
+        return {v.casefold() for v in (self.id, self.email, self.upn) if v}
+
+
+ApprovalRefusal = Callable[["Approval"], "str | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +192,15 @@ class DecisionRequest:
     subject: str | None = None  # edit only
     body: str | None = None  # edit only
     # The channel can look the reviewer's email up (Teams' member API) when the policy
-    # names reviewers by email: `decide` then answers EMAIL_NEEDED instead of refusing.
+    # names reviewers by email or the run has `requested_by`: `decide` then answers
+    # EMAIL_NEEDED instead of deciding.
     can_resolve_email: bool = False
+    # The channel tried and could not learn the reviewer's email or UPN: where they are
+    # needed, `decide` refuses (it cannot rule out self-approval).
+    email_unresolved: bool = False
+    # A channel's own reason to refuse an Approve or Edit of the stored approval (Teams: its
+    # card cannot show all of it); the message, or None.
+    approval_refusal: ApprovalRefusal | None = None
     # An API key deciding for `reviewer` (scope decide:on-behalf): recorded as the actor.
     on_behalf_by: str | None = None
     # The credential a reviewer decided with, when not the channel's own (a `decide` key).

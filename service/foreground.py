@@ -38,6 +38,7 @@ class Foreground:
         self.max_defer_seconds = max_defer_seconds
         self._clock = clock
         self._active = 0
+        self.started = 0  # requests counted as foreground so far (what tests and metrics can see)
         self._burst_started = float("-inf")
         self._last_ended = float("-inf")
 
@@ -47,6 +48,7 @@ class Foreground:
         if self._active == 0 and now - self._last_ended >= self.quiet_seconds:
             self._burst_started = now
         self._active += 1
+        self.started += 1
         try:
             yield
         finally:

@@ -101,7 +101,8 @@ DEFAULT_POLICY = Policy(name="default", anyone=True)
 
 
 def check_reviewer(policy: Policy, reviewer: Reviewer, requested_by: str | None) -> None:
-    """Raise `NotAllowed` unless `reviewer` may decide under `policy`."""
+    """Raise `NotAllowed` unless `reviewer` may decide under `policy`. Every identity the
+    reviewer has (id, email, UPN) is compared, with the reviewers and with the requester."""
     identities = reviewer.identities()
     if not policy.may_be_decided_by(identities):
         raise NotAllowed(
@@ -191,3 +192,10 @@ def narrow(base: Policy, ask: Narrowing) -> Policy:
         teams_chat=tuple(dict.fromkeys((*base.teams_chat, *ask.teams_chat))),
         inline=True,
     )
+
+
+def needs_email(policy: Policy, requested_by: str | None) -> bool:
+    """Whether deciding needs the reviewer's email (or UPN), not only a channel's id: to
+    match reviewers named by email, and to tell the requester apart from a reviewer
+    (`requested_by` is usually an email; an AAD object id alone could never match it)."""
+    return policy.names_reviewers_by_email or (bool(requested_by) and not policy.allow_self_approval)

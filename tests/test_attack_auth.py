@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from service.api.deps import SERVICES
 from service.scopes import Scope
 from service.store import tables as t
-from service.teams.views import load_view
+from service.teams.views import ApiLinks, load_view
 
 from .conftest import Service, StartService, email_action, signed
 from .peers.smtp import SmtpServer
@@ -152,7 +152,7 @@ async def test_a_decide_key_cannot_put_another_name_on_the_card(service: Service
         "decision": "reject", "reason": "no", "reviewer": {"id": "rita@example.com", "name": "ceo@example.com"}},
         auth=rita)
     if status == 200:  # main: 200, the card reads "ceo@example.com"
-        view = await load_view(service.app[SERVICES].store, approval_id)
+        view = await load_view(service.app[SERVICES].store, approval_id, ApiLinks("http://countersign.test"))
         assert "rita@example.com" in (view.decided_by or ""), view.decided_by
         assert "ceo@example.com" not in (view.decided_by or ""), view.decided_by
     else:

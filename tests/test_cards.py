@@ -176,7 +176,7 @@ LADDER = {
     "pending-step-not-editable": (10_000, ["Approve", "Reject"], "Sources (10 of 20 shown)", False, True),
     "pending-step-not-editable-compact": (16_000, ["Approve", "Reject"], "Sources (5 of 20 shown)", False, True),
     "pending-step-source-titles": (19_000, ["Approve", "Reject"], "Sources (3 of 20 shown)", False, False),
-    "pending-step-cut": (21_000, ["Approve", "Reject"], "Sources (5 of 20 shown)", True, True),
+    "pending-step-cut": (21_000, ["Reject"], "Sources (5 of 20 shown)", True, True),  # cut: no Approve
     "final-step-full": (4000, [], "Sources (10 of 20 shown)", False, True),
     "final-step-compact-sources": (16_000, [], "Sources (5 of 20 shown)", False, True),
     "final-step-source-titles": (19_000, [], "Sources (3 of 20 shown)", False, False),
@@ -588,14 +588,18 @@ def test_pending_card_actions(name: str, cards: dict[str, Any]) -> None:
         {"approval_id": "a" * 200, "revision": 3} if "worst" in name else {"approval_id": "apr_01HQZX3", "revision": 3}
     )
     actions = _actions_by_title(card)
-    assert list(actions)[0] == "Approve" and list(actions)[-1] == "Reject"
-    assert actions["Approve"]["type"] == "Action.Execute" and actions["Approve"]["verb"] == VERB_APPROVE
-    assert actions["Reject"]["type"] == "Action.ShowCard"
+    assert list(actions)[-1] == "Reject" and actions["Reject"]["type"] == "Action.ShowCard"
     executes = of_type(card, "Action.Execute")
     verbs = {a["verb"] for a in executes}
-    assert verbs == (
-        {VERB_APPROVE, VERB_EDIT, VERB_REJECT} if "Edit and approve" in actions else {VERB_APPROVE, VERB_REJECT}
-    )
+    if _cut_anything(card):  # what the card cannot show cannot be approved from it
+        assert list(actions) == ["Reject"] and verbs == {VERB_REJECT}
+        assert any("cannot be approved in Teams" in t for t in texts(card))
+    else:
+        assert list(actions)[0] == "Approve"
+        assert actions["Approve"]["type"] == "Action.Execute" and actions["Approve"]["verb"] == VERB_APPROVE
+        assert verbs == (
+            {VERB_APPROVE, VERB_EDIT, VERB_REJECT} if "Edit and approve" in actions else {VERB_APPROVE, VERB_REJECT}
+        )
     for action in executes:
         assert action["data"] == view_id  # identity never comes from the card
         fallback = action["fallback"]
@@ -663,6 +667,13 @@ def test_card_within_budget(name: str, cards: dict[str, Any]) -> None:
     assert len(json.dumps(card, separators=(",", ":"), ensure_ascii=False).encode()) <= CARD_BUDGET_BYTES
 
 
+def _cut_anything(card: dict[str, Any]) -> bool:
+    """The card cut the draft body or a fact of what would be sent (sources may be cut freely)."""
+    facts = [t for t in texts(card) if t.startswith(("To: ", "Cc: ", "Subject: ", "In reply to: "))]
+    return _truncation(card) is not None or any(
+        "(truncated, " in t or t.endswith(" more") or t.endswith(" …") for t in facts)
+
+
 def _truncation(card: dict[str, Any]) -> int | None:
     for text in texts(card):
         match = re.fullmatch(r"… \(truncated, ([\d,]+) more characters\)", text)
@@ -671,11 +682,12 @@ def _truncation(card: dict[str, Any]) -> int | None:
     return None
 
 
-def test_long_body_is_cut_with_marker_and_never_loses_approve_reject(cards: dict[str, Any]) -> None:
+def test_long_body_is_cut_with_marker_and_offers_reject_only(cards: dict[str, Any]) -> None:
     card = cards["pending-long-body-many-sources"]
     actions = _actions_by_title(card)
-    assert list(actions) == ["Approve", "Reject"]  # Edit is replaced by a note
-    assert any("too long to edit in Teams" in t for t in texts(card))
+    assert list(actions) == ["Reject"]  # text past the cut must not be approved unseen
+    assert any("cannot be approved in Teams" in t for t in texts(card))
+    assert any("Read the whole text and decide through the Countersign API." == t for t in texts(card))
     omitted = _truncation(card)
     assert omitted is not None and 0 < omitted < len(LONG_BODY)
     assert card_size(card) > CARD_BUDGET_BYTES * 0.9  # the budget is used, not wasted
@@ -705,7 +717,7 @@ def test_edit_form_never_truncates_the_draft(name: str, cards: dict[str, Any]) -
     card = cards[name]
     edit = _actions_by_title(card).get("Edit and approve")
     if edit is None:
-        assert any("too long to edit in Teams" in t for t in texts(card))
+        assert any("too long to edit in Teams" in t or "cannot be approved in Teams" in t for t in texts(card))
         return
     inputs = {i["id"]: i for i in of_type(edit, "Input.Text")}
     assert _truncation(card) is None  # the shown body is whole too
@@ -723,13 +735,15 @@ def test_size_guard_steps(name: str, cards: dict[str, Any]) -> None:
     assert heading in shown
     assert (_truncation(card) is not None) is cut
     assert any(t.startswith("word word") for t in shown) is snippets
-    if name.startswith("pending"):  # the edit form, or the note that replaces it
+    if name.startswith("pending") and not cut:  # the edit form, or the note that replaces it
         assert ("Edit and approve" in actions) != any("too long to edit in Teams" in t for t in shown)
+    if name.startswith("pending") and cut:  # no Approve at all, and where to decide instead
+        assert any("cannot be approved in Teams" in t for t in shown)
 
 
 def test_worst_case_still_fits_with_actions(cards: dict[str, Any]) -> None:
     card = cards["pending-worst-case"]
-    assert list(_actions_by_title(card)) == ["Approve", "Reject"]
+    assert list(_actions_by_title(card)) == ["Reject"]  # recipients are cut: Reject only
     assert card_size(card) <= CARD_BUDGET_BYTES
     assert any(t.startswith("To: ") and t.endswith("more") for t in texts(card))
 
@@ -905,3 +919,30 @@ def test_builders_import_only_the_standard_library() -> None:
             for name in names:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top == "__future__", f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("changes", [
+    {}, FULL, {**FULL, "body": LONG_BODY[:14_000]}, {**FULL, "body": LONG_BODY, "sources": MANY_SOURCES}, WORST,
+    {"to": tuple(f"person{i}@example.com" for i in range(51))},  # more recipients than a card lists
+], ids=["minimal", "full", "too-long-to-edit", "long-body", "worst", "many-recipients"])
+def test_approvable_on_card_is_what_the_card_offers(changes: dict[str, Any]) -> None:
+    """The server's check (from the stored approval) and the card agree exactly."""
+    from adaptive_cards import approvable_on_card
+
+    view = pending(**{**changes, "read_at": "https://cs.example/api/runs/run_01HQZX2",
+                      "decide_at": "https://cs.example/api/approvals/apr_01HQZX3/decisions"})
+    card = build_pending_card(view)
+    offers_approve = VERB_APPROVE in {a["verb"] for a in of_type(card, "Action.Execute")}
+    assert approvable_on_card(view) is offers_approve
+    assert offers_approve is not _cut_anything(card)
+    if not offers_approve:
+        assert any("GET https://cs.example/api/runs/run\\_01HQZX2" in t or "GET https://cs.example/api/runs/run_01HQZX2"
+                   in t for t in texts(card))
+    assert card_size(card) <= CARD_BUDGET_BYTES
+
+
+def test_anyone_is_shown_explicitly() -> None:
+    card = build_pending_card(pending(reviewers=(), anyone=True))
+    assert any(t == "Who may decide: Anyone (this policy does not restrict who may decide)" for t in texts(card))
+    named = build_pending_card(pending(reviewers=("kim@example.com",)))
+    assert not any(t.startswith("Who may decide") for t in texts(named))

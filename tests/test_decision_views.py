@@ -11,7 +11,7 @@ from service.api.deps import SERVICES
 from service.domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, Reviewer
 from service.store import tables as t
 from service.store.db import Tx
-from service.teams.views import decided_view, load_view
+from service.teams.views import ApiLinks, decided_view, load_view
 
 from .conftest import SmtpServer, StartService, email_action
 
@@ -40,8 +40,9 @@ async def test_decided_view_is_the_view_the_store_gives(
     await services.store.write(add_sources)
     outcome = await services.decisions.decide(DecisionRequest(approval_id, kind, reviewer, Channel.TEAMS, **fields))
     assert outcome.decided
-    view = decided_view(outcome)
-    assert view == await load_view(services.store, approval_id)
+    links = ApiLinks("http://countersign.test")
+    view = decided_view(outcome, links)
+    assert view == await load_view(services.store, approval_id, links)
     assert view.status == ("rejected" if kind is DecisionKind.REJECT else "approved") and len(view.sources) == 2
 
 
@@ -70,3 +71,32 @@ async def test_email_needed_is_asked_for_without_deciding_or_auditing(
     assert taken.decided
     run = await service.run(accepted["id"])
     assert [e["event"] for e in run["timeline"]][-3:] == ["decision.refused", "decision.approve", "run.delivering"]
+
+
+async def test_the_server_side_card_check_sees_the_view_the_card_is_built_from(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    """`views.card_refusal` rebuilds the card from the stored approval inside `decide`; it
+    must be the very view `load_view` gives the posted card, or the two could disagree."""
+    import sqlalchemy as sa
+
+    from service.decisions import _approval_from_row
+    from service.teams.views import pending_view
+
+    service = await start_service(smtp_server, worker_concurrency=0)
+    accepted = await service.create_run({"action": email_action(cc=["boss@example.com"]),
+                                         "requested_by": "ops@example.com"})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    store = service.app[SERVICES].store
+
+    async def add_sources(tx: Tx) -> None:
+        await tx.execute(t.approvals.update().where(t.approvals.c.id == approval_id).values(sources=SOURCES))
+
+    await store.write(add_sources)
+
+    async def q(conn: Any) -> Any:
+        return (await conn.execute(sa.select(t.approvals).where(t.approvals.c.id == approval_id))).first()
+
+    links = ApiLinks("http://countersign.test")
+    approval = _approval_from_row(await store.read(q))
+    assert pending_view(approval, links) == await load_view(store, approval_id, links)

@@ -24,7 +24,7 @@ from service.api.deps import SERVICES
 from service.api.routes import ROUTES
 from service.scopes import Scope
 from service.store import tables as t
-from service.teams.views import load_view
+from service.teams.views import ApiLinks, load_view
 
 from .conftest import API_TOKEN, WEBHOOK_SECRET, Service, StartService, email_action, signed
 from .peers.smtp import SmtpServer
@@ -129,7 +129,7 @@ async def test_on_behalf_decision_names_the_key_everywhere(service: Service, smt
     assert decision["actor"] == "key:decider-1" and decision["on_behalf_of"] == "rita@example.com"
     [event] = [e for e in run["timeline"] if e["event"] == "decision.approve"]
     assert event["actor"] == "key:decider-1" and event["data"]["on_behalf_of"] == "rita@example.com"
-    view = await load_view(service.app[SERVICES].store, approval_id)
+    view = await load_view(service.app[SERVICES].store, approval_id, ApiLinks("http://countersign.test"))
     assert view.decided_by == "key:decider-1 on behalf of rita@example.com"
 
 

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 APP_ID = "test-app-id"
 TENANT = "tenant-1"
+OTHER_ALLOWED = "tenant-2"  # a second allowed tenant (guests with the same email in both)
+FOREIGN = "tenant-evil"
 TEAM = "19:team-1@thread.tacv2"
 CHANNEL = "19:approvals@thread.tacv2"
 
@@ -35,23 +37,30 @@ class Teams:
     connector_url: str
 
     def activity(self, kind: str, *, sender: str = "rita", conversation: str = CHANNEL,
-                 conversation_type: str = "channel", **fields: Any) -> dict[str, Any]:
+                 conversation_type: str = "channel", tenant: str = TENANT, known: bool = True,
+                 **fields: Any) -> dict[str, Any]:
+        if known:  # the member API answers with the sender's email and UPN
+            self.connector.members.setdefault(f"29:{sender}", {
+                "id": f"29:{sender}", "name": sender.title(), "aadObjectId": f"aad-{sender}",
+                "email": f"{sender}@example.com", "userPrincipalName": f"{sender}@example.com", "tenantId": tenant})
         activity: dict[str, Any] = {
             "type": kind, "id": f"act-{time.monotonic_ns()}", "channelId": "msteams",
             "serviceUrl": self.connector_url, "timestamp": "2026-11-21T10:00:00Z",
             "from": {"id": f"29:{sender}", "aadObjectId": f"aad-{sender}", "name": sender.title()},
             "recipient": {"id": f"28:{APP_ID}", "name": "Countersign"},
-            "conversation": {"id": conversation, "conversationType": conversation_type, "tenantId": TENANT,
+            "conversation": {"id": conversation, "conversationType": conversation_type, "tenantId": tenant,
                              "isGroup": conversation_type != "personal"},
-            "channelData": {"tenant": {"id": TENANT}},
+            "channelData": {"tenant": {"id": tenant}},
         }
         if conversation_type == "channel":
             activity["channelData"].update({"team": {"id": TEAM}, "channel": {"id": CHANNEL}})
         activity.update(fields)
         return activity
 
-    def click(self, approval_id: str, verb: str, *, sender: str = "rita", **inputs: Any) -> dict[str, Any]:
+    def click(self, approval_id: str, verb: str, *, sender: str = "rita", tenant: str = TENANT, known: bool = True,
+              **inputs: Any) -> dict[str, Any]:
         return self.activity("invoke", sender=sender, conversation=f"{CHANNEL};messageid=1", name="adaptiveCard/action",
+                             tenant=tenant, known=known,
                              replyToId="activity-1", value={"action": {
                                  "type": "Action.Execute", "verb": verb,
                                  "data": {"approval_id": approval_id, "revision": 1, **inputs}}, "trigger": "manual"})
@@ -98,7 +107,8 @@ async def teams(start_service: StartService, smtp_server: SmtpServer) -> AsyncIt
             smtp_server, microsoft_app_id=APP_ID, microsoft_app_password="test-app-password",
             bot_openid_metadata_url=str(key_server.make_url(METADATA_PATH)),
             bot_token_url=f"{connector_url}/oauth2/v2.0/token", bot_key_refresh_min_seconds=0.5,
-            policies={"team": {"reviewers": "anyone", "teams_channel": CHANNEL}})
+            policies={"team": {"reviewers": "anyone", "teams_channel": CHANNEL}},
+            teams_allowed_tenants=[TENANT, OTHER_ALLOWED])
         yield Teams(service, connector, keys, TokenFactory(keys, app_id=APP_ID, service_url=connector_url),
                     connector_url)
     finally:
@@ -393,9 +403,9 @@ def test_teams_without_app_id_refuses_to_start(tmp_path, db_url: str) -> None:  
 
 async def test_insecure_development_mode_is_explicit_and_loud(start_service: StartService, smtp_server: SmtpServer,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    service = await start_service(smtp_server, bot_insecure_no_auth=True)
+    service = await start_service(smtp_server, bot_insecure_no_auth=True, teams_allowed_tenants=[TENANT])
     activity = {"type": "conversationUpdate", "id": "1", "channelId": "msteams", "serviceUrl": "http://127.0.0.1:9",
-                "from": {"id": "29:x"}, "recipient": {"id": "28:bot"},
+                "from": {"id": "29:x"}, "recipient": {"id": "28:bot"}, "channelData": {"tenant": {"id": TENANT}},
                 "conversation": {"id": CHANNEL, "conversationType": "channel"}, "membersAdded": []}
     for _ in range(2):
         status, _, _ = await service.request("POST", "/api/messages", body=activity, auth="none")

@@ -3,7 +3,11 @@
 
 A click is decided through the same `Decisions.decide` as the ops API. The reviewer is
 the activity's `from.aadObjectId` (checked by the Bot Connector's signed token), never
-anything in the card's data; the card only says which approval was clicked.
+anything in the card's data; the card only says which approval was clicked. Where the
+email matters (the run has `requested_by`, or the policy names reviewers by email), the
+clicker's email and UPN come from the Teams member API and are compared too; a click
+whose email cannot be learnt is refused. An Approve or Edit of an approval whose card
+cannot show all of it is refused from the stored approval (`views.card_refusal`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..store import tables as t
 from ..store.db import Store
 from .conversations import Conversation, Conversations, Member
 from .invoke import ERROR_CONTENT_TYPE, JsonInvokeHandler
-from .views import decided_view, load_view
+from .views import ApiLinks, card_refusal, decided_view, load_view
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +61,12 @@ def conversation_of(activity: Activity) -> Conversation:
 
 
 class ApprovalBot(JsonInvokeHandler):
-    def __init__(self, store: Store, decisions: Decisions, conversations: Conversations) -> None:
+    def __init__(self, store: Store, decisions: Decisions, conversations: Conversations, links: ApiLinks) -> None:
         self.store = store
         self.decisions = decisions
         self.conversations = conversations
+        self.links = links
+        self.card_refusal = card_refusal(links)
 
     # ---- where the bot is ---------------------------------------------------------------
 
@@ -88,14 +94,15 @@ class ApprovalBot(JsonInvokeHandler):
             await self._member(turn_context, sender)
 
     async def _member(self, turn_context: TurnContext, sender: ChannelAccount) -> Member | None:
-        """The sender's email and UPN, from our cache or the Teams member API."""
-        known = await self.conversations.member(sender.aad_object_id)
-        if known is not None and known.user_id:
+        """The sender's email and UPN, from our cache or the Teams member API (None, or a
+        record without them, when neither says: the caller decides whether that refuses)."""
+        known = await self.conversations.member_by_object_id(sender.aad_object_id)
+        if known is not None and known.user_id and (known.email or known.user_principal_name):
             return known
         try:
             async with asyncio.timeout(MEMBER_LOOKUP_SECONDS):
                 info = await _conversation_member(turn_context, sender.id)
-        except Exception as exc:  # the lookup is a nicety: decide without it rather than fail the click
+        except Exception as exc:  # the caller refuses where the email is needed (fail closed)
             log.warning("Teams member lookup for %s failed: %s", sender.aad_object_id, exc)
             return known
         member = Member(
@@ -155,19 +162,22 @@ class ApprovalBot(JsonInvokeHandler):
             approval_id=approval_id, kind=kind, channel=Channel.TEAMS,
             reviewer=Reviewer(id=sender.aad_object_id or sender.id, name=sender.name),
             reason=fields.reason, subject=fields.subject, body=fields.body, can_resolve_email=True,
+            approval_refusal=self.card_refusal,
         )
         try:
             outcome = await self.decisions.decide(request)
-            if outcome.detail.get("reason") == EMAIL_NEEDED:  # the policy names reviewers by email
-                member = await self._member(turn_context, sender)
-                email = (member.email or member.user_principal_name) if member else None
+            if outcome.detail.get("reason") == EMAIL_NEEDED:  # reviewers by email, or a requester to tell apart
+                member = await self._member(turn_context, sender) if sender.aad_object_id else None
+                email = member.email if member else None
+                upn = member.user_principal_name if member else None
                 outcome = await self.decisions.decide(replace(
-                    request, reviewer=replace(request.reviewer, email=email), can_resolve_email=False))
+                    request, reviewer=replace(request.reviewer, email=email or upn, upn=upn),
+                    can_resolve_email=False, email_unresolved=not (email or upn)))
         except NotFound:
             return ClickResult.error(404, "NotFound", "this approval no longer exists")
         if outcome.decided:  # the common case: the new state is known without reading it back
-            return ClickResult.card(build_card(decided_view(outcome)))
-        view = await load_view(self.store, approval_id)
+            return ClickResult.card(build_card(decided_view(outcome, self.links)))
+        view = await load_view(self.store, approval_id, self.links)
         if outcome.detail.get("reason") == "not_allowed":
             return ClickResult.card(build_not_allowed_card(view, outcome.detail["message"]), outcome.detail["message"])
         return ClickResult.card(build_card(view))
@@ -178,7 +188,7 @@ class ApprovalBot(JsonInvokeHandler):
         conversation = conversation_of(activity)
         targets = [v for v in (conversation.channel_id, conversation.id, conversation.user_aad_object_id) if v]
         if conversation.user_aad_object_id:  # a personal chat: cards routed to this person by email too
-            member = await self.conversations.member(conversation.user_aad_object_id)
+            member = await self.conversations.member_by_object_id(conversation.user_aad_object_id)
             if member is not None:
                 targets += [v for v in (member.email, member.user_principal_name) if v]
 

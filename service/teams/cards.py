@@ -33,10 +33,10 @@ from ..jobs import Deferred, Job, JobHandler, JobQueue, PermanentError, Transien
 from ..runs import NewApproval
 from ..store import tables as t
 from ..store.db import Op, Store, Tx
-from .conversations import Conversation, Conversations
+from .conversations import AmbiguousMember, Conversation, Conversations
 from .errors import Throttled, classify_sdk_error
 from .ratelimit import RateLimited, TeamsRateLimiter
-from .views import load_view
+from .views import ApiLinks, load_view
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ _POSTED_CARDS = (sa.select(t.teams_cards.c.id, t.approvals.c.run_id)
 
 class TeamsCards:
     def __init__(self, store: Store, jobs: JobQueue, conversations: Conversations, adapter: Any, *,
-                 bot_app_id: str, limiter: TeamsRateLimiter, token_ready: TokenReady,
+                 links: ApiLinks, bot_app_id: str, limiter: TeamsRateLimiter, token_ready: TokenReady,
                  update_delay: timedelta = timedelta(0)) -> None:
         self.store = store
         self.jobs = jobs
@@ -86,6 +86,7 @@ class TeamsCards:
         self.limiter = limiter
         self.token_ready = token_ready
         self.update_delay = update_delay
+        self.links = links
 
     def register(self) -> None:
         self.jobs.register(POST_CARD_JOB, JobHandler(run=self.post, on_dead=self._on_dead, on_retry=self._on_retry))
@@ -129,7 +130,7 @@ class TeamsCards:
         card = await self._card(job.payload["card_id"])
         if card.status == "posted":
             return None
-        view = await load_view(self.store, card.approval_id)
+        view = await load_view(self.store, card.approval_id, self.links)
         activity = card_attachment_activity(build_card(view))
         if card.target.startswith("19:"):
             posted = await self._post_to_channel(card.target, activity)
@@ -170,7 +171,10 @@ class TeamsCards:
         return created["conversation_id"], created["activity_id"], installed.service_url, installed.tenant_id
 
     async def _post_to_person(self, identity: str, activity: Activity) -> tuple[str, str, str, str | None]:
-        member = await self.conversations.member(identity)
+        try:
+            member = await self.conversations.member(identity)
+        except AmbiguousMember as exc:
+            raise PermanentError(f"cannot route the card: {exc}") from None
         aad_object_id = member.aad_object_id if member else identity
         chat = await self.conversations.personal_with(aad_object_id)
         sent: dict[str, str] = {}
@@ -212,7 +216,10 @@ class TeamsCards:
         card = await self._card(job.payload["card_id"])
         if card.status != "posted" or not card.activity_id or not card.conversation_id or not card.service_url:
             return None
-        view = await load_view(self.store, card.approval_id)
+        if not self.conversations.tenants.allows(card.tenant_id):
+            raise PermanentError(f"card {card.id} is in tenant {card.tenant_id!r}, which is not in "
+                                 "COUNTERSIGN_TEAMS_ALLOWED_TENANTS")
+        view = await load_view(self.store, card.approval_id, self.links)
         activity = card_attachment_activity(build_card(view))
         activity.id = card.activity_id
         activity.type = ActivityTypes.message

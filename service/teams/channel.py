@@ -27,7 +27,9 @@ from .cards import TeamsCards
 from .conversations import Conversations
 from .credentials import CachedCredentialsFactory
 from .endpoint import MessagesEndpoint
+from .views import ApiLinks
 from .ratelimit import TeamsRateLimiter
+from .tenants import AllowedTenants
 from .tokens import ChannelTokenValidator, validator_from_settings
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,21 @@ class TeamsChannel:
         self.validator, self.credentials, self.adapter = build_adapter(settings, http)
         self.settings_app_id = settings.microsoft_app_id
         self.adapter.on_turn_error = self._on_turn_error
-        self.conversations = Conversations(store)
-        self.bot = ApprovalBot(store, decisions, self.conversations)
-        self.cards = TeamsCards(store, jobs, self.conversations, self.adapter, bot_app_id=settings.microsoft_app_id,
+        self.tenants = AllowedTenants(settings.effective_teams_allowed_tenants)
+        if not self.tenants.tenants:  # app.check_teams_settings says so at start-up first
+            raise TeamsNotConfigured("Teams needs COUNTERSIGN_TEAMS_ALLOWED_TENANTS")
+        self.conversations = Conversations(store, self.tenants)
+        links = ApiLinks(settings.effective_public_url)
+        self.bot = ApprovalBot(store, decisions, self.conversations, links)
+        self.cards = TeamsCards(store, jobs, self.conversations, self.adapter, links=links,
+                                bot_app_id=settings.microsoft_app_id,
                                 limiter=TeamsRateLimiter(), token_ready=self._token_ready,
                                 update_delay=timedelta(seconds=settings.teams_card_update_delay_seconds))
         self.cards.register()
         runs.on_approval_created.append(self.cards.on_approval_created)
         runs.on_approval_changed.append(self.cards.on_approval_changed)
-        self.endpoint = MessagesEndpoint(self.adapter, self.bot, insecure=self.validator is None,
-                                         foreground=foreground)
+        self.endpoint = MessagesEndpoint(self.adapter, self.bot, validator=self.validator, foreground=foreground,
+                                         tenants=self.tenants, max_body_bytes=settings.bot_max_body_bytes)
         if self.validator is None:
             log.warning("Teams channel running WITHOUT Bot Framework authentication (development mode)")
 

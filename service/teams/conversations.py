@@ -1,4 +1,7 @@
-"""Where the bot is installed, and who the people it has met are (store ops)."""
+"""Where the bot is installed, and who the people it has met are (store ops).
+
+Only conversations and people of the allowed tenants are stored or found: a row from
+another tenant (stored before the allow-list changed) is never used for routing."""
 
 from __future__ import annotations
 
@@ -11,6 +14,11 @@ from botbuilder.schema import ConversationReference
 
 from ..store import tables as t
 from ..store.db import Store, Tx
+from .tenants import AllowedTenants
+
+
+class AmbiguousMember(LookupError):
+    """An email or UPN that names more than one person the bot knows: never guess."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +51,15 @@ class Member:
 
 
 class Conversations:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, tenants: AllowedTenants) -> None:
         self.store = store
+        self.tenants = tenants
+
+    def _allowed(self, column: Any) -> Any:
+        return sa.func.lower(column).in_(sorted(self.tenants.tenants))
 
     async def save(self, conversation: Conversation) -> None:
+        self.tenants.check(conversation.tenant_id, f"conversation {conversation.id}")
         async def op(tx: Tx) -> None:
             values = {
                 "kind": conversation.kind, "service_url": conversation.service_url,
@@ -80,7 +93,8 @@ class Conversations:
     async def get(self, conversation_id: str) -> Conversation | None:
         async def q(conn: Any) -> Conversation | None:
             row = (await conn.execute(
-                sa.select(t.teams_conversations).where(t.teams_conversations.c.id == conversation_id))).first()
+                sa.select(t.teams_conversations).where(t.teams_conversations.c.id == conversation_id,
+                                                       self._allowed(t.teams_conversations.c.tenant_id)))).first()
             return Conversation.from_row(row) if row else None
 
         return await self.store.read(q)
@@ -91,7 +105,8 @@ class Conversations:
             row = (await conn.execute(
                 sa.select(t.teams_conversations)
                 .where(sa.or_(t.teams_conversations.c.channel_id == channel_id,
-                              t.teams_conversations.c.id == channel_id))
+                              t.teams_conversations.c.id == channel_id),
+                       self._allowed(t.teams_conversations.c.tenant_id))
                 .order_by(t.teams_conversations.c.updated_at.desc()).limit(1))).first()
             return Conversation.from_row(row) if row else None
 
@@ -102,7 +117,8 @@ class Conversations:
             row = (await conn.execute(
                 sa.select(t.teams_conversations)
                 .where(t.teams_conversations.c.kind == "personal",
-                       t.teams_conversations.c.user_aad_object_id == aad_object_id)
+                       t.teams_conversations.c.user_aad_object_id == aad_object_id,
+                       self._allowed(t.teams_conversations.c.tenant_id))
                 .order_by(t.teams_conversations.c.updated_at.desc()).limit(1))).first()
             return Conversation.from_row(row) if row else None
 
@@ -111,7 +127,8 @@ class Conversations:
     async def any_in_tenant(self, tenant_id: str | None) -> Conversation | None:
         """Any reference in the tenant: its service URL is where new conversations are created."""
         async def q(conn: Any) -> Conversation | None:
-            query = sa.select(t.teams_conversations).order_by(t.teams_conversations.c.updated_at.desc()).limit(1)
+            query = (sa.select(t.teams_conversations).where(self._allowed(t.teams_conversations.c.tenant_id))
+                     .order_by(t.teams_conversations.c.updated_at.desc()).limit(1))
             if tenant_id:
                 query = query.where(t.teams_conversations.c.tenant_id == tenant_id)
             row = (await conn.execute(query)).first()
@@ -120,6 +137,7 @@ class Conversations:
         return await self.store.read(q)
 
     async def save_member(self, member: Member) -> None:
+        self.tenants.check(member.tenant_id, f"member {member.aad_object_id}")
         async def op(tx: Tx) -> None:
             values = {"user_id": member.user_id, "tenant_id": member.tenant_id, "service_url": member.service_url,
                       "email": member.email, "user_principal_name": member.user_principal_name,
@@ -132,16 +150,36 @@ class Conversations:
 
         await self.store.write(op)
 
-    async def member(self, identity: str) -> Member | None:
-        """A person by AAD object id, email or UPN (case-insensitive)."""
+    async def member_by_object_id(self, aad_object_id: str) -> Member | None:
         async def q(conn: Any) -> Member | None:
+            row = (await conn.execute(sa.select(t.teams_members).where(
+                t.teams_members.c.aad_object_id == aad_object_id, self._allowed(t.teams_members.c.tenant_id)))).first()
+            return _member(row) if row else None
+
+        return await self.store.read(q)
+
+    async def member(self, identity: str) -> Member | None:
+        """A person by AAD object id, email or UPN (case-insensitive), within the allowed
+        tenants. Raises `AmbiguousMember` when the email or UPN names more than one person
+        (a guest in two tenants, a reused address)."""
+        async def q(conn: Any) -> list[Any]:
             folded = identity.casefold()
-            row = (await conn.execute(sa.select(t.teams_members).where(sa.or_(
+            return (await conn.execute(sa.select(t.teams_members).where(sa.or_(
                 t.teams_members.c.aad_object_id == identity,
                 sa.func.lower(t.teams_members.c.email) == folded,
                 sa.func.lower(t.teams_members.c.user_principal_name) == folded,
-            )).limit(1))).first()
-            return Member(row.aad_object_id, row.user_id, row.tenant_id, row.service_url, row.email,
-                          row.user_principal_name, row.name, row.fetched_at) if row else None
+            ), self._allowed(t.teams_members.c.tenant_id)).limit(2))).all()
 
-        return await self.store.read(q)
+        rows = await self.store.read(q)
+        exact = [r for r in rows if r.aad_object_id == identity]
+        if exact:
+            return _member(exact[0])
+        if len(rows) > 1:
+            raise AmbiguousMember(f"{identity} matches more than one person in Teams "
+                                  f"({', '.join(r.aad_object_id for r in rows)}); name the reviewer by object id")
+        return _member(rows[0]) if rows else None
+
+
+def _member(row: Any) -> Member:
+    return Member(row.aad_object_id, row.user_id, row.tenant_id, row.service_url, row.email,
+                  row.user_principal_name, row.name, row.fetched_at)

@@ -276,16 +276,25 @@ class ChannelTokenValidator:
     async def validate(self, auth_header: str | None, *, channel_id: str, service_url: str | None) -> dict[str, Any]:
         """The token's claims, if it was issued by the Bot Connector for this bot, this channel
         and this serviceUrl. Raises InvalidToken otherwise."""
+        verified = await self._verified_token(auth_header)
+        _check_endorsement(verified.key, channel_id)
+        _check_service_url(verified.claims, service_url)
+        return dict(verified.claims)
+
+    async def verify_token(self, auth_header: str | None) -> None:
+        """The checks that need only the header (signature, issuer, audience, lifetime): run
+        before the body is read, so that a request without a valid token costs no parsing.
+        `validate` repeats them from the cache and adds the checks that need the activity."""
+        await self._verified_token(auth_header)
+
+    async def _verified_token(self, auth_header: str | None) -> _Verified:
         token = bearer_token(auth_header)
         verified = self._verified.get(token)
         if (verified is None or self._keys.current(verified.key.kid) is not verified.key
                 or self._now() > verified.usable_until):
-            verified = await self._verify(token)
-        else:
-            self._verified.move_to_end(token)
-        _check_endorsement(verified.key, channel_id)
-        _check_service_url(verified.claims, service_url)
-        return dict(verified.claims)
+            return await self._verify(token)
+        self._verified.move_to_end(token)
+        return verified
 
     async def _verify(self, token: str) -> _Verified:
         self._verified.pop(token, None)

@@ -3,16 +3,30 @@ taken from the outcome of the decision that was just made."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from adaptive_cards import ApprovalView, DeliveryView, SourceView
+from adaptive_cards import ApprovalView, DeliveryView, SourceView, approvable_on_card
 
-from ..domain import DecisionKind, DecisionOutcome, NotFound
+from ..domain import Approval, ApprovalRefusal, DecisionKind, DecisionOutcome, NotFound
 from ..policy import Policy
 from ..store import tables as t
 from ..store.db import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ApiLinks:
+    """Where a card points for what it cannot show: the ops API under PUBLIC_URL."""
+
+    public_url: str
+
+    def run(self, run_id: str) -> str:
+        return f"{self.public_url}/api/runs/{run_id}"
+
+    def decisions(self, approval_id: str) -> str:
+        return f"{self.public_url}/api/approvals/{approval_id}/decisions"
 
 
 def _view_query() -> sa.Select[Any]:
@@ -45,22 +59,23 @@ def shown_decider(reviewer: str, on_behalf_by: str | None) -> str:
     return f"{on_behalf_by} on behalf of {reviewer}" if on_behalf_by else reviewer
 
 
-async def load_view(store: Store, approval_id: str) -> ApprovalView:
+async def load_view(store: Store, approval_id: str, links: ApiLinks) -> ApprovalView:
     async def q(conn: Any) -> ApprovalView:
         row = (await conn.execute(_VIEW, {"approval_id": approval_id})).first()
         if row is None:
             raise NotFound("approval", approval_id)
         # Once approved, a card shows what was approved (the edit), not the draft.
         action = row.approved_action or row.action
-        policy = row.policy or {}
+        policy = Policy.from_dict(row.policy or {})
         decided = row.decision_id is not None
         decided_by = (shown_decider(row.reviewer_name or row.reviewer_email or row.reviewer_id, row.actor)
                       if decided else row.decided_by)
         return ApprovalView(
             approval_id=row.id, run_id=row.run_id, revision=row.revision, status=row.status,
             to=tuple(action["to"]), cc=tuple(action.get("cc") or ()), subject=action["subject"], body=action["body"],
-            in_reply_to=action.get("in_reply_to"), requested_by=row.requested_by, policy=policy.get("name"),
-            reviewers=Policy.from_dict(policy).reviewers, decided_by=decided_by, decided_at=row.decided_at,
+            in_reply_to=action.get("in_reply_to"), requested_by=row.requested_by, policy=policy.name,
+            reviewers=policy.reviewers, anyone=policy.anyone, decided_by=decided_by,
+            decided_at=row.decided_at, read_at=links.run(row.run_id), decide_at=links.decisions(row.id),
             reason=row.reason if decided else None,
             edited=decided and row.decision_kind == "edit",
             sources=_sources(row.sources),
@@ -72,21 +87,48 @@ async def load_view(store: Store, approval_id: str) -> ApprovalView:
     return await store.read(q)
 
 
-def decided_view(outcome: DecisionOutcome) -> ApprovalView:
+def decided_view(outcome: DecisionOutcome, links: ApiLinks) -> ApprovalView:
     """The view `load_view` would read right after the decision in `outcome` committed."""
     approval, decision, delivery = outcome.approval, outcome.decision, outcome.delivery
     if approval is None or decision is None:
         raise ValueError(f"outcome for approval {outcome.approval_id} is not a decision taken")
     action = decision.final_action or approval.action
     reviewer = decision.reviewer
+    policy = Policy.from_dict(approval.policy)
     return ApprovalView(
         approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status=approval.status.value,
         to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
-        requested_by=approval.requested_by, policy=approval.policy.get("name"),
-        reviewers=Policy.from_dict(approval.policy).reviewers,
+        requested_by=approval.requested_by, policy=policy.name, reviewers=policy.reviewers,
+        anyone=policy.anyone, read_at=links.run(approval.run_id), decide_at=links.decisions(approval.id),
         decided_by=shown_decider(reviewer.name or reviewer.email or reviewer.id, decision.on_behalf_by),
         decided_at=approval.decided_at,
         reason=decision.reason, edited=decision.kind is DecisionKind.EDIT, sources=_sources(approval.sources),
         delivery=DeliveryView(status=delivery.status.value, detail=delivery.detail, at=delivery.at)
         if delivery is not None else None,
     )
+
+
+def pending_view(approval: Approval, links: ApiLinks) -> ApprovalView:
+    """The pending card's view of a stored approval, as `load_view` reads it."""
+    policy = Policy.from_dict(approval.policy)
+    action = approval.action
+    return ApprovalView(
+        approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status="pending",
+        to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
+        requested_by=approval.requested_by, policy=policy.name, reviewers=policy.reviewers,
+        anyone=policy.anyone, sources=_sources(approval.sources),
+        read_at=links.run(approval.run_id), decide_at=links.decisions(approval.id),
+    )
+
+
+def card_refusal(links: ApiLinks) -> ApprovalRefusal:
+    """For `DecisionRequest.approval_refusal`: an Approve or Edit from a card is refused when
+    the card of the STORED approval could not show all of it (decided on the server, never
+    from what the click's payload says)."""
+    def refusal(approval: Approval) -> str | None:
+        if approvable_on_card(pending_view(approval, links)):
+            return None
+        return ("This email is longer than a Teams card can show, so it cannot be approved in Teams. "
+                f"Read the whole text with GET {links.run(approval.run_id)} and decide with "
+                f"POST {links.decisions(approval.id)} (the Countersign API); it can still be rejected here.")
+    return refusal
