@@ -7,7 +7,6 @@ Every authentication failure is a 401; bad bodies are 400/415 problems.
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import nullcontext
 from typing import Any
@@ -16,6 +15,7 @@ from aiohttp import web
 from botbuilder.core import Bot, BotAdapter
 from botbuilder.schema import Activity
 
+from ..api import json_input
 from ..api.errors import ApiError
 from ..foreground import Foreground
 
@@ -49,10 +49,7 @@ class MessagesEndpoint:
 
 
 def _activity(body: bytes) -> Activity:
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    data = json_input.loads(body)  # 400 for bad or too deeply nested JSON, never a RecursionError
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_activity", "an activity is a JSON object")
     try:
