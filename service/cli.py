@@ -87,21 +87,25 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     from .app import ensure_api_token
     from .signing import HEADER, sign_v2
 
-    settings = ensure_api_token(_settings()) if not args.sign else _settings()
+    # The arguments first: a usage error must not generate a token or touch the data dir.
     if args.file:
         with open(args.file, "rb") as f:
             body = f.read()
-    elif args.request:
-        if not args.to:
-            print("countersign trigger: --request needs --to, the customer's address", file=sys.stderr)
+    elif args.request is not None:
+        # The API needs the customer of an agent request (the email tool writes only to them).
+        if not args.to or len(args.to) != 1 or args.subject or args.body:
+            print("countersign trigger: --request needs exactly one --to, the customer's address "
+                  "(and no --subject/--body: the agent drafts them)", file=sys.stderr)
             return 2
         body = json.dumps({"request": args.request, "customer": {"email": args.to[0]}}).encode()
     else:
         if not (args.to and args.subject and args.body):
-            print("countersign trigger: give --file, --request, or --to/--subject/--body", file=sys.stderr)
+            print("countersign trigger: give --file, --request TEXT --to ADDRESS, or --to/--subject/--body",
+                  file=sys.stderr)
             return 2
         body = json.dumps({"action": {"type": "send_email", "to": args.to, "subject": args.subject,
                                       "body": args.body}}).encode()
+    settings = ensure_api_token(_settings()) if not (args.sign or args.key) else _settings()
     headers = {"Content-Type": "application/json"}
     url = (args.url or settings.effective_public_url).rstrip("/") + "/api/runs"
     if args.sign:
