@@ -36,6 +36,13 @@ def ensure_private_dir(path: Path) -> None:
             pass  # another process starting at the same moment
         os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask: be exact
         return
+    st = path.stat()
+    if st.st_mode & (stat.S_ISVTX | stat.S_IWOTH) or st.st_uid != os.geteuid():
+        # A shared directory (/tmp, another user's): not ours to change, and not private either.
+        log.warning("the data directory %s is shared (mode %o, owner uid %d): it is left as it is; point "
+                    "COUNTERSIGN_DATA_DIR at a directory of the service's own", path.resolve(),
+                    stat.S_IMODE(st.st_mode), st.st_uid)
+        return
     make_private(path)
     for child in path.iterdir():
         if child.is_file() and not child.is_symlink():
@@ -82,7 +89,12 @@ def make_private(path: Path, *, warn: bool = True) -> None:
     if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
         return
     target = DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE
-    os.chmod(path, target)
+    try:
+        os.chmod(path, target)
+    except PermissionError:  # not ours (a directory made by root for the service): say so, run on
+        log.warning("%s is readable by others (mode %o) and cannot be changed by this user; make it %o",
+                    path.resolve(), stat.S_IMODE(st.st_mode), target)
+        return
     if warn:
         log.warning("%s was readable by others (mode %o); made it %o", path.resolve(), stat.S_IMODE(st.st_mode),
                     target)

@@ -218,3 +218,18 @@ def test_unknown_variable_warnings() -> None:
         "COUNTERSIGN_ZZZ is not a setting (see the settings table in README.md)",
         "countersign_smtp_hots is not a setting; did you mean COUNTERSIGN_SMTP_HOST?",
     ]
+
+
+def test_a_shared_data_dir_is_left_alone_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """COUNTERSIGN_DATA_DIR=/tmp must not make /tmp 0700: a sticky or world-writable
+    directory is not the service's to change (nor private), so it is only warned about."""
+    from service.private_files import ensure_private_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    (shared / "someone-elses-file").write_text("x")
+    os.chmod(shared / "someone-elses-file", 0o644)
+    ensure_private_dir(shared)
+    assert _mode(shared) == 0o1777 and _mode(shared / "someone-elses-file") == 0o644
+    assert "is shared (mode 1777" in caplog.text
