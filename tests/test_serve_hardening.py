@@ -142,8 +142,9 @@ def _mode(path: Path) -> int:
 async def test_data_dir_and_files_are_private(served: ServiceProcess) -> None:
     data = Path(served.env["COUNTERSIGN_DATA_DIR"])
     token = (data / "api-token").read_text().strip()
-    async with aiohttp.ClientSession() as http, http.post(
-            served.url + "/api/runs", json={"action": email_action()}, headers={"Authorization": f"Bearer {token}"}) as r:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http, http.post(served.url + "/api/runs", json={"action": email_action()},
+                                                          headers=headers) as r:
         assert r.status == 202  # a write: SQLite now has its -wal and -shm files
     db = data / "countersign.db"
     assert _mode(data) == 0o700
