@@ -8,10 +8,12 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from .agent.knowledge import EmbeddingSettings, KnowledgeError, LazyKnowledgeBase, RetrievalMode
 from .agent.llm import LlmSettings, build_llm, describe
@@ -22,6 +24,7 @@ from .api.auth import ApiAuth, AuthSettings
 from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
+from .api.timeouts import body_deadline
 from .callback_policy import CallbackConfigError, CallbackPolicy
 from .callbacks import Callbacks
 from .config import WORKING_APP_TYPES, Settings
@@ -31,6 +34,7 @@ from .jobs import JobQueue, Worker
 from .keys import ApiKeys, ReplayGuard
 from .mail.delivery import EmailDelivery
 from .mail.smtp import SmtpTransport
+from .private_files import ensure_private_dir, ensure_private_sqlite
 from .runs import AGENT_JOB, CALLBACK_JOB, Runs
 from .scopes import OPERATOR_SCOPES, Scope
 from .store.db import Store
@@ -52,7 +56,7 @@ def ensure_api_token(settings: Settings) -> Settings:
         return settings
     path = settings.data_dir / "api-token"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
@@ -67,7 +71,7 @@ def ensure_callback_secret(settings: Settings) -> Settings:
     if settings.callback_signing_secret:
         return settings
     path = settings.data_dir / "callback-signing-secret"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -97,18 +101,29 @@ def callback_policy(settings: Settings) -> CallbackPolicy:
 
 async def prepare_database(settings: Settings, store: Store) -> None:
     if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.data_dir)
+        database = sqlite_file(settings.effective_database_url)
+        if database is not None:
+            ensure_private_sqlite(database)  # before SQLite makes it (and its -wal/-shm) 0644
         if settings.auto_migrate:
             await upgrade(store.writer_engine)
     await check_migrated(store.writer_engine)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for an in-memory database)."""
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
+
+
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
+    ensure_private_dir(settings.data_dir)  # 0700, or tightened with a warning (service/private_files.py)
     settings = ensure_callback_secret(ensure_api_token(settings))
     check_teams_settings(settings)
     callbacks_allowed = callback_policy(settings)
     workflow = build_workflow(settings)
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[error_middleware, body_deadline(settings.http_body_timeout_seconds)])
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, callbacks_allowed, run_workers))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import csv
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,16 +26,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .agent.knowledge import KnowledgeError
     from .agent.tools import ToolConfigError
+    from .api.timeouts import server_options
     from .app import create_app
     from .callback_policy import CallbackConfigError
+    from .env_check import unknown_variable_warnings
     from .store.migrate import NotMigrated
     from .teams.channel import TeamsNotConfigured
 
     settings = _settings()
     logs.configure(settings.log_level)
+    for warning in unknown_variable_warnings(os.environ):
+        logging.getLogger("service.config").warning(warning)
     try:
         web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                    access_log=None, print=None)
+                    access_log=None, print=None, **server_options(settings.http_header_timeout_seconds))
     except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError, CallbackConfigError) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
@@ -41,6 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .app import sqlite_file
+    from .private_files import ensure_private_dir, ensure_private_sqlite
     from .store.db import Store
     from .store.migrate import current_revision, upgrade
 
@@ -48,7 +56,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     async def run() -> str | None:
         if settings.is_sqlite:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(settings.data_dir)
+            database = sqlite_file(settings.effective_database_url)
+            if database is not None:
+                ensure_private_sqlite(database)
         store = Store.from_url(settings.effective_database_url)
         try:
             await upgrade(store.writer_engine)
@@ -87,21 +98,25 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     from .app import ensure_api_token
     from .signing import HEADER, sign_v2
 
-    settings = ensure_api_token(_settings()) if not args.sign else _settings()
+    # The arguments first: a usage error must not generate a token or touch the data dir.
     if args.file:
         with open(args.file, "rb") as f:
             body = f.read()
-    elif args.request:
-        if not args.to:
-            print("countersign trigger: --request needs --to, the customer's address", file=sys.stderr)
+    elif args.request is not None:
+        # The API needs the customer of an agent request (the email tool writes only to them).
+        if not args.to or len(args.to) != 1 or args.subject or args.body:
+            print("countersign trigger: --request needs exactly one --to, the customer's address "
+                  "(and no --subject/--body: the agent drafts them)", file=sys.stderr)
             return 2
         body = json.dumps({"request": args.request, "customer": {"email": args.to[0]}}).encode()
     else:
         if not (args.to and args.subject and args.body):
-            print("countersign trigger: give --file, --request, or --to/--subject/--body", file=sys.stderr)
+            print("countersign trigger: give --file, --request TEXT --to ADDRESS, or --to/--subject/--body",
+                  file=sys.stderr)
             return 2
         body = json.dumps({"action": {"type": "send_email", "to": args.to, "subject": args.subject,
                                       "body": args.body}}).encode()
+    settings = ensure_api_token(_settings()) if not (args.sign or args.key) else _settings()
     headers = {"Content-Type": "application/json"}
     url = (args.url or settings.effective_public_url).rstrip("/") + "/api/runs"
     if args.sign:
@@ -345,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .private_files import UMASK
+
+    # Whatever the process writes (the database, its -wal/-shm, indexes, exports) is the
+    # owner's alone, whichever library creates it.
+    os.umask(UMASK)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

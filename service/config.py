@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # (recorded as the token, on behalf of the reviewer). Off: only decide keys decide.
     api_token_may_decide_on_behalf: bool = False
     max_body_bytes: int = 256 * 1024
+    # Slow clients (service/api/timeouts.py): a request head must arrive within this long of
+    # the connection opening or going idle, and its body within this long of the head.
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
 
     # SMTP (aiosmtplib).
     smtp_host: str = "localhost"

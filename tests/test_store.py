@@ -127,3 +127,76 @@ async def test_requests_read_on_a_store_thread_and_jobs_on_the_loop(store: Store
     assert await store.read(kind) is ThreadConnection
     assert await asyncio.create_task(as_job()) is sa.ext.asyncio.AsyncConnection
     assert await store.read(kind) is ThreadConnection  # the mark stays in the job's task
+
+
+def _audit_op(kind: str, *, fail: BaseException | None = None, on_rerun: BaseException | None = None,
+              block: Any = None) -> Any:
+    """An op writing one audit event. `fail` is raised every time (failing the whole batch,
+    then itself alone), `on_rerun` when it runs again alone; `block` (a threading.Event pair) holds the
+    writer thread inside its re-run until released."""
+    runs = 0
+
+    async def op(tx: Tx) -> str:
+        nonlocal runs
+        runs += 1
+        tx.audit(kind, run_id=None, actor="test")
+        if fail is not None:
+            raise fail
+        if runs > 1 and on_rerun is not None:
+            raise on_rerun
+        if runs > 1 and block is not None:
+            entered, release = block
+            entered.set()
+            release.wait(10)
+        return kind
+
+    return op
+
+
+async def _stored_kinds(store: Store) -> list[str]:
+    async def kinds(conn: Any) -> list[str]:
+        return sorted((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
+
+    return await store.read(kinds)
+
+
+async def test_a_cancelled_error_raised_by_an_op_during_the_one_by_one_rerun_answers_everyone(store: Store) -> None:
+    """The batch fails (one op raises), its ops are re-run alone, and one of them raises
+    CancelledError there: its caller gets an error, the others their own answers, and the
+    store keeps writing."""
+    # The failing op last, so every op has run once in the batch before the re-run.
+    ops = [_audit_op("a"), _audit_op("c"), _audit_op("cancels", on_rerun=asyncio.CancelledError()), _audit_op("e"),
+           _audit_op("bad", fail=ValueError("boom"))]
+    writes = [asyncio.ensure_future(store.write(op)) for op in ops]  # queued together: one batch
+    done, pending = await asyncio.wait(writes, timeout=10)
+    assert not pending, "a caller of the failed batch was left waiting"
+    results = [w.exception() or w.result() for w in writes]
+    assert results[:2] == ["a", "c"] and results[3] == "e", results
+    assert isinstance(results[2], RuntimeError) and "cancelled" in str(results[2])
+    assert isinstance(results[4], ValueError)
+    assert await asyncio.wait_for(store.write(_audit_op("after")), 10) == "after"  # the writer lives on
+    assert await _stored_kinds(store) == ["a", "after", "c", "e"]
+
+
+@sqlite_only
+async def test_closing_the_store_during_the_one_by_one_rerun_answers_every_caller(store: Store) -> None:
+    """The store's writer task is cancelled while it re-runs a failed batch op by op: the op
+    running gets an answer, and so does every op of the batch not yet re-run."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    ops = [_audit_op("a"), _audit_op("blocks", block=(entered, release)), _audit_op("c"), _audit_op("d"),
+           _audit_op("bad", fail=ValueError("boom"))]
+    writes = [asyncio.ensure_future(store.write(op)) for op in ops]
+    try:
+        assert await asyncio.to_thread(entered.wait, 10), "the re-run never reached the blocking op"
+        assert store._task is not None
+        store._task.cancel()  # what Store.close() does first
+        done, pending = await asyncio.wait(writes, timeout=10)
+        assert not pending, "callers of the batch were left waiting"
+    finally:
+        release.set()
+    results = [w.exception() or w.result() for w in writes]
+    assert results[0] == "a", results
+    for r in results[1:]:  # the op being re-run, and the ones after it
+        assert isinstance(r, RuntimeError) and "store closed" in str(r), results

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..private_files import make_private, make_private_tree
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm")
@@ -138,6 +140,9 @@ def build_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
         "documents": len(documents), "chunks": len(nodes),
         "embedding_model": embedding.model if embedding else None,
     }))
+    # Private like the rest of the data directory, whatever modes the persister used.
+    make_private_tree(staging)
+    make_private(staging.parent, warn=False)
     # Swap in whole, so a reader never sees half an index.
     shutil.rmtree(index_dir, ignore_errors=True)
     staging.rename(index_dir)

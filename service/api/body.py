@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..scopes import Principal, Scope
+from . import json_input
 from .deps import SERVICES
 from .errors import ROOT_FIELD, ApiError, validation_errors
 
@@ -39,8 +39,6 @@ def parse(model: type[M], body: bytes, request: web.Request, *, allow_empty: boo
         if any(e["type"] == "model_type" and not e["loc"] for e in details):
             raise ApiError(422, "validation_error", "the body must be a JSON object",
                            [{"field": ROOT_FIELD, "message": "must be a JSON object"}]) from None
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # pydantic read it; the standard library should too, but never 500 over it
-            raise ApiError(422, "validation_error", "the request body is not valid", validation_errors(exc)) from None
+        # pydantic-core parsed these bytes already, so the same parser reads them again.
+        data = json_input.loads(body)
         raise ApiError(422, "validation_error", "the request body is not valid", validation_errors(exc, data)) from None

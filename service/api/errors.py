@@ -36,7 +36,8 @@ class ApiError(Exception):
 
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-          409: "Conflict", 413: "Payload too large", 415: "Unsupported media type", 422: "Validation failed",
+          408: "Request timeout", 409: "Conflict", 413: "Payload too large", 415: "Unsupported media type",
+          422: "Validation failed",
           500: "Internal error", 503: "Service unavailable"}
 
 

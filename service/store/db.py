@@ -375,22 +375,35 @@ class Store:
             if not batch:
                 continue
             try:
-                await self._run_batch(batch)
+                try:
+                    await self._run_batch(batch)
+                except asyncio.CancelledError:
+                    if _being_cancelled():
+                        raise
+                    await self._run_one_by_one(batch)  # an op raised it, not `close()`: like any failure
+                except Exception:  # the batch is rolled back; isolate the op that failed
+                    await self._run_one_by_one(batch)
+            finally:
+                # However this batch ended (the store closing mid-batch or mid re-run included),
+                # every caller gets an answer: no `await store.write()` waits forever.
+                for p in batch:
+                    _settle(p.future, exc=RuntimeError("store closed while the write ran; "
+                                                       "it may or may not have been committed"))
+
+    async def _run_one_by_one(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            log.debug("write batch of %d failed; running its ops one by one", len(batch))
+        for p in batch:
+            try:
+                result = await self._run_alone(p.op)
             except asyncio.CancelledError:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(RuntimeError("store closed while the write ran"))
-                raise
-            except Exception:  # the batch is rolled back; isolate the op that failed
-                if len(batch) > 1:
-                    log.debug("write batch of %d failed; running its ops one by one", len(batch))
-                for p in batch:
-                    try:
-                        result = await self._run_alone(p.op)
-                    except Exception as exc:  # the caller gets its own error
-                        _settle(p.future, exc=exc)
-                    else:
-                        _settle(p.future, result=result)
+                if _being_cancelled():
+                    raise  # the store is closing: the loop's `finally` answers the rest
+                _settle(p.future, exc=RuntimeError("the write was cancelled while it ran (rolled back)"))
+            except Exception as exc:  # the caller gets its own error
+                _settle(p.future, exc=exc)
+            else:
+                _settle(p.future, result=result)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         results: list[Any] = []
@@ -419,6 +432,13 @@ class Store:
             results = [_drive(op(tx)) for op in ops]
             _drive(tx.flush())
         return tx, results
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (`Store.close()`), rather than an
+    op having raised `CancelledError` of its own (a driver timeout, a cancelled await)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:

@@ -13,7 +13,6 @@ Every authentication failure is a 401, a foreign tenant a 403, bad bodies 400/41
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import nullcontext
 from typing import Any
@@ -22,6 +21,7 @@ from aiohttp import web
 from botbuilder.core import Bot, BotAdapter
 from botbuilder.schema import Activity
 
+from ..api import json_input
 from ..api.errors import ApiError
 from ..foreground import Foreground
 from .tenants import AllowedTenants, TenantNotAllowed
@@ -90,12 +90,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
+    data = json_input.loads(body)  # 400 for bad or too deeply nested JSON, never a RecursionError
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_activity", "an activity is a JSON object")
     return data
