@@ -588,7 +588,7 @@ def test_pending_card_actions(name: str, cards: dict[str, Any]) -> None:
         {"approval_id": "a" * 200, "revision": 3} if "worst" in name else {"approval_id": "apr_01HQZX3", "revision": 3}
     )
     actions = _actions_by_title(card)
-    assert list(actions)[0] == "Approve" and list(actions)[-1] == "Reject"
+    assert next(iter(actions)) == "Approve" and list(actions)[-1] == "Reject"
     assert actions["Approve"]["type"] == "Action.Execute" and actions["Approve"]["verb"] == VERB_APPROVE
     assert actions["Reject"]["type"] == "Action.ShowCard"
     executes = of_type(card, "Action.Execute")

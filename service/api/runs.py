@@ -12,8 +12,8 @@ from aiohttp import web
 
 from ..domain import EmailAction, RunStatus
 from ..policy import Policy, PolicyMode
-from ..scopes import Scope
 from ..runs import Customer, NewRun, RunDetail, RunSummary
+from ..scopes import Scope
 from .body import parse, read_authenticated
 from .deps import SERVICES, Services
 from .errors import ApiError
