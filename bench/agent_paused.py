@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sqlite3
 import statistics
@@ -31,8 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
-from _common import (BENCH, PYTHON, ROOT, Server, clean_env, countersign_argv, free_port, header, percentile,
-                     verdict)
+from _common import BENCH, PYTHON, ROOT, Server, clean_env, countersign_argv, free_port, header, percentile, verdict
 
 TOKEN = "bench-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -94,13 +92,13 @@ async def resume_latencies(data_dir: Path, resumes: int) -> tuple[list[float], l
     sys.path.insert(0, str(ROOT))
     import sqlalchemy as sa
 
+    from service.agent.runner import AgentRunner
     from service.app import build_workflow
     from service.config import Settings
     from service.jobs import Job, JobQueue, JobStatus
     from service.runs import AGENT_JOB, GatedOutcome, Runs
     from service.store import tables as t
     from service.store.db import Store
-    from service.agent.runner import AgentRunner
 
     settings = Settings(data_dir=data_dir, api_token=TOKEN, openai_api_key=None, openai_base_url="")
     store = Store.from_url(settings.effective_database_url)

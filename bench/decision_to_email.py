@@ -25,8 +25,20 @@ from pathlib import Path
 
 import aiohttp
 
-from _common import (BENCH, PYTHON, Server, SmtpPeer, clean_env, countersign_argv, free_port, header, make_key,
-                     median_range, percentile, verdict)
+from _common import (
+    BENCH,
+    PYTHON,
+    Server,
+    SmtpPeer,
+    clean_env,
+    countersign_argv,
+    free_port,
+    header,
+    make_key,
+    median_range,
+    percentile,
+    verdict,
+)
 
 TOKEN = "bench-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

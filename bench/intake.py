@@ -35,8 +35,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (BENCH, PYTHON, ROOT, Server, clean_env, countersign_argv, free_port, header, make_key,
-                     median_range, percentile, require_tools, verdict)
+from _common import (
+    BENCH,
+    PYTHON,
+    ROOT,
+    Server,
+    clean_env,
+    countersign_argv,
+    free_port,
+    header,
+    make_key,
+    median_range,
+    percentile,
+    require_tools,
+    verdict,
+)
 
 sys.path.insert(0, str(ROOT))
 from service.signing import HEADER, sign  # noqa: E402

@@ -53,8 +53,20 @@ from typing import Any
 
 import aiohttp
 
-from _common import (stop_by_stdin, BENCH, PYTHON, ROOT, Server, SmtpPeer, clean_env, countersign_argv, free_port, header,
-                     percentile, verdict)
+from _common import (
+    BENCH,
+    PYTHON,
+    ROOT,
+    Server,
+    SmtpPeer,
+    clean_env,
+    countersign_argv,
+    free_port,
+    header,
+    percentile,
+    stop_by_stdin,
+    verdict,
+)
 
 sys.path.insert(0, str(ROOT))
 from cryptography.hazmat.primitives import serialization  # noqa: E402

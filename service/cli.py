@@ -91,9 +91,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_trigger(args: argparse.Namespace) -> int:
     """POST a pre-drafted email (or an agent request) to a running service."""
-    import aiohttp
-
     from urllib.parse import urlsplit
+
+    import aiohttp
 
     from .app import ensure_api_token
     from .signing import HEADER, sign_v2
@@ -288,7 +288,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         header = ("NAME", "PREFIX", "STATUS", "SCOPES", "REVIEWER", "EXPIRES", "CREATED BY")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
         return 0
 
     return _keys_command(work)

@@ -13,9 +13,8 @@ import sqlalchemy as sa
 
 from service.agent.offline import LABEL
 from service.api.deps import SERVICES
-from service.store import tables as t
-
 from service.jobs import TransientError
+from service.store import tables as t
 
 from .conftest import Service, StartService
 from .peers.openai_server import Call, Fail, Say, ScriptedLLM, Stall, call
@@ -40,8 +39,8 @@ async def start_run(service: Service) -> str:
 
 
 async def pending_approval(service: Service, run_id: str, revision: int = 1) -> dict[str, Any]:
-    run = await service.wait_for(run_id, lambda r: r["status"] in ("awaiting_approval", "failed", "rejected")
-                                 and any(a["revision"] == revision for a in r["approvals"]) or r["status"] == "failed")
+    run = await service.wait_for(run_id, lambda r: (r["status"] in ("awaiting_approval", "failed", "rejected")
+                                 and any(a["revision"] == revision for a in r["approvals"])) or r["status"] == "failed")
     assert run["status"] == "awaiting_approval", run
     return next(a for a in run["approvals"] if a["revision"] == revision)
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from .conftest import API_TOKEN, free_port
-from .peers.openai_server import ScriptedLLM, Say, call
+from .peers.openai_server import Say, ScriptedLLM, call
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from .conftest import API_TOKEN, email_action, free_port
-from .processes import ServiceProcess
 from .peers.smtp import SmtpServer
+from .processes import ServiceProcess
 
 RUNS = 20
 
@@ -69,7 +69,7 @@ async def test_sigkill_during_delivery_sends_each_email_exactly_once(
 
         def on_data(content: bytes) -> str | None:
             nonlocal received
-            if len(smtp_server.raw_messages()) + 1 == kill_at:
+            if len(smtp_server.raw_messages()) + 1 == kill_at:  # noqa: B023 (called in this iteration only)
                 service.kill()
                 return "451 4.3.0 connection lost"
             received += 1

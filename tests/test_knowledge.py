@@ -27,7 +27,7 @@ from service.app import create_app
 
 from .conftest import StartService
 from .conftest import test_settings as settings_for
-from .peers.openai_server import ScriptedLLM, Say, call
+from .peers.openai_server import Say, ScriptedLLM, call
 from .peers.pdf import make_pdf
 from .peers.smtp import SmtpServer
 

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from service.store import tables as t
 from service.store.db import OpSuspended, Store, Tx
 
-
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
 

@@ -13,6 +13,7 @@ backoff (honouring Retry-After), durably, and ends the run with the reason when 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 from llama_index.core.llms.function_calling import FunctionCallingLLM
@@ -45,7 +46,7 @@ def build_llm(settings: LlmSettings) -> FunctionCallingLLM:
 
     if not settings.base_url and not settings.api_key:
         return OfflineDrafter()
-    common = dict(model=settings.model, timeout=settings.timeout_seconds, max_retries=0,
+    common: dict[str, Any] = dict(model=settings.model, timeout=settings.timeout_seconds, max_retries=0,
                   temperature=settings.temperature, api_base=settings.base_url or None)
     # Local servers ignore the key, but the OpenAI client refuses to start without one.
     api_key = settings.api_key or "not-needed"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from workflows import Context
@@ -107,7 +107,9 @@ class AgentRunner:
                 if isinstance(event, ApprovalRequested):
                     result.requests.append(event)
                 elif isinstance(event, WorkflowIdleEvent):
-                    result.state = await handler.ctx.store.get_state()
+                    # WorkflowHandler.ctx is typed as a bare Context; every step of this workflow
+                    # takes Context[AgentState], so that is the state its store holds.
+                    result.state = await cast("Context[AgentState]", handler.ctx).store.get_state()
                     result.snapshot = handler.ctx.to_dict(serializer=self.serializer)
                     return result
                 elif isinstance(event, StopEvent):

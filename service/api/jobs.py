@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..jobs import Job, JobStatus
 from ..scopes import Scope
@@ -27,7 +28,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if run_id is not None:
         query = query.where(t.jobs.c.run_id == run_id)
 
-    async def q(conn: sa.ext.asyncio.AsyncConnection) -> list[Job]:
+    async def q(conn: AsyncConnection) -> list[Job]:
         return [Job.from_row(r) for r in await conn.execute(query)]
 
     jobs = await services.store.read(q)

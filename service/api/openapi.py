@@ -8,11 +8,12 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from .errors import PROBLEM_JSON, TITLES
-from .schemas import Problem
 from .routes import ROUTES, Route
+from .schemas import Problem
 
 REF = "#/components/schemas/{model}"
 RESPONSE_HEADERS: dict[str, Any] = {
@@ -22,8 +23,8 @@ RESPONSE_HEADERS: dict[str, Any] = {
 }
 
 
-def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+def _schema(model: type[BaseModel], components: dict[str, Any], mode: JsonSchemaMode) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF, mode=mode)
     for name, definition in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
         # One name, one schema: a model whose request and answer shapes differ needs two names.
         if components.setdefault(name, definition) != definition:

@@ -21,15 +21,15 @@ import concurrent.futures
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.sql import visitors
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import visitors
 
 from ..audit import AuditEvent, event_hash
 from ..foreground import Foreground, in_job
@@ -202,7 +202,7 @@ def _related(table: sa.Table, step: Callable[[sa.Table], set[sa.Table]]) -> froz
 
 
 def _parents(table: sa.Table) -> set[sa.Table]:
-    return {fk.column.table for fk in table.foreign_keys}  # type: ignore[misc]
+    return {fk.column.table for fk in table.foreign_keys}
 
 
 def _children(table: sa.Table) -> set[sa.Table]:
@@ -218,7 +218,7 @@ def _tables_needed(statement: Any) -> frozenset[sa.Table] | None:
     (a statement naming no table we know, such as text)."""
     cached = getattr(statement, "_countersign_needs", False)
     if cached is not False:
-        return cached  # type: ignore[no-any-return]
+        return cast("frozenset[sa.Table] | None", cached)
     named = {e for e in visitors.iterate(statement) if isinstance(e, sa.Table)}
     needed: frozenset[sa.Table] | None = None
     if named and named <= _WITH_PARENTS.keys():
@@ -239,13 +239,14 @@ class OpSuspended(RuntimeError):
     """A store op waited on something other than its transaction (see the module doc)."""
 
 
-def _drive(coro: Coroutine[Any, Any, T]) -> T:
+def _drive(awaitable: Awaitable[T]) -> T:
     """Run a coroutine that never suspends to its end, on the calling thread."""
+    steps = awaitable.__await__()
     try:
-        coro.send(None)
+        steps.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coro.close()
+        return done.value
+    steps.close()
     raise OpSuspended("a store op or read waited on something other than its connection; "
                       "they must be pure database work")
 
@@ -342,7 +343,7 @@ class Store:
     def _read_in_thread(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         assert self._threads is not None
         with self._threads.read_engine.connect() as conn:
-            return _drive(fn(ThreadConnection(conn)))  # type: ignore[arg-type]
+            return _drive(fn(ThreadConnection(conn)))
 
     async def write(self, op: Op[T]) -> T:
         if self.foreground is not None and in_job():
@@ -417,7 +418,7 @@ class Store:
                 await tx.flush()
         for callback in tx._after_commit:
             _safe_call(callback)
-        for p, result in zip(batch, results):
+        for p, result in zip(batch, results, strict=True):
             _settle(p.future, result=result)
 
 

@@ -118,7 +118,7 @@ class BotTokenProvider:
             raise ValueError("BotTokenProvider needs an app password")
         self._session = session
         self.app_id = app_id
-        self._secret: str = secret  # type: ignore[assignment]
+        self._secret: str = secret
         self.token_url = token_url
         self.scope = scope
         self.timeout = timeout

@@ -52,7 +52,7 @@ class RateLimited(Exception):
 class _Slot:
     """The sliding windows of one key (a conversation or a tenant)."""
 
-    __slots__ = ("windows", "stamps", "paused_until", "last_used", "waiters", "lock")
+    __slots__ = ("last_used", "lock", "paused_until", "stamps", "waiters", "windows")
 
     def __init__(self, windows: Sequence[Window], now: float, with_lock: bool) -> None:
         self.windows = windows
@@ -65,7 +65,7 @@ class _Slot:
     def wait(self, now: float) -> float:
         """Seconds until one more send fits in every window (0: now). Trims old stamps."""
         wait = self.paused_until - now
-        for (limit, length), stamps in zip(self.windows, self.stamps):
+        for (limit, length), stamps in zip(self.windows, self.stamps, strict=True):
             horizon = now - length
             while stamps and stamps[0] <= horizon:
                 stamps.popleft()
@@ -75,7 +75,7 @@ class _Slot:
         return wait
 
     def record(self, now: float) -> None:
-        for (limit, _), stamps in zip(self.windows, self.stamps):
+        for (limit, _), stamps in zip(self.windows, self.stamps, strict=True):
             stamps.append(now)
             while len(stamps) > limit:  # only older than the window can be dropped; keep `limit`
                 stamps.popleft()

@@ -32,7 +32,7 @@ class ApiLinks:
 def _view_query() -> sa.Select[Any]:
     # One round trip: the approval, its latest decision and its delivery. Built once,
     # because building it costs more than running it.
-    approval_id = sa.bindparam("approval_id")
+    approval_id: sa.BindParameter[str] = sa.bindparam("approval_id")
     latest = (sa.select(t.decisions.c.id).where(t.decisions.c.approval_id == approval_id)
               .order_by(t.decisions.c.created_at.desc()).limit(1).scalar_subquery())
     d, v = t.decisions.alias("d"), t.deliveries.alias("v")
