@@ -16,11 +16,11 @@ from .view import ApprovalView
 __all__ = [
     "ACTION_LABELS",
     "ANYONE",
-    "shows_action_in_full",
     "content_sections",
     "decision_banner",
     "notice",
     "reference_line",
+    "shows_action_in_full",
 ]
 
 ACTION_LABELS = {"send_email": "Send an email"}

@@ -39,8 +39,8 @@ from service.config import Settings  # noqa: E402
 from service.foreground import Foreground  # noqa: E402
 from service.teams.channel import build_adapter  # noqa: E402 (importing it applies the msrest fix too)
 from service.teams.endpoint import MessagesEndpoint  # noqa: E402
-from service.teams.tenants import AllowedTenants
 from service.teams.invoke import JsonInvokeHandler  # noqa: E402
+from service.teams.tenants import AllowedTenants
 
 
 class FloorBot(JsonInvokeHandler):  # the service bot's base: the same invoke answer path

@@ -42,9 +42,20 @@ from typing import Any
 import aiohttp
 import sqlalchemy as sa
 from aiohttp.test_utils import TestServer
+from teams_invoke import (
+    APP_ID,
+    APP_PASSWORD,
+    BENCH_TENANTS,
+    KID,
+    TOKEN,
+    TeamsPeers,
+    create_runs,
+    install,
+    places,
+    post_activity,
+)
 
 from _common import ROOT, cpu_seconds, free_port, header, percentile, verdict
-from teams_invoke import BENCH_TENANTS, APP_ID, APP_PASSWORD, KID, TOKEN, TeamsPeers, create_runs, install, places, post_activity
 
 sys.path.insert(0, str(ROOT))
 from service import logs  # noqa: E402

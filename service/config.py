@@ -7,14 +7,20 @@ Environment variables are `COUNTERSIGN_<NAME>`; `COUNTERSIGN_CONFIG=path.toml` a
 from __future__ import annotations
 
 import enum
+import json
 import os
 import tomllib
 from pathlib import Path
-import json
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from .agent.knowledge import BUILTIN_CORPUS, RetrievalMode
 from .policy import DEFAULT_POLICY, Policy

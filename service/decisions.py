@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from . import metrics
 from .domain import (
+    EMAIL_NEEDED,
     AlreadyDecided,
     Approval,
     ApprovalStatus,
@@ -24,15 +25,14 @@ from .domain import (
     DecisionRequest,
     DeliveryState,
     DeliveryStatus,
-    EMAIL_NEEDED,
     EmailAction,
     NotAllowed,
+    NotFound,
     RunStatus,
     apply_decision,
 )
 from .jobs import JobQueue
 from .policy import Policy, check_reviewer, needs_email
-from .domain import NotFound
 from .runs import GatedOutcome, Runs
 from .store import tables as t
 from .store.db import Store, Tx

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from .domain import NotAllowed, Reviewer
 
-ANYONE = "anyone"  # the value of `reviewers` that lets anyone decide, in the settings file and stored JSON
+ANYONE: Final = "anyone"  # the value of `reviewers` that lets anyone decide, in the settings file and stored JSON
 
 
 class PolicyMode(str, enum.Enum):

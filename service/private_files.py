@@ -77,7 +77,7 @@ def ensure_private_sqlite(database: Path) -> None:
 def make_private_tree(root: Path, *, warn: bool = False) -> None:
     """Directories 0700 and files 0600 under `root` (and `root` itself), e.g. an index a
     library has just persisted with its own modes."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         make_private(Path(dirpath), warn=warn)
         for name in filenames:
             make_private(Path(dirpath) / name, warn=warn)

@@ -595,7 +595,7 @@ def test_pending_card_actions(name: str, cards: dict[str, Any]) -> None:
         assert list(actions) == ["Reject"] and verbs == {VERB_REJECT}
         assert any("cannot be approved in Teams" in t for t in texts(card))
     else:
-        assert list(actions)[0] == "Approve"
+        assert next(iter(actions)) == "Approve"
         assert actions["Approve"]["type"] == "Action.Execute" and actions["Approve"]["verb"] == VERB_APPROVE
         assert verbs == (
             {VERB_APPROVE, VERB_EDIT, VERB_REJECT} if "Edit and approve" in actions else {VERB_APPROVE, VERB_REJECT}
@@ -671,7 +671,7 @@ def _cut_anything(card: dict[str, Any]) -> bool:
     """The card cut the draft body or a fact of what would be sent (sources may be cut freely)."""
     facts = [t for t in texts(card) if t.startswith(("To: ", "Cc: ", "Subject: ", "In reply to: "))]
     return _truncation(card) is not None or any(
-        "(truncated, " in t or t.endswith(" more") or t.endswith(" …") for t in facts)
+        "(truncated, " in t or t.endswith((" more", " …")) for t in facts)
 
 
 def _truncation(card: dict[str, Any]) -> int | None:

@@ -114,7 +114,7 @@ async def test_adding_teams_destinations_under_an_open_policy_is_refused(
     start_service: StartService, smtp_server: SmtpServer
 ) -> None:
     # Teams on (in development mode: these requests are refused before any card would be posted).
-    service = await start_service(smtp_server, bot_insecure_no_auth=True,
+    service = await start_service(smtp_server, bot_insecure_no_auth=True, teams_allowed_tenants=["tenant-1"],
                                   policies={"refunds": {**REFUNDS, "teams_channel": CHANNEL}})
     for policy, field in (({"teams_channel": "19:elsewhere@thread.tacv2"}, "policy.teams_channel"),
                           ({"teams_chat": ["mallory@example.com"]}, "policy.teams_chat")):

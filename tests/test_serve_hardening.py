@@ -71,7 +71,7 @@ async def _trickle_until_closed(reader: asyncio.StreamReader, writer: asyncio.St
     while time.monotonic() - started < limit:
         try:
             chunk = await asyncio.wait_for(reader.read(65536), 0.3)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             try:
                 writer.write(drip)
                 await writer.drain()
@@ -91,7 +91,7 @@ async def _trickle_until_closed(reader: asyncio.StreamReader, writer: asyncio.St
 
 async def test_slow_headers_are_cut_off_and_healthz_stays_quick(served: ServiceProcess) -> None:
     connections = []
-    for i in range(50):
+    for _ in range(50):
         reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: countersign.test\r\nX-Slow: ")
         connections.append((reader, writer))

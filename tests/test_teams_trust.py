@@ -279,7 +279,7 @@ def test_teams_settings_that_cannot_work_refuse_to_start(tmp_path: Path, db_url:
         create_app(Settings(**base))
     with pytest.raises(TeamsNotConfigured, match="COUNTERSIGN_TEAMS_ALLOWED_TENANTS"):
         create_app(Settings(data_dir=tmp_path, api_token="x" * 20, bot_insecure_no_auth=True))
-    with pytest.raises(TeamsNotConfigured, match="UserAssignedMSI.*MultiTenant, SingleTenant"):
+    with pytest.raises(TeamsNotConfigured, match=r"UserAssignedMSI.*MultiTenant, SingleTenant"):
         create_app(Settings(**base, microsoft_app_type="UserAssignedMSI", teams_allowed_tenants=[TENANT]))
     # SingleTenant allows its own tenant without listing it.
     single = Settings(**base, microsoft_app_type="SingleTenant", microsoft_app_tenant_id="Tenant-Own")

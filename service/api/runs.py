@@ -14,8 +14,8 @@ from ..callback_policy import CallbackRefused
 from ..domain import EmailAction, RunStatus
 from ..policy import DEFAULT_POLICY, Narrowing, NarrowingRefused, Policy, PolicyMode, narrow
 from ..redact import redact_url
-from ..scopes import Scope
 from ..runs import Customer, NewRun, RunDetail, RunSummary
+from ..scopes import Scope
 from .body import parse, read_authenticated
 from .deps import SERVICES, Services
 from .errors import ApiError

@@ -27,10 +27,10 @@ from .cards import TeamsCards
 from .conversations import Conversations
 from .credentials import CachedCredentialsFactory
 from .endpoint import MessagesEndpoint
-from .views import ApiLinks
 from .ratelimit import TeamsRateLimiter
 from .tenants import AllowedTenants
 from .tokens import ChannelTokenValidator, validator_from_settings
+from .views import ApiLinks
 
 log = logging.getLogger(__name__)
 
