@@ -22,6 +22,7 @@ from .api.auth import ApiAuth
 from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
+from .audit import AuditKeyError, ChainKey
 from .callbacks import Callbacks
 from .config import Settings
 from .decisions import SEND_EMAIL_JOB, Decisions
@@ -56,6 +57,39 @@ def ensure_api_token(settings: Settings) -> Settings:
     return settings.model_copy(update={"api_token": SecretStr(path.read_text().strip())})
 
 
+AUDIT_KEY_FILE = "audit-key"
+
+
+def ensure_audit_key(settings: Settings, *, create: bool = True) -> Settings:
+    """The key that chains the audit log: COUNTERSIGN_AUDIT_KEY, or on SQLite (embedded
+    defaults) a key generated once into the data directory, readable only by the owner.
+
+    PostgreSQL without the setting is refused: several replicas write one chain and must
+    share the key, and a key generated on one machine would not be known to the others."""
+    if settings.audit_key is None:
+        if not settings.is_sqlite:
+            raise AuditKeyError(
+                "COUNTERSIGN_AUDIT_KEY is required with PostgreSQL (the same value on every replica, kept outside "
+                "the database): python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        path = settings.data_dir / AUDIT_KEY_FILE
+        if not path.exists():
+            if not create:
+                raise AuditKeyError(f"no COUNTERSIGN_AUDIT_KEY and no {path}: cannot check the keyed audit chain")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+            log.warning("no COUNTERSIGN_AUDIT_KEY set; generated the audit chain's key into %s", path.resolve())
+        settings = settings.model_copy(update={"audit_key": SecretStr(path.read_text().strip())})
+    assert settings.audit_key is not None
+    ChainKey(settings.audit_key.get_secret_value())  # too short: refused here, at start
+    return settings
+
+
+def audit_key_of(settings: Settings) -> str | None:
+    return settings.audit_key.get_secret_value() if settings.audit_key else None
+
+
 async def prepare_database(settings: Settings, store: Store) -> None:
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +99,7 @@ async def prepare_database(settings: Settings, store: Store) -> None:
 
 
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
-    settings = ensure_api_token(settings)
+    settings = ensure_audit_key(ensure_api_token(settings))
     check_teams_settings(settings)
     workflow = build_workflow(settings)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
@@ -141,9 +175,11 @@ async def _bot_messages(request: web.Request) -> web.StreamResponse:
 async def _lifecycle(
     app: web.Application, settings: Settings, workflow: AgentWorkflow, run_workers: bool
 ) -> AsyncIterator[None]:
-    store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max)
+    store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max,
+                           audit_key=audit_key_of(settings))
     try:
         await prepare_database(settings, store)
+        await store.key_audit_chain()
     except BaseException:
         await store.close()
         raise

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     signature_tolerance_seconds: int = 300
+    # Keys the audit log's hash chain (HMAC-SHA256). Keep it outside the database. Empty:
+    # on SQLite, generated into <data_dir>/audit-key; on PostgreSQL `serve` refuses to start
+    # (every replica must share one key).
+    audit_key: SecretStr | None = None
     max_body_bytes: int = 256 * 1024
 
     # SMTP (aiosmtplib).

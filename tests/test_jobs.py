@@ -13,10 +13,12 @@ from service.jobs import Job, JobHandler, JobQueue, JobStatus, LeaseLost, Perman
 from service.store import tables as t
 from service.store.db import Store, Tx
 
+from .conftest import AUDIT_KEY
+
 
 async def _second_store(db_url: str) -> Store:
     """Another connection pool and writer on the same database: a second service process."""
-    s = Store.from_url(db_url)
+    s = Store.from_url(db_url, audit_key=AUDIT_KEY)
     await s.start()
     return s
 
