@@ -188,8 +188,9 @@ async def _lifecycle(
     store.foreground = foreground
     jobs = JobQueue(store, max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds,
                     backoff_base=settings.job_backoff_base_seconds, backoff_max=settings.job_backoff_max_seconds)
-    runs = Runs(store, jobs)
-    decisions = Decisions(store, jobs, runs, settings.message_id_domain)
+    runs = Runs(store, jobs, mail_from=settings.mail_from, mail_reply_to=settings.mail_reply_to)
+    decisions = Decisions(store, jobs, runs, settings.message_id_domain, mail_from=settings.mail_from,
+                          mail_reply_to=settings.mail_reply_to)
     transport = SmtpTransport(settings)
     http = aiohttp.ClientSession()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
