@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from . import metrics
 from .domain import InvalidTransition, NotFound
 from .foreground import Foreground, mark_job
+from .redact import redact_error
 from .store import tables as t
 from .store.db import Op, Store, Tx, utcnow
 
@@ -245,7 +246,8 @@ class JobQueue:
 
     async def fail(self, job: Job, error: BaseException) -> JobStatus:
         """Record a failed attempt: schedule a retry, or move the job to the dead letters."""
-        message = f"{type(error).__name__}: {error}"[:2000]
+        # Stored as last_error, in the job.dead audit event and on the run: no credentials.
+        message = redact_error(f"{type(error).__name__}: {error}")[:2000]
         transient = not isinstance(error, PermanentError)
         handler = self.handlers.get(job.kind)
 
@@ -391,7 +393,7 @@ class Worker:
             elif not isinstance(exc, (TransientError, PermanentError)):
                 log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
             else:
-                log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
+                log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, redact_error(str(exc)))
             try:
                 await self.queue.fail(job, exc)
             except LeaseLost as lost:

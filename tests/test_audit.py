@@ -131,6 +131,7 @@ async def test_rewriting_without_the_key_is_detected(service: Service) -> None:
     assert result.returncode == 1 and "BROKEN at event 4" in result.stderr and "relabelled" in result.stderr
 
 
+@sqlite_only  # the rules are the database's no matter which; the CLI calls are slow on a loaded machine
 async def test_relabelling_the_whole_chain_as_legacy_is_detected(service: Service) -> None:
     await _flow(service)
     url = service.settings.effective_database_url
@@ -170,6 +171,7 @@ async def test_deleting_the_tail_is_detected(service: Service) -> None:
     assert result.returncode == 1 and "tail removed" in result.stderr
 
 
+@sqlite_only
 async def test_an_anchored_head_detects_a_dropped_tail_with_a_moved_head(service: Service) -> None:
     await _flow(service)
     url = service.settings.effective_database_url

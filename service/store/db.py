@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..audit import KEYED_ALG, MARKER_KIND, AuditEvent, AuditKeyError, ChainKey, marker_data
 from ..foreground import Foreground, in_job
+from ..redact import redact_credentials, redact_data
 from . import tables as t
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class Tx:
         return await self.flush_audit()
 
     def audit(self, kind: str, *, run_id: str | None, actor: str, data: dict[str, Any] | None = None) -> None:
-        self._audit.append((run_id, kind, actor, data or {}))
+        # The one way into the audit log: no URL in it keeps its credentials.
+        self._audit.append((run_id, kind, redact_credentials(actor), redact_data(data or {})))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the transaction is durable (wake workers, count metrics)."""
