@@ -94,7 +94,7 @@ async def resume_latencies(data_dir: Path, resumes: int) -> tuple[list[float], l
     sys.path.insert(0, str(ROOT))
     import sqlalchemy as sa
 
-    from service.app import build_workflow
+    from service.app import audit_key_of, build_workflow, ensure_audit_key
     from service.config import Settings
     from service.jobs import Job, JobQueue, JobStatus
     from service.runs import AGENT_JOB, GatedOutcome, Runs
@@ -102,8 +102,8 @@ async def resume_latencies(data_dir: Path, resumes: int) -> tuple[list[float], l
     from service.store.db import Store
     from service.agent.runner import AgentRunner
 
-    settings = Settings(data_dir=data_dir, api_token=TOKEN, openai_api_key=None, openai_base_url="")
-    store = Store.from_url(settings.effective_database_url)
+    settings = ensure_audit_key(Settings(data_dir=data_dir, api_token=TOKEN, openai_api_key=None, openai_base_url=""))
+    store = Store.from_url(settings.effective_database_url, audit_key=audit_key_of(settings))
     await store.start()
     try:
         jobs = JobQueue(store)
