@@ -175,7 +175,6 @@ async def test_a_changed_html_template_is_refused(start_service: StartService, s
 
 @sqlite_only
 async def test_a_changed_from_is_refused(start_service: StartService, smtp_server: SmtpServer) -> None:
-    import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from service.store import tables as t
@@ -192,7 +191,6 @@ async def test_a_changed_from_is_refused(start_service: StartService, smtp_serve
     run = await sender.wait_status(run_id, "failed")
     assert "does not carry the approved content" in run["failure_reason"]
     assert smtp_server.messages() == []
-    del sa
 
 
 @sqlite_only
