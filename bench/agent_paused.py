@@ -93,15 +93,15 @@ async def resume_latencies(data_dir: Path, resumes: int) -> tuple[list[float], l
     import sqlalchemy as sa
 
     from service.agent.runner import AgentRunner
-    from service.app import build_workflow
+    from service.app import audit_key_of, build_workflow, ensure_audit_key
     from service.config import Settings
     from service.jobs import Job, JobQueue, JobStatus
     from service.runs import AGENT_JOB, GatedOutcome, Runs
     from service.store import tables as t
     from service.store.db import Store
 
-    settings = Settings(data_dir=data_dir, api_token=TOKEN, openai_api_key=None, openai_base_url="")
-    store = Store.from_url(settings.effective_database_url)
+    settings = ensure_audit_key(Settings(data_dir=data_dir, api_token=TOKEN, openai_api_key=None, openai_base_url=""))
+    store = Store.from_url(settings.effective_database_url, audit_key=audit_key_of(settings))
     await store.start()
     try:
         jobs = JobQueue(store)

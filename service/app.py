@@ -25,6 +25,7 @@ from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
 from .api.timeouts import body_deadline
+from .audit import AuditKeyError, ChainKey
 from .callback_policy import CallbackConfigError, CallbackPolicy
 from .callbacks import Callbacks
 from .config import WORKING_APP_TYPES, Settings
@@ -97,6 +98,37 @@ def callback_policy(settings: Settings) -> CallbackPolicy:
             "COUNTERSIGN_API_TOKEN: a callback receiver would hold a key the ops API accepts")
     return CallbackPolicy.from_settings(allow_http=settings.callback_allow_http,
                                         allowed_hosts=settings.callback_allowed_hosts)
+AUDIT_KEY_FILE = "audit-key"
+
+
+def ensure_audit_key(settings: Settings, *, create: bool = True) -> Settings:
+    """The key that chains the audit log: COUNTERSIGN_AUDIT_KEY, or on SQLite (embedded
+    defaults) a key generated once into the data directory, readable only by the owner.
+
+    PostgreSQL without the setting is refused: several replicas write one chain and must
+    share the key, and a key generated on one machine would not be known to the others."""
+    if settings.audit_key is None:
+        if not settings.is_sqlite:
+            raise AuditKeyError(
+                "COUNTERSIGN_AUDIT_KEY is required with PostgreSQL (the same value on every replica, kept outside "
+                "the database): python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        path = settings.data_dir / AUDIT_KEY_FILE
+        if not path.exists():
+            if not create:
+                raise AuditKeyError(f"no COUNTERSIGN_AUDIT_KEY and no {path}: cannot check the keyed audit chain")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+            log.warning("no COUNTERSIGN_AUDIT_KEY set; generated the audit chain's key into %s", path.resolve())
+        settings = settings.model_copy(update={"audit_key": SecretStr(path.read_text().strip())})
+    assert settings.audit_key is not None
+    ChainKey(settings.audit_key.get_secret_value())  # too short: refused here, at start
+    return settings
+
+
+def audit_key_of(settings: Settings) -> str | None:
+    return settings.audit_key.get_secret_value() if settings.audit_key else None
 
 
 async def prepare_database(settings: Settings, store: Store) -> None:
@@ -118,7 +150,7 @@ def sqlite_file(url: str) -> Path | None:
 
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
     ensure_private_dir(settings.data_dir)  # 0700, or tightened with a warning (service/private_files.py)
-    settings = ensure_callback_secret(ensure_api_token(settings))
+    settings = ensure_audit_key(ensure_callback_secret(ensure_api_token(settings)))
     check_teams_settings(settings)
     callbacks_allowed = callback_policy(settings)
     workflow = build_workflow(settings)
@@ -221,9 +253,11 @@ async def _lifecycle(
     app: web.Application, settings: Settings, workflow: AgentWorkflow, callbacks_allowed: CallbackPolicy,
     run_workers: bool,
 ) -> AsyncIterator[None]:
-    store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max)
+    store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max,
+                           audit_key=audit_key_of(settings))
     try:
         await prepare_database(settings, store)
+        await store.key_audit_chain()
     except BaseException:
         await store.close()
         raise
@@ -232,8 +266,9 @@ async def _lifecycle(
     store.foreground = foreground
     jobs = JobQueue(store, max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds,
                     backoff_base=settings.job_backoff_base_seconds, backoff_max=settings.job_backoff_max_seconds)
-    runs = Runs(store, jobs)
-    decisions = Decisions(store, jobs, runs, settings.message_id_domain)
+    runs = Runs(store, jobs, mail_from=settings.mail_from, mail_reply_to=settings.mail_reply_to)
+    decisions = Decisions(store, jobs, runs, settings.message_id_domain, mail_from=settings.mail_from,
+                          mail_reply_to=settings.mail_reply_to)
     transport = SmtpTransport(settings)
     http = aiohttp.ClientSession()
     jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,

@@ -1,4 +1,4 @@
-"""`countersign`: serve | migrate | index | trigger | keys create|list|revoke | audit verify | audit export."""
+"""`countersign`: serve | migrate | index | trigger | keys create|list|revoke | audit verify|head|export."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .agent.tools import ToolConfigError
     from .api.timeouts import server_options
     from .app import create_app
+    from .audit import AuditKeyError
     from .callback_policy import CallbackConfigError
     from .env_check import unknown_variable_warnings
     from .store.migrate import NotMigrated
@@ -40,7 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
                     access_log=None, print=None, **server_options(settings.http_header_timeout_seconds))
-    except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError, CallbackConfigError) as exc:
+    except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError, CallbackConfigError,
+            AuditKeyError) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -146,27 +148,71 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .audit import verify_chain
+    from .app import ensure_audit_key
+    from .audit import AuditKeyError, ChainKey, verify_chain
     from .store.audit_read import head, iter_events
     from .store.db import Store
 
-    settings = _settings()
+    expect: tuple[int, str] | None = None
+    if args.expect_head:
+        seq_text, _, digest_text = args.expect_head.partition(":")
+        if not seq_text.isdigit() or len(digest_text) != 64:
+            print("countersign audit verify: --expect-head takes SEQ:HASH as printed by `countersign audit head`",
+                  file=sys.stderr)
+            return 2
+        expect = (int(seq_text), digest_text.lower())
+    try:
+        settings = ensure_audit_key(_settings(), create=False)
+    except AuditKeyError as exc:
+        print(f"countersign audit verify: {exc}", file=sys.stderr)
+        return 2
+    assert settings.audit_key is not None
+    key = ChainKey(settings.audit_key.get_secret_value())
 
     async def run() -> Any:
         store = Store.from_url(settings.effective_database_url)
         try:
             seq, digest = await head(store.reader_engine)
-            events = [e async for e in iter_events(store.reader_engine)]
-            return verify_chain(events, seq, digest)
+            return verify_chain([e async for e in iter_events(store.reader_engine)], key, seq, digest, expect)
         finally:
             await store.close()
 
     report = asyncio.run(run())
     if report.ok:
-        print(f"audit chain intact: {report.events} events")
+        print(f"audit chain intact: {report.events} events ({report.legacy_events} legacy, "
+              f"{report.events - report.legacy_events} keyed)")
         return 0
     print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}", file=sys.stderr)
     return 1
+
+
+def cmd_audit_head(args: argparse.Namespace) -> int:
+    """Print SEQ:HASH of the chain's head, to be kept outside the database (see README)."""
+    from .store.audit_read import head
+    from .store.db import Store
+
+    settings = _settings()
+
+    async def run() -> tuple[int, str]:
+        store = Store.from_url(settings.effective_database_url)
+        try:
+            return await head(store.reader_engine)
+        finally:
+            await store.close()
+
+    seq, digest = asyncio.run(run())
+    print(f"{seq}:{digest}")
+    return 0
+
+
+# A cell a spreadsheet would read as a formula (OWASP "CSV injection"), full-width forms included.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: Any) -> str:
+    """A cell as text, prefixed with a single quote when it could start a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -182,12 +228,14 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         try:
             writer = csv.writer(out) if args.format == "csv" else None
             if writer:
-                writer.writerow(["seq", "at", "run_id", "kind", "actor", "data", "prev_hash", "hash"])
+                writer.writerow(["seq", "at", "run_id", "kind", "actor", "data", "prev_hash", "hash", "alg"])
             async for event in iter_events(store.reader_engine):
                 d = event.to_dict()
                 if writer:
-                    writer.writerow([d["seq"], d["at"], d["run_id"] or "", d["kind"], d["actor"],
-                                     json.dumps(d["data"], sort_keys=True), d["prev_hash"], d["hash"]])
+                    writer.writerow([csv_cell(v) for v in (
+                        d["seq"], d["at"], d["run_id"], d["kind"], d["actor"],
+                        json.dumps(d["data"], sort_keys=True, ensure_ascii=False), d["prev_hash"], d["hash"],
+                        d["alg"] or "")])
                 else:
                     out.write(json.dumps(d, ensure_ascii=False) + "\n")
                 count += 1
@@ -206,25 +254,27 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def _keys_command(work: Any) -> int:
     """Run `work(keys)` against the configured database (migrating SQLite like `serve`)."""
-    from .app import prepare_database
+    from .app import audit_key_of, ensure_audit_key, prepare_database
+    from .audit import AuditKeyError
     from .keys import ApiKeys
     from .store.db import Store
     from .store.migrate import NotMigrated
 
-    settings = _settings()
-
     async def run() -> int:
-        store = Store.from_url(settings.effective_database_url)
+        # Creating and revoking keys is audited, into the same keyed chain `serve` writes.
+        settings = ensure_audit_key(_settings())
+        store = Store.from_url(settings.effective_database_url, audit_key=audit_key_of(settings))
         try:
             await prepare_database(settings, store)
             await store.start()
+            await store.key_audit_chain()
             return int(await work(ApiKeys(store)))
         finally:
             await store.close()
 
     try:
         return asyncio.run(run())
-    except NotMigrated as exc:
+    except (NotMigrated, AuditKeyError) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
 
@@ -351,7 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_keys_revoke)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
-    audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    verify = audit.add_parser("verify", help="check the keyed hash chain (needs COUNTERSIGN_AUDIT_KEY)")
+    verify.add_argument("--expect-head", metavar="SEQ:HASH",
+                        help="an earlier `audit head` kept outside the database: event SEQ must still have HASH")
+    verify.set_defaults(func=cmd_audit_verify)
+    audit.add_parser("head", help="print SEQ:HASH of the newest event, to anchor outside the database") \
+        .set_defaults(func=cmd_audit_head)
     export = audit.add_parser("export", help="write the audit log")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--output", "-o")

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # A deliberate choice: let the operator token decide on a named reviewer's behalf
     # (recorded as the token, on behalf of the reviewer). Off: only decide keys decide.
     api_token_may_decide_on_behalf: bool = False
+    # Keys the audit log's hash chain (HMAC-SHA256). Keep it outside the database. Empty:
+    # on SQLite, generated into <data_dir>/audit-key; on PostgreSQL `serve` refuses to start
+    # (every replica must share one key).
+    audit_key: SecretStr | None = None
     max_body_bytes: int = 256 * 1024
     # Slow clients (service/api/timeouts.py): a request head must arrive within this long of
     # the connection opening or going idle, and its body within this long of the head.

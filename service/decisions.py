@@ -32,6 +32,8 @@ from .domain import (
     apply_decision,
 )
 from .jobs import JobQueue
+from .mail.message import CONTENT_HASH_VERSION
+from .mail.message import approved_sha256 as visible_sha256
 from .policy import Policy, check_reviewer, needs_email
 from .runs import GatedOutcome, Runs
 from .store import tables as t
@@ -55,7 +57,8 @@ _CLAIM = (t.approvals.update()
           .where(t.approvals.c.id == sa.bindparam("approval_id"), t.approvals.c.version == sa.bindparam("seen"))
           .values(version=t.approvals.c.version + 1,
                   **{name: sa.bindparam(name, type_=t.approvals.c[name].type)
-                     for name in ("status", "decided_at", "decided_by", "approved_action", "approved_sha256")}))
+                     for name in ("status", "decided_at", "decided_by", "approved_action", "approved_sha256",
+                                  "content_hash_version")}))
 _STATUS = sa.select(t.approvals.c.status).where(t.approvals.c.id == sa.bindparam("approval_id"))
 
 
@@ -70,8 +73,13 @@ def _identity(request: DecisionRequest) -> dict[str, str]:
 
 
 class Decisions:
-    def __init__(self, store: Store, jobs: JobQueue, runs: Runs, message_id_domain: str) -> None:
+    def __init__(self, store: Store, jobs: JobQueue, runs: Runs, message_id_domain: str, *,
+                 mail_from: str, mail_reply_to: str | None) -> None:
         self.store = store
+        # For approvals created before From/Reply-To were frozen on them (migration 0005):
+        # the settings at the decision, frozen on the delivery from then on.
+        self.mail_from = mail_from
+        self.mail_reply_to = mail_reply_to
         self.jobs = jobs
         self.runs = runs
         self.message_id_domain = message_id_domain
@@ -108,12 +116,18 @@ class Decisions:
             except (NotAllowed, AlreadyDecided) as refusal:
                 return self._refused(tx, approval, request, refusal)
 
-            approved_sha256 = final_action.content_sha256() if final_action else None
+            sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
+                                else (self.mail_from, self.mail_reply_to))
+            # Covers From, Reply-To and the HTML part as the templates render them now:
+            # the delivery refuses a message that shows anything else.
+            approved_sha256 = (visible_sha256(final_action, sender=sender, reply_to=reply_to)
+                               if final_action else None)
             won = await tx.execute(_CLAIM, {
                 "approval_id": approval.id, "seen": approval.version, "status": new_status.value,
                 "decided_at": tx.now, "decided_by": request.reviewer.id,
                 "approved_action": final_action.to_dict() if final_action else None,
                 "approved_sha256": approved_sha256,
+                "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
             })
             if won.rowcount != 1:  # another process decided between our read and write
                 current = (await tx.execute(_STATUS, {"approval_id": approval.id})).scalar_one()
@@ -136,10 +150,12 @@ class Decisions:
                                           "channel": request.channel.value, **_identity(request)}
             if approved_sha256:
                 audit_data["approved_sha256"] = approved_sha256
+                audit_data["content_hash_version"] = CONTENT_HASH_VERSION
             if request.reason:
                 audit_data["reason"] = request.reason
             tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.actor, data=audit_data)
-            delivery = await self._after_decision(tx, approval, new_status, final_action, decision)
+            delivery = await self._after_decision(tx, approval, new_status, final_action, decision,
+                                                  (sender, reply_to, approved_sha256))
             await self.runs.approval_changed(tx, approval.id)
             tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
             after = replace(approval, status=new_status, version=approval.version + 1, decided_at=tx.now,
@@ -165,7 +181,8 @@ class Decisions:
                                detail={"reason": reason, "message": refusal.message})
 
     async def _after_decision(
-        self, tx: Tx, approval: Approval, status: ApprovalStatus, final_action: EmailAction | None, decision: Decision
+        self, tx: Tx, approval: Approval, status: ApprovalStatus, final_action: EmailAction | None, decision: Decision,
+        frozen: tuple[str, str | None, str | None],
     ) -> DeliveryState | None:
         """What a decision sets in motion.
 
@@ -174,12 +191,14 @@ class Decisions:
         a fixed action ends; an agent run resumes with the reason and may draft again."""
         if status is ApprovalStatus.APPROVED:
             assert final_action is not None
+            sender, reply_to, approved_sha256 = frozen
             delivery_id = str(uuid.uuid4())
             tx.insert(t.deliveries, dict(
                 id=delivery_id, run_id=approval.run_id, approval_id=approval.id, status=DeliveryStatus.QUEUED.value,
                 message_id=f"<{uuid.uuid4()}@{self.message_id_domain}>", action=final_action.to_dict(),
-                approved_sha256=final_action.content_sha256(), mime=None, mime_sha256=None, sent_sha256=None,
+                approved_sha256=approved_sha256, mime=None, mime_sha256=None, sent_sha256=None,
                 smtp_reply=None, attempts=0, error=None, created_at=tx.now, sending_at=None, sent_at=None,
+                mail_from=sender, mail_reply_to=reply_to, content_hash_version=CONTENT_HASH_VERSION,
             ))
             await self.runs.set_status(tx, approval.run_id, RunStatus.DELIVERING, actor="system",
                                        delivery_id=delivery_id)

@@ -8,6 +8,7 @@ secret should verify the callback's signature instead of hiding a token in its U
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 UNPARSEABLE = "<unparseable URL>"
@@ -34,3 +35,15 @@ def redact_url(url: str) -> str:
 def redact_urls_in(text: str) -> str:
     """`text` with every URL in it redacted (error messages of libraries quote URLs)."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact_data(value: Any) -> Any:
+    """Every string in a JSON-like value with its URLs redacted (audit event data: the log
+    that can never be rewritten must never hold a credential)."""
+    if isinstance(value, str):
+        return redact_urls_in(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {k: redact_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_data(v) for v in value]
+    return value

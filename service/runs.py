@@ -152,9 +152,14 @@ _FINISH = (t.runs.update().where(t.runs.c.id == sa.bindparam("run_id"))
 
 
 class Runs:
-    def __init__(self, store: Store, jobs: JobQueue) -> None:
+    def __init__(self, store: Store, jobs: JobQueue, *, mail_from: str | None = None,
+                 mail_reply_to: str | None = None) -> None:
         self.store = store
         self.jobs = jobs
+        # Frozen on every approval when it is created, so that a later settings change
+        # neither changes what was approved nor fails the emails waiting to be sent.
+        self.mail_from = mail_from
+        self.mail_reply_to = mail_reply_to
         # Reviewer channels (Teams, email) subscribe here: called inside the transaction
         # that created an approval, or changed it or its delivery, to enqueue their jobs.
         self.on_approval_created: list[NewApprovalListener] = []
@@ -227,7 +232,8 @@ class Runs:
             id=approval_id, run_id=run_id, revision=revision, status=ApprovalStatus.PENDING.value,
             action=action.to_dict(), policy=policy.to_dict(), requested_by=requested_by, version=0, created_at=tx.now,
             decided_at=None, decided_by=None, approved_action=None, approved_sha256=None, sources=sources,
-            tool_call_id=tool_call_id,
+            tool_call_id=tool_call_id, mail_from=self.mail_from,
+            mail_reply_to=self.mail_reply_to if self.mail_from else None, content_hash_version=None,
         ))
         data: dict[str, Any] = {"approval_id": approval_id, "revision": revision,
                                 "content_sha256": action.content_sha256()}
@@ -368,6 +374,8 @@ def _approval_dict(row: Any) -> dict[str, Any]:
         "decided_at": _iso(row.decided_at), "decided_by": row.decided_by,
         "approved_action": row.approved_action, "approved_sha256": row.approved_sha256,
         "sources": row.sources or [], "tool_call_id": row.tool_call_id,
+        "mail_from": row.mail_from, "mail_reply_to": row.mail_reply_to,
+        "content_hash_version": row.content_hash_version or 1,
     }
 
 
@@ -386,4 +394,6 @@ def _delivery_dict(row: Any) -> dict[str, Any]:
         "approved_sha256": row.approved_sha256, "sent_sha256": row.sent_sha256, "mime_sha256": row.mime_sha256,
         "smtp_reply": row.smtp_reply, "attempts": row.attempts, "error": row.error,
         "created_at": _iso(row.created_at), "sending_at": _iso(row.sending_at), "sent_at": _iso(row.sent_at),
+        "mail_from": row.mail_from, "mail_reply_to": row.mail_reply_to,
+        "content_hash_version": row.content_hash_version or 1,
     }

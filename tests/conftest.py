@@ -30,6 +30,7 @@ from .peers.smtp import SmtpServer
 
 API_TOKEN = "test-api-token-0123456789"
 WEBHOOK_SECRET = "test-webhook-secret-abcdef"
+AUDIT_KEY = "test-audit-key-0123456789abcdef0123456789"
 
 
 def free_port() -> int:
@@ -54,7 +55,7 @@ def smtp_server(tmp_path: Path, tls: TlsFiles) -> Iterator[SmtpServer]:
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     """A migrated, started store on the test's database (SQLite or PostgreSQL)."""
-    s = Store.from_url(db_url)
+    s = Store.from_url(db_url, audit_key=AUDIT_KEY)
     await upgrade(s.writer_engine)
     await s.start()
     yield s
@@ -89,7 +90,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_settings(tmp_path: Path, db_url: str, smtp: SmtpServer | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data", "database_url": db_url, "auto_migrate": True,
-        "api_token": API_TOKEN, "webhook_secret": WEBHOOK_SECRET, "public_url": "http://countersign.test",
+        "api_token": API_TOKEN, "webhook_secret": WEBHOOK_SECRET, "audit_key": AUDIT_KEY, "public_url": "http://countersign.test",
         "job_poll_seconds": 0.05, "job_backoff_base_seconds": 0.05, "job_backoff_max_seconds": 0.5,
         "job_max_attempts": 4, "mail_from": "Support Team <support@example.com>",
         "mail_reply_to": "help@example.com", "message_id_domain": "countersign.example.com",

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from .conftest import AUDIT_KEY
+
 
 class ServiceProcess:
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
@@ -23,7 +25,9 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, *, wait_ready: bool = True, **settings: Any) -> None:
-        env = {**os.environ, **self.env, **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in settings.items()}}
+        # Every process of a test shares the audit key (PostgreSQL requires one).
+        env = {**os.environ, "COUNTERSIGN_AUDIT_KEY": AUDIT_KEY, **self.env,
+               **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in settings.items()}}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=log)
         if not wait_ready:  # it may reach the kill point before answering /readyz

@@ -23,7 +23,7 @@ from service.scopes import Scope
 from service.store import tables as t
 from service.teams.views import ApiLinks, load_view
 
-from .conftest import Service, StartService, email_action, signed
+from .conftest import AUDIT_KEY, Service, StartService, email_action, signed
 from .peers.smtp import SmtpServer
 
 DECIDE = "/api/approvals/{}/decisions"
@@ -99,7 +99,8 @@ async def test_a_huge_key_expiry_is_a_422_not_a_500(service: Service, expires: s
 
 
 def _cli(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COUNTERSIGN_DATA_DIR": str(tmp_path / "data"), "COUNTERSIGN_DATABASE_URL": db_url}
+    env = {**os.environ, "COUNTERSIGN_DATA_DIR": str(tmp_path / "data"), "COUNTERSIGN_DATABASE_URL": db_url,
+           "COUNTERSIGN_AUDIT_KEY": AUDIT_KEY}
     return subprocess.run([sys.executable, "-m", "service", "keys", *args], env=env, capture_output=True, text=True,
                           timeout=60)
 

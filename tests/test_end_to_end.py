@@ -9,7 +9,7 @@ import json
 import pytest
 
 from service.domain import EmailAction
-from service.mail.message import content_of
+from service.mail.message import approved_sha256, visible_content_of
 
 from .conftest import Service, email_action
 from .peers.smtp import SmtpServer
@@ -55,7 +55,8 @@ async def test_webhook_to_approved_email(service: Service, smtp_server: SmtpServ
     assert delivery["status"] == "sent" and delivery["message_id"] == message["Message-ID"]
     assert delivery["smtp_reply"].startswith("250")
     [raw] = smtp_server.raw_messages()
-    assert delivery["approved_sha256"] == delivery["sent_sha256"] == content_of(raw).content_sha256()
+    assert delivery["approved_sha256"] == delivery["sent_sha256"] == visible_content_of(raw).sha256()
+    assert delivery["content_hash_version"] == 2 and delivery["mail_from"] == service.settings.mail_from
     assert run["approvals"][0]["approved_sha256"] == delivery["approved_sha256"]
     events = [e["event"] for e in run["timeline"]]
     assert events == ["run.created", "approval.requested", "decision.approve", "run.delivering", "delivery.sent",
@@ -88,7 +89,8 @@ async def test_edit_and_approve_sends_the_edit(service: Service, smtp_server: Sm
     assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == edited.replace("\r\n", "\n")
     approved = EmailAction.from_dict(run["approvals"][0]["approved_action"])
     assert approved.body == edited.replace("\r\n", "\n").rstrip("\n")
-    assert run["deliveries"][0]["sent_sha256"] == approved.content_sha256()
+    assert run["deliveries"][0]["sent_sha256"] == approved_sha256(
+        approved, sender=service.settings.mail_from, reply_to=service.settings.mail_reply_to)
 
 
 async def test_second_decision_changes_nothing(service: Service, smtp_server: SmtpServer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,10 +14,12 @@ from service.jobs import Job, JobHandler, JobQueue, JobStatus, LeaseLost, Perman
 from service.store import tables as t
 from service.store.db import Store, Tx
 
+from .conftest import AUDIT_KEY
+
 
 async def _second_store(db_url: str) -> Store:
     """Another connection pool and writer on the same database: a second service process."""
-    s = Store.from_url(db_url)
+    s = Store.from_url(db_url, audit_key=AUDIT_KEY)
     await s.start()
     return s
 
@@ -206,7 +209,8 @@ async def test_one_failing_op_does_not_fail_its_batch_neighbours(store: Store) -
     async def kinds(conn: sa.ext.asyncio.AsyncConnection) -> Counter[str]:
         return Counter((await conn.execute(sa.select(t.audit_events.c.kind))).scalars())
 
-    assert await store.read(kinds) == Counter({"good": 40})
+    # audit.keyed: the marker opening a keyed chain, written with the first events
+    assert await store.read(kinds) == Counter({"good": 40, "audit.keyed": 1})
 
 
 async def test_a_deferred_job_waits_without_using_an_attempt(store: Store) -> None:
@@ -278,3 +282,36 @@ async def test_a_job_whose_worker_died_is_taken_over_after_one_lease(store: Stor
 
 async def _status(store: Store, job_id: str, status: JobStatus) -> bool:
     return any(j.id == job_id and j.status is status for j in await _jobs(store))
+
+
+async def test_no_credential_reaches_a_dead_letter_the_audit_log_or_the_logs(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    queue = _queue(store)
+    url = "https://hook-user:hook-password@ops.example.com/hooks/run?token=sig-secret-123"
+
+    async def leaky(job: Job) -> None:
+        raise PermanentError(f"callback to {url} answered HTTP 410")
+
+    queue.register("leaky", JobHandler(run=leaky))
+    await _enqueue(queue, "leaky", 1)
+    [job] = await queue.lease(10)
+    with caplog.at_level(logging.WARNING):
+        await Worker(queue)._run(job)
+        logging.getLogger("service.test").warning("retrying %s", url)
+
+    async def audit(conn: sa.ext.asyncio.AsyncConnection) -> list[Any]:
+        return [r.data for r in await conn.execute(sa.select(t.audit_events).where(t.audit_events.c.kind == "job.dead"))]
+
+    [stored] = await _jobs(store)
+    [dead] = await store.read(audit)
+    logged = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    for text in (stored.last_error or "", json.dumps(dead), logged):
+        assert "ops.example.com/hooks/run" in text or text == logged
+        assert "hook-password" not in text and "hook-user" not in text and "sig-secret-123" not in text, text
+    assert stored.last_error == "PermanentError: callback to https://[redacted]@ops.example.com/hooks/run?[redacted] " \
+                                "answered HTTP 410"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from service.domain import EmailAction
-from service.mail.message import build_message, content_of
+from service.mail.message import build_message, content_of, visible_content, visible_content_of
 
 WORDS = ["refund", "order", "é", "Rückerstattung", "naïve", "café", "日本語", "x" * 30, "y" * 77, "Z", "—",
          "ok.", "ü" * 20, "https://example.com/orders/" + "a" * 120, "\t", "emoji 🎉"]
@@ -19,6 +19,8 @@ def round_trip(action: EmailAction) -> EmailAction:
     mime = build_message(action, sender="Support <support@example.com>", reply_to=None,
                          message_id="<1@countersign.example.com>", date=datetime(2026, 11, 21, tzinfo=timezone.utc))
     assert max(len(line) for line in mime.split(b"\r\n")) <= 998  # RFC 5322's hard line limit
+    # What the decision hashes (rendered, not built) is what the recipient's parser finds.
+    assert visible_content_of(mime) == visible_content(action, sender="Support <support@example.com>", reply_to=None)
     return content_of(mime)
 
 
@@ -40,3 +42,24 @@ def test_random_subjects_and_bodies_read_back_unchanged() -> None:
         action = EmailAction(to=("ann@example.com",), cc=("b@example.com",), subject=subject, body=body)
         back = round_trip(action)
         assert back.content_sha256() == action.content_sha256(), (subject, back.subject)
+
+
+def test_visible_content_is_what_the_message_shows() -> None:
+    from datetime import datetime, timezone
+
+    from service.domain import EmailAction
+    from service.mail.message import build_message, visible_content, visible_content_of
+
+    action = EmailAction(to=("ann@example.com",), cc=("o@example.com",), subject="Hi <b> & é",
+                         body="Dear Ann,\n\nLine <x> & y\nmore\n\n\tok é", in_reply_to="<a@b>", references=("<c@d>",))
+    for sender, reply_to in (("Support Team <support@example.com>", "help@example.com"),
+                             ("Zoë Ünïcode <z@example.com>", None), ("plain@example.com", "Help <h@example.com>")):
+        mime = build_message(action, sender=sender, reply_to=reply_to, message_id="<m@x>",
+                             date=datetime.now(timezone.utc))
+        expected = visible_content(action, sender=sender, reply_to=reply_to)
+        assert visible_content_of(mime) == expected
+        assert [p[0] for p in expected.parts] == ["text/plain", "text/html"]
+        other = visible_content(action, sender="Support Team <support@evil.example>", reply_to=reply_to)
+        assert other.sha256() != expected.sha256()
+        changed_html = visible_content_of(mime.replace(b"<p>", b"<p>Pay <a href=x>here</a> "))
+        assert changed_html.action == expected.action and changed_html.sha256() != expected.sha256()

@@ -26,7 +26,7 @@ from service.scopes import Scope
 from service.store import tables as t
 from service.teams.views import ApiLinks, load_view
 
-from .conftest import API_TOKEN, WEBHOOK_SECRET, Service, StartService, email_action, signed
+from .conftest import API_TOKEN, AUDIT_KEY, WEBHOOK_SECRET, Service, StartService, email_action, signed
 from .peers.smtp import SmtpServer
 
 DECIDE = "/api/approvals/{}/decisions"
@@ -226,7 +226,8 @@ async def test_revoked_and_expired_keys_are_refused_on_every_replica_and_audited
 
 
 def _cli(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COUNTERSIGN_DATA_DIR": str(tmp_path / "data"), "COUNTERSIGN_DATABASE_URL": db_url}
+    env = {**os.environ, "COUNTERSIGN_DATA_DIR": str(tmp_path / "data"), "COUNTERSIGN_DATABASE_URL": db_url,
+           "COUNTERSIGN_AUDIT_KEY": AUDIT_KEY}
     return subprocess.run([sys.executable, "-m", "service", "keys", *args], env=env, capture_output=True, text=True,
                           timeout=60)
 

@@ -137,3 +137,68 @@ async def test_a_cancelled_send_never_returns_its_connection_to_the_pool(smtp_se
     reply = await transport.send(message, "a@example.com", ["b@example.com"])
     assert reply.code == 250
     await transport.close()
+
+
+async def _approved_without_workers(start_service: StartService, smtp_server: SmtpServer, **settings: Any) -> tuple[str, Service]:
+    """Approved by a service that runs no jobs: the email waits for the next one."""
+    api_only = await start_service(smtp_server, worker_concurrency=0, **settings)
+    run_id = await _approved_run(api_only)
+    run = await api_only.wait_status(run_id, "delivering")
+    assert run["deliveries"][0]["content_hash_version"] == 2
+    return run_id, api_only
+
+
+@sqlite_only
+async def test_a_changed_html_template_is_refused(start_service: StartService, smtp_server: SmtpServer,
+                                                  tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from service.mail import message
+
+    run_id, _ = await _approved_without_workers(start_service, smtp_server)
+    tampered = tmp_path / "templates"
+    shutil.copytree(message.TEMPLATES, tampered)
+    html = tampered / "reply.html.j2"
+    html.write_text(html.read_text().replace("<body", '<body><a href="https://evil.example/pay">Pay here</a><div'))
+    monkeypatch.setattr(message, "TEMPLATES", tampered)
+    message._environment.cache_clear()
+    try:
+        sender = await start_service(smtp_server)
+        run = await sender.wait_status(run_id, "failed")
+    finally:
+        monkeypatch.undo()
+        message._environment.cache_clear()
+    assert "does not carry the approved content" in run["failure_reason"] and "nothing was sent" in run["failure_reason"]
+    assert run["deliveries"][0]["status"] == "failed"
+    assert smtp_server.messages() == []
+
+
+@sqlite_only
+async def test_a_changed_from_is_refused(start_service: StartService, smtp_server: SmtpServer) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from service.store import tables as t
+
+    run_id, api_only = await _approved_without_workers(start_service, smtp_server)
+    engine = create_async_engine(api_only.settings.effective_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(t.deliveries.update().where(t.deliveries.c.run_id == run_id)
+                               .values(mail_from="Support Team <support@evil.example>"))
+    finally:
+        await engine.dispose()
+    sender = await start_service(smtp_server)
+    run = await sender.wait_status(run_id, "failed")
+    assert "does not carry the approved content" in run["failure_reason"]
+    assert smtp_server.messages() == []
+
+
+@sqlite_only
+async def test_a_settings_change_after_approval_sends_the_frozen_headers(start_service: StartService,
+                                                                        smtp_server: SmtpServer) -> None:
+    run_id, _ = await _approved_without_workers(start_service, smtp_server)
+    sender = await start_service(smtp_server, mail_from="New Name <new@example.com>", mail_reply_to="other@example.com")
+    run = await sender.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert str(message["From"]) == "Support Team <support@example.com>" and str(message["Reply-To"]) == "help@example.com"
+    assert run["approvals"][0]["mail_from"] == "Support Team <support@example.com>"

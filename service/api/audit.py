@@ -34,7 +34,7 @@ async def list_audit(request: web.Request) -> web.Response:
              .order_by(t.audit_events.c.seq).limit(limit))
 
     async def q(conn: Any) -> list[AuditEvent]:
-        return [AuditEvent(r.seq, r.at, r.run_id, r.kind, r.actor, r.data, r.prev_hash, r.hash)
+        return [AuditEvent(r.seq, r.at, r.run_id, r.kind, r.actor, r.data, r.prev_hash, r.hash, r.alg)
                 for r in await conn.execute(query)]
 
     events = await request.app[SERVICES].store.read(q)

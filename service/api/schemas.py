@@ -310,6 +310,11 @@ class ApprovalOut(BaseModel):
     approved_sha256: str | None
     sources: list[SourceOut] = Field(description="What the agent's draft drew on (empty for pre-drafted actions)")
     tool_call_id: str | None = Field(description="The LLM tool call this approval gates (agent runs)")
+    mail_from: str | None = Field(description="From, frozen when the approval was created (null: made before "
+                                              "this was recorded; the settings at the decision apply)")
+    mail_reply_to: str | None = Field(description="Reply-To, frozen with From")
+    content_hash_version: int = Field(description="The rule of approved_sha256: 2 covers From, Reply-To and every "
+                                                  "MIME part; 1 (before the upgrade) the text content only")
 
 
 class ReviewerOut(BaseModel):
@@ -344,6 +349,9 @@ class DeliveryOut(BaseModel):
     created_at: Timestamp
     sending_at: Timestamp | None
     sent_at: Timestamp | None
+    mail_from: str | None = Field(description="From as approved (null: rule 1, the settings' From)")
+    mail_reply_to: str | None
+    content_hash_version: int = Field(description="The rule of approved_sha256 and sent_sha256 (see approvals)")
 
 
 class TimelineEvent(BaseModel):
@@ -444,6 +452,8 @@ class AuditEventOut(BaseModel):
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    alg: str | None = Field(description='"hmac-sha256" (keyed with COUNTERSIGN_AUDIT_KEY), or null for an event '
+                                        "written before the chain was keyed (plain SHA-256)")
 
 
 class AuditPage(BaseModel):

@@ -21,7 +21,7 @@ from ..jobs import Job, JobHandler, PermanentError, Tx
 from ..runs import GatedOutcome, Runs
 from ..store import tables as t
 from ..store.db import Op, Store
-from .message import build_message, content_of
+from .message import CONTENT_HASH_VERSION, build_message, content_of, visible_content_of
 from .smtp import SmtpTransport
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,21 @@ class EmailDelivery:
             log.warning("delivery %s was interrupted while sending; sending the same message (%s) again",
                         delivery_id, row.message_id)
 
+        # A delivery approved before migration 0005 (no frozen From, hash rule v1) is sent
+        # as before, with the settings' From/Reply-To; any other with what was approved.
+        frozen = row.content_hash_version == CONTENT_HASH_VERSION
+        sender = row.mail_from if frozen else self.sender
+        reply_to = row.mail_reply_to if frozen else self.reply_to
         mime: bytes | None = row.mime
         if mime is None:
             action = EmailAction.from_dict(row.action)
-            mime = build_message(action, sender=self.sender, reply_to=self.reply_to,
+            mime = build_message(action, sender=sender, reply_to=reply_to,
                                  message_id=row.message_id, date=row.created_at)
-        sent_sha256 = content_of(mime).content_sha256()
+        try:
+            sent_sha256 = visible_content_of(mime).sha256() if frozen else content_of(mime).content_sha256()
+        except (ValueError, LookupError) as exc:
+            raise PermanentError(f"the message built for delivery {delivery_id} cannot be read back ({exc}); "
+                                 "nothing was sent") from exc
         if sent_sha256 != row.approved_sha256:
             raise PermanentError(
                 f"the message built for delivery {delivery_id} does not carry the approved content "
@@ -82,7 +91,7 @@ class EmailDelivery:
         recipients = [addr for _, addr in getaddresses([*action.to, *action.cc])]
         async with self.transport.session() as smtp:
             await self.store.write(mark_sending)
-            reply = await smtp.send(mime, parseaddr(self.sender)[1], recipients)
+            reply = await smtp.send(mime, parseaddr(sender)[1], recipients)
 
         async def record_sent(tx: Tx) -> None:
             await tx.execute(t.deliveries.update().where(t.deliveries.c.id == delivery_id).values(
@@ -91,6 +100,7 @@ class EmailDelivery:
             tx.audit("delivery.sent", run_id=row.run_id, actor="system", data={
                 "delivery_id": delivery_id, "message_id": row.message_id, "smtp_reply": str(reply),
                 "approved_sha256": row.approved_sha256, "sent_sha256": sent_sha256, "mime_sha256": mime_sha256,
+                "content_hash_version": row.content_hash_version or 1,
             })
             tool_call_id = (await tx.execute(
                 sa.select(t.approvals.c.tool_call_id).where(t.approvals.c.id == row.approval_id))).scalar_one()

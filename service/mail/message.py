@@ -6,8 +6,12 @@ bytes it is about to send and hashing the content found there.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import format_datetime
@@ -34,6 +38,7 @@ def _environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
+        auto_reload=False,  # templates are read once per process: no stat on every render
     )
 
 
@@ -45,8 +50,7 @@ def normalize_body(text: str) -> str:
 def build_message(
     action: EmailAction, *, sender: str, reply_to: str | None, message_id: str, date: datetime
 ) -> bytes:
-    env = _environment()
-    paragraphs = action.body.split("\n\n")
+    text, html = render_parts(action)
     msg = EmailMessage(policy=_POLICY)
     msg["From"] = sender
     msg["To"] = ", ".join(action.to)
@@ -66,9 +70,85 @@ def build_message(
     elif action.references:
         msg["References"] = " ".join(action.references)
     msg["MIME-Version"] = "1.0"
-    msg.set_content(env.get_template("reply.txt.j2").render(body=action.body) + "\n")
-    msg.add_alternative(env.get_template("reply.html.j2").render(paragraphs=paragraphs), subtype="html")
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
     return msg.as_bytes()
+
+
+def render_parts(action: EmailAction) -> tuple[str, str]:
+    """The text and HTML parts the templates make of an action's body."""
+    env = _environment()
+    text = env.get_template("reply.txt.j2").render(body=action.body) + "\n"
+    html = env.get_template("reply.html.j2").render(paragraphs=action.body.split("\n\n"))
+    return text, html
+
+
+# The rule of `VisibleContent.sha256`; approvals and deliveries record which rule made their
+# hash (NULL: v1, `EmailAction.content_sha256`, before From, Reply-To and HTML were covered).
+CONTENT_HASH_VERSION = 2
+
+Mailboxes = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VisibleContent:
+    """Everything a recipient sees: the approved fields, From, Reply-To and every body part."""
+
+    action: EmailAction
+    sender: Mailboxes
+    reply_to: Mailboxes
+    parts: tuple[tuple[str, str], ...]  # (content type, content), in MIME order
+
+    def sha256(self) -> str:
+        a = self.action
+        canonical = json.dumps({
+            "v": CONTENT_HASH_VERSION, "from": self.sender, "reply_to": self.reply_to,
+            "to": list(a.to), "cc": list(a.cc), "subject": a.subject, "in_reply_to": a.in_reply_to,
+            "references": list(a.references), "parts": self.parts,
+        }, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _lines(text: str) -> str:
+    # MIME carries line ends as CRLF and the text part ends with one: compared without them.
+    return text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+
+
+_HEADERS = HeaderRegistry()
+
+
+@lru_cache(maxsize=64)  # a handful of configured senders; parsing one costs milliseconds
+def _mailboxes(name: str, value: str | None) -> Mailboxes:
+    if not value:
+        return ()
+    header = _HEADERS(name, value)
+    assert isinstance(header, AddressHeader), f"{name} is not an address header"
+    return tuple((a.display_name, a.addr_spec) for a in header.addresses)
+
+
+def visible_content(action: EmailAction, *, sender: str, reply_to: str | None) -> VisibleContent:
+    """What `build_message` will show for these inputs, without building it (decisions hash this)."""
+    text, html = render_parts(action)
+    return VisibleContent(action, _mailboxes("From", sender), _mailboxes("Reply-To", reply_to),
+                          (("text/plain", _lines(text)), ("text/html", _lines(html))))
+
+
+def approved_sha256(action: EmailAction, *, sender: str, reply_to: str | None) -> str:
+    return visible_content(action, sender=sender, reply_to=reply_to).sha256()
+
+
+def visible_content_of(mime: bytes) -> VisibleContent:
+    """What a recipient of `mime` sees, read back from the bytes (delivery hashes this)."""
+    msg = BytesParser(policy=policy.default).parsebytes(mime)
+    parts = tuple((part.get_content_type(), _lines(part.get_content()) if part.get_content_maintype() == "text"
+                   else hashlib.sha256(part.get_content()).hexdigest())
+                  for part in msg.walk() if not part.is_multipart())
+
+    def mailboxes(header: str) -> Mailboxes:
+        value = msg.get(header)
+        return tuple((a.display_name, a.addr_spec) for a in value.addresses) if value is not None else ()
+
+    return VisibleContent(content_of(mime), mailboxes("From"), mailboxes("Reply-To"), parts)
 
 
 def content_of(mime: bytes) -> EmailAction:

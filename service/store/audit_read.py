@@ -19,7 +19,7 @@ async def iter_events(engine: AsyncEngine, page: int = 5000) -> AsyncIterator[Au
                 sa.select(t.audit_events).where(t.audit_events.c.seq > after).order_by(t.audit_events.c.seq).limit(page)
             )).all()
             for r in rows:
-                yield AuditEvent(r.seq, r.at, r.run_id, r.kind, r.actor, r.data, r.prev_hash, r.hash)
+                yield AuditEvent(r.seq, r.at, r.run_id, r.kind, r.actor, r.data, r.prev_hash, r.hash, r.alg)
             if len(rows) < page:
                 return
             after = rows[-1].seq

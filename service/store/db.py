@@ -31,8 +31,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import visitors
 
-from ..audit import AuditEvent, event_hash
+from ..audit import KEYED_ALG, MARKER_KIND, AuditEvent, AuditKeyError, ChainKey, marker_data
 from ..foreground import Foreground, in_job
+from ..redact import redact_data, redact_urls_in
 from . import tables as t
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,14 @@ def _sqlite_setup(engine: sa.Engine, begin: str) -> None:
         conn.exec_driver_sql(begin)
 
 
-_AUDIT_HEAD = sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)  # seeded by 0001
+_AUDIT_HEAD = sa.select(t.audit_head.c.seq, t.audit_head.c.hash, t.audit_head.c.alg).where(
+    t.audit_head.c.id == 1)  # seeded by 0001
 _AUDIT_HEAD_LOCKED = _AUDIT_HEAD.with_for_update()
 _AUDIT_HEAD_MOVE = t.audit_head.update().where(t.audit_head.c.id == 1).values(
-    seq=sa.bindparam("seq", type_=t.audit_head.c.seq.type), hash=sa.bindparam("hash", type_=t.audit_head.c.hash.type))
+    seq=sa.bindparam("seq", type_=t.audit_head.c.seq.type), hash=sa.bindparam("hash", type_=t.audit_head.c.hash.type),
+    alg=sa.bindparam("alg", type_=t.audit_head.c.alg.type))
+_AUDIT_MARKER = sa.select(t.audit_events).where(t.audit_events.c.kind == MARKER_KIND).order_by(
+    t.audit_events.c.seq).limit(1)
 
 
 @dataclass
@@ -121,6 +126,8 @@ class Tx:
     _inserts: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)
     _audit: list[tuple[str | None, str, str, dict[str, Any]]] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    audit_key: ChainKey | None = None
+    _key_chain: bool = False
 
     @property
     def dialect(self) -> str:
@@ -159,33 +166,46 @@ class Tx:
         return await self.flush_audit()
 
     def audit(self, kind: str, *, run_id: str | None, actor: str, data: dict[str, Any] | None = None) -> None:
-        self._audit.append((run_id, kind, actor, data or {}))
+        # The one way into the audit log: no URL in it keeps its credentials.
+        self._audit.append((run_id, kind, redact_urls_in(actor), redact_data(data or {})))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the transaction is durable (wake workers, count metrics)."""
         self._after_commit.append(callback)
 
+    def key_chain(self) -> None:
+        """At commit, start the keyed part of the chain if it has not started (no event needed)."""
+        self._key_chain = True
+
     async def flush_audit(self) -> list[AuditEvent]:
-        if not self._audit:
+        if not self._audit and not self._key_chain:
             return []
+        if self.audit_key is None:
+            raise AuditKeyError("this store was opened without an audit key; audit events cannot be written")
         head = (await self._run(_AUDIT_HEAD if self.dialect == "sqlite" else _AUDIT_HEAD_LOCKED)).one()
         seq, prev = head.seq, head.hash
+        pending = list(self._audit)
+        if head.alg is None:  # the first keyed event: the marker closing the legacy part
+            pending.insert(0, (None, MARKER_KIND, "system", marker_data(head.seq)))
         events = []
-        for run_id, kind, actor, data in self._audit:
+        for run_id, kind, actor, data in pending:
             seq += 1
-            digest = event_hash(prev, seq, self.now, run_id, kind, actor, data)
-            events.append(AuditEvent(seq, self.now, run_id, kind, actor, data, prev, digest))
+            digest = self.audit_key.event_hash(prev, seq, self.now, run_id, kind, actor, data)
+            events.append(AuditEvent(seq, self.now, run_id, kind, actor, data, prev, digest, KEYED_ALG))
             prev = digest
+        self._audit.clear()
+        self._key_chain = False
+        if not events:
+            return []
         await self._run(
             t.audit_events.insert(),
             [
                 {"seq": e.seq, "at": e.at, "run_id": e.run_id, "kind": e.kind, "actor": e.actor,
-                 "data": e.data, "prev_hash": e.prev_hash, "hash": e.hash}
+                 "data": e.data, "prev_hash": e.prev_hash, "hash": e.hash, "alg": e.alg}
                 for e in events
             ],
         )
-        await self._run(_AUDIT_HEAD_MOVE, {"seq": seq, "hash": prev})
-        self._audit.clear()
+        await self._run(_AUDIT_HEAD_MOVE, {"seq": seq, "hash": prev, "alg": KEYED_ALG})
         return events
 
 
@@ -288,20 +308,44 @@ class SqliteThreads:
 
 class Store:
     def __init__(self, writer: AsyncEngine, reader: AsyncEngine, batch_max: int = 256,
-                 threads: SqliteThreads | None = None) -> None:
+                 threads: SqliteThreads | None = None, audit_key: ChainKey | None = None) -> None:
         self.writer_engine = writer  # migrations, and reads and writes too unless `threads` is set
         self.reader_engine = reader
         self.batch_max = batch_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._threads = threads
+        # Audit events are chained with it; a store without one can read, and write no event.
+        self.audit_key = audit_key
         # Set where the app is wired: jobs' reads and writes wait while requests are answered.
         self.foreground: Foreground | None = None
 
     @classmethod
-    def from_url(cls, url: str, batch_max: int = 256) -> Store:
+    def from_url(cls, url: str, batch_max: int = 256, audit_key: str | None = None) -> Store:
         writer, reader = create_engines(url)
-        return cls(writer, reader, batch_max, SqliteThreads.open(url) if url.startswith("sqlite") else None)
+        return cls(writer, reader, batch_max, SqliteThreads.open(url) if url.startswith("sqlite") else None,
+                   ChainKey(audit_key) if audit_key is not None else None)
+
+    async def key_audit_chain(self) -> None:
+        """At start: begin the keyed chain (the audit.keyed marker) if it has not begun, and
+        refuse a key other than the one the chain was keyed with (replicas must share it)."""
+        key = self.audit_key
+        if key is None:
+            raise AuditKeyError("no audit key configured")
+
+        async def op(tx: Tx) -> None:
+            row = (await tx.execute(_AUDIT_MARKER)).first()
+            if row is None:
+                tx.key_chain()
+                return
+            marker = AuditEvent(row.seq, row.at, row.run_id, row.kind, row.actor, row.data, row.prev_hash,
+                                row.hash, row.alg)
+            if marker.alg != KEYED_ALG or not key.check(marker):
+                raise AuditKeyError(
+                    f"COUNTERSIGN_AUDIT_KEY is not the key this audit log was keyed with (marker event {row.seq}); "
+                    "every process must use the same key")
+
+        await self.write(op)
 
     @property
     def dialect(self) -> str:
@@ -360,7 +404,7 @@ class Store:
             tx, [result] = await self._in_thread([op])
         else:
             async with self.writer_engine.begin() as conn:
-                tx = Tx(conn)
+                tx = Tx(conn, audit_key=self.audit_key)
                 result = await op(tx)
                 await tx.flush()
         for callback in tx._after_commit:
@@ -412,7 +456,7 @@ class Store:
             tx, results = await self._in_thread([p.op for p in batch])
         else:
             async with self.writer_engine.begin() as conn:
-                tx = Tx(conn)
+                tx = Tx(conn, audit_key=self.audit_key)
                 for p in batch:
                     results.append(await p.op(tx))
                 await tx.flush()
@@ -429,7 +473,7 @@ class Store:
     def _run_in_thread(self, ops: list[Op[Any]]) -> tuple[Tx, list[Any]]:
         assert self._threads is not None
         with self._threads.write_engine.begin() as conn:
-            tx = Tx(conn)
+            tx = Tx(conn, audit_key=self.audit_key)
             results = [_drive(op(tx)) for op in ops]
             _drive(tx.flush())
         return tx, results

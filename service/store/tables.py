@@ -84,6 +84,11 @@ approvals = sa.Table(
     # Agent runs: the passages the draft drew on, and the LLM tool call this approval gates.
     sa.Column("sources", sa.JSON),
     sa.Column("tool_call_id", sa.String(128)),
+    # From and Reply-To frozen when the approval is created (NULL: created before 0005,
+    # the settings at the decision apply); the rule of approved_sha256 (NULL: v1).
+    sa.Column("mail_from", sa.String(998)),
+    sa.Column("mail_reply_to", sa.String(998)),
+    sa.Column("content_hash_version", sa.Integer),
     sa.UniqueConstraint("run_id", "revision"),
 )
 
@@ -125,6 +130,10 @@ deliveries = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("sending_at", UtcDateTime),
     sa.Column("sent_at", UtcDateTime),
+    # As frozen by the decision; NULL (before 0005): the live settings, hash rule v1.
+    sa.Column("mail_from", sa.String(998)),
+    sa.Column("mail_reply_to", sa.String(998)),
+    sa.Column("content_hash_version", sa.Integer),
 )
 
 jobs = sa.Table(
@@ -168,6 +177,7 @@ audit_events = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("alg", sa.String(16)),  # the rule that made `hash`; NULL: plain SHA-256 (before 0005)
 )
 
 # One row (id = 1): the chain's head. Locking it serialises appends across processes.
@@ -177,6 +187,7 @@ audit_head = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("alg", sa.String(16)),  # the head event's rule: NULL until the chain is keyed
 )
 
 # Microsoft Teams: where the bot is installed (kept current from conversationUpdate and
