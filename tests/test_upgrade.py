@@ -24,11 +24,16 @@ MANIFEST = json.loads((FIXTURES / "main-3f47b68.json").read_text())
 PG_MANIFEST = json.loads((FIXTURES / "main-3f47b68.pg.json").read_text())
 
 
-def credentials(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The one place this test says how it authenticates: (service settings, request headers).
-    The fixture's service was given this API token, which names the reviewer in decisions."""
+def credentials(manifest: dict[str, Any], db_url: str) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The one place this test says how it authenticates: (service settings, operator headers,
+    decision headers). The fixture's service was given this API token, which named the
+    reviewer in its decisions; since scoped keys the operator token cannot decide, so the
+    upgrading operator makes a decide:on-behalf key for that integration, as the README says."""
     token = manifest["api_token"]
-    return {"api_token": token}, {"Authorization": f"Bearer {token}"}
+    made = cli(db_url, "keys", "create", "--name", "ops-integration", "--scope", "decide:on-behalf")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    return {"api_token": token}, {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {key}"}
 
 
 def restore(db_url: str, request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -56,7 +61,7 @@ async def test_work_in_flight_survives_the_upgrade(start_service: StartService, 
     migrated = cli(db_url, "migrate")
     assert migrated.returncode == 0 and "0005" in migrated.stdout, migrated.stderr
 
-    settings, headers = credentials(manifest)
+    settings, headers, deciding = credentials(manifest, db_url)
     service: Service = await start_service(smtp_server, policies={"default": {"reviewers": manifest["reviewers"]}},
                                            **settings)
 
@@ -79,7 +84,7 @@ async def test_work_in_flight_survives_the_upgrade(start_service: StartService, 
         approval = run["approvals"][-1]
         assert approval["status"] == "pending" and approval["mail_from"] is None  # made before the upgrade
         status, body, _ = await service.request(
-            "POST", f"/api/approvals/{approval['id']}/decisions", auth="none", headers=headers,
+            "POST", f"/api/approvals/{approval['id']}/decisions", auth="none", headers=deciding,
             body={"decision": "approve", "reviewer": {"id": reviewer}})
         assert status == 200, body
 
