@@ -60,6 +60,16 @@ def _parse(header: str) -> dict[str, list[str]]:
     return parts
 
 
+def _timestamp(parts: dict[str, list[str]], now: float, tolerance: int) -> int:
+    try:
+        timestamp = int(parts["t"][0])
+    except ValueError:
+        raise SignatureError(f"{HEADER} timestamp is not an integer") from None
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError(f"{HEADER} timestamp is outside the allowed {tolerance} s window")
+    return timestamp
+
+
 def _match(expected: str, candidates: list[str]) -> str | None:
     # Several values are allowed so that a secret can be rotated without downtime. Bytes,
     # not str: compare_digest refuses non-ASCII text, and a header is attacker-chosen.
@@ -77,12 +87,7 @@ def verify_request(
     parts = _parse(header)
     if "t" not in parts or not ("v2" in parts or "v1" in parts):
         raise SignatureError(f"{HEADER} must look like t=<unix seconds>,v2=<hex digest>")
-    try:
-        timestamp = int(parts["t"][0])
-    except ValueError:
-        raise SignatureError(f"{HEADER} timestamp is not an integer") from None
-    if abs(now - timestamp) > tolerance:
-        raise SignatureError(f"{HEADER} timestamp is outside the allowed {tolerance} s window")
+    timestamp = _timestamp(parts, now, tolerance)
     if "v2" in parts:
         expected = sign_v2(secret, timestamp, method, path, query, body).partition("v2=")[2]
         if (digest := _match(expected, parts["v2"])) is not None:
@@ -101,11 +106,6 @@ def verify(secret: str, header: str, body: bytes, *, now: float, tolerance: int)
     parts = _parse(header)
     if "t" not in parts or "v1" not in parts:
         raise SignatureError(f"{HEADER} must look like t=<unix seconds>,v1=<hex digest>")
-    try:
-        timestamp = int(parts["t"][0])
-    except ValueError:
-        raise SignatureError(f"{HEADER} timestamp is not an integer") from None
-    if abs(now - timestamp) > tolerance:
-        raise SignatureError(f"{HEADER} timestamp is outside the allowed {tolerance} s window")
+    timestamp = _timestamp(parts, now, tolerance)
     if _match(sign(secret, timestamp, body).partition("v1=")[2], parts["v1"]) is None:
         raise SignatureError(f"{HEADER} does not match the request body")
