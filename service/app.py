@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from pydantic import SecretStr
-from sqlalchemy.engine import make_url
 
 from .agent.knowledge import EmbeddingSettings, KnowledgeError, LazyKnowledgeBase, RetrievalMode
 from .agent.llm import LlmSettings, build_llm, describe
@@ -25,7 +20,6 @@ from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
 from .api.routes import add_routes
 from .api.timeouts import body_deadline
-from .audit import AuditKeyError, ChainKey
 from .callback_policy import CallbackConfigError, CallbackPolicy
 from .callbacks import Callbacks
 from .config import WORKING_APP_TYPES, Settings
@@ -35,57 +29,23 @@ from .jobs import JobQueue, Worker
 from .keys import ApiKeys, ReplayGuard
 from .mail.delivery import EmailDelivery
 from .mail.smtp import SmtpTransport
-from .private_files import ensure_private_dir, ensure_private_sqlite
+from .private_files import ensure_private_dir
 from .runs import AGENT_JOB, CALLBACK_JOB, Runs
 from .scopes import OPERATOR_SCOPES, Scope
+from .startup import (
+    audit_key_of,
+    ensure_api_token,
+    ensure_audit_key,
+    ensure_callback_secret,
+    prepare_database,
+)
 from .store.db import Store
-from .store.migrate import check_migrated, upgrade
 from .teams.channel import TeamsChannel, TeamsNotConfigured
 
 TEAMS: web.AppKey[TeamsChannel | None] = web.AppKey("teams")
 CALLBACKS: web.AppKey[Callbacks] = web.AppKey("callbacks", Callbacks)
 
 log = logging.getLogger(__name__)
-
-
-def ensure_api_token(settings: Settings) -> Settings:
-    """With no API credential configured, use (or make) a token kept in the data directory.
-
-    The token is written to a file readable only by the owner and never logged: the log
-    says where it is."""
-    if settings.api_token or settings.webhook_secret:
-        return settings
-    path = settings.data_dir / "api-token"
-    if not path.exists():
-        ensure_private_dir(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    log.warning("no COUNTERSIGN_API_TOKEN or COUNTERSIGN_WEBHOOK_SECRET set; using the token in %s", path.resolve())
-    return settings.model_copy(update={"api_token": SecretStr(path.read_text().strip())})
-
-
-def ensure_callback_secret(settings: Settings) -> Settings:
-    """Callbacks are always signed: with no secret configured, use (or make) one kept in
-    the data directory, like the API token. Several processes must share one, so they need
-    the setting (or one data directory); the log says where the secret is, never what."""
-    if settings.callback_signing_secret:
-        return settings
-    path = settings.data_dir / "callback-signing-secret"
-    ensure_private_dir(path.parent)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass  # made earlier, or by another process starting at the same moment
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    secret = path.read_text().strip()
-    if not secret:
-        raise CallbackConfigError(f"{path.resolve()} is empty; delete it or set COUNTERSIGN_CALLBACK_SIGNING_SECRET")
-    log.warning("no COUNTERSIGN_CALLBACK_SIGNING_SECRET set; callbacks are signed with the secret in %s "
-                "(give it to your callback receivers; several service processes must share one)", path.resolve())
-    return settings.model_copy(update={"callback_signing_secret": SecretStr(secret)})
 
 
 def callback_policy(settings: Settings) -> CallbackPolicy:
@@ -98,54 +58,6 @@ def callback_policy(settings: Settings) -> CallbackPolicy:
             "COUNTERSIGN_API_TOKEN: a callback receiver would hold a key the ops API accepts")
     return CallbackPolicy.from_settings(allow_http=settings.callback_allow_http,
                                         allowed_hosts=settings.callback_allowed_hosts)
-AUDIT_KEY_FILE = "audit-key"
-
-
-def ensure_audit_key(settings: Settings, *, create: bool = True) -> Settings:
-    """The key that chains the audit log: COUNTERSIGN_AUDIT_KEY, or on SQLite (embedded
-    defaults) a key generated once into the data directory, readable only by the owner.
-
-    PostgreSQL without the setting is refused: several replicas write one chain and must
-    share the key, and a key generated on one machine would not be known to the others."""
-    if settings.audit_key is None:
-        if not settings.is_sqlite:
-            raise AuditKeyError(
-                "COUNTERSIGN_AUDIT_KEY is required with PostgreSQL (the same value on every replica, kept outside "
-                "the database): python -c 'import secrets; print(secrets.token_urlsafe(32))'")
-        path = settings.data_dir / AUDIT_KEY_FILE
-        if not path.exists():
-            if not create:
-                raise AuditKeyError(f"no COUNTERSIGN_AUDIT_KEY and no {path}: cannot check the keyed audit chain")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
-            log.warning("no COUNTERSIGN_AUDIT_KEY set; generated the audit chain's key into %s", path.resolve())
-        settings = settings.model_copy(update={"audit_key": SecretStr(path.read_text().strip())})
-    assert settings.audit_key is not None
-    ChainKey(settings.audit_key.get_secret_value())  # too short: refused here, at start
-    return settings
-
-
-def audit_key_of(settings: Settings) -> str | None:
-    return settings.audit_key.get_secret_value() if settings.audit_key else None
-
-
-async def prepare_database(settings: Settings, store: Store) -> None:
-    if settings.is_sqlite:
-        ensure_private_dir(settings.data_dir)
-        database = sqlite_file(settings.effective_database_url)
-        if database is not None:
-            ensure_private_sqlite(database)  # before SQLite makes it (and its -wal/-shm) 0644
-        if settings.auto_migrate:
-            await upgrade(store.writer_engine)
-    await check_migrated(store.writer_engine)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for an in-memory database)."""
-    database = make_url(url).database
-    return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
 
 
 def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:

@@ -49,8 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .app import sqlite_file
     from .private_files import ensure_private_dir, ensure_private_sqlite
+    from .startup import sqlite_file
     from .store.db import Store
     from .store.migrate import current_revision, upgrade
 
@@ -97,8 +97,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     import aiohttp
 
-    from .app import ensure_api_token
     from .signing import HEADER, sign_v2
+    from .startup import ensure_api_token
 
     # The arguments first: a usage error must not generate a token or touch the data dir.
     if args.file:
@@ -148,8 +148,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .app import ensure_audit_key
     from .audit import AuditKeyError, ChainKey, verify_chain
+    from .startup import ensure_audit_key
     from .store.audit_read import head, iter_events
     from .store.db import Store
 
@@ -254,9 +254,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def _keys_command(work: Any) -> int:
     """Run `work(keys)` against the configured database (migrating SQLite like `serve`)."""
-    from .app import audit_key_of, ensure_audit_key, prepare_database
     from .audit import AuditKeyError
     from .keys import ApiKeys
+    from .startup import audit_key_of, ensure_audit_key, prepare_database
     from .store.db import Store
     from .store.migrate import NotMigrated
 

@@ -313,5 +313,4 @@ async def test_no_credential_reaches_a_dead_letter_the_audit_log_or_the_logs(
     for text in (stored.last_error or "", json.dumps(dead), logged):
         assert "ops.example.com/hooks/run" in text or text == logged
         assert "hook-password" not in text and "hook-user" not in text and "sig-secret-123" not in text, text
-    assert stored.last_error == "PermanentError: callback to https://[redacted]@ops.example.com/hooks/run?[redacted] " \
-                                "answered HTTP 410"
+    assert stored.last_error == "PermanentError: callback to https://ops.example.com/hooks/run answered HTTP 410"

@@ -38,13 +38,15 @@ async def test_a_signed_trigger_sent_three_times_creates_one_run(service: Servic
 
 
 async def test_a_replay_with_a_known_idempotency_key_answers_its_run(service: Service) -> None:
-    headers = {**signed("POST", "/api/runs", BODY), "Idempotency-Key": "ticket-9"}
+    now = int(time.time())
+    headers = {**signed("POST", "/api/runs", BODY, at=now), "Idempotency-Key": "ticket-9"}
     status, first, _ = await service.request("POST", "/api/runs", raw=BODY, auth="none", headers=headers)
     assert status == 202
     status, again, answer = await service.request("POST", "/api/runs", raw=BODY, auth="none", headers=headers)
     assert status == 202 and again["id"] == first["id"] and answer["Idempotent-Replayed"] == "true"
     # A replay naming a key nobody used is still a replay.
-    headers = {**signed("POST", "/api/runs", BODY, at=int(time.time()) - 1), "Idempotency-Key": "ticket-10"}
+    # Another signature of the same body (another second): a new request, once.
+    headers = {**signed("POST", "/api/runs", BODY, at=now - 10), "Idempotency-Key": "ticket-10"}
     status, _, _ = await service.request("POST", "/api/runs", raw=BODY, auth="none", headers=headers)
     assert status == 202
     headers["Idempotency-Key"] = "ticket-11"
