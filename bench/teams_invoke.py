@@ -241,8 +241,11 @@ async def post_activity(http: aiohttp.ClientSession, url: str, body: dict[str, A
 
 
 async def create_runs(http: aiohttp.ClientSession, url: str, targets: Sequence[Place], *,
-                      concurrency: int = 16) -> list[tuple[str, str, Place]]:
-    """(run id, approval id, place) of one run awaiting approval per target."""
+                      concurrency: int = 16, reviewers: int = 200) -> list[tuple[str, str, Place]]:
+    """(run id, approval id, place) of one run awaiting approval per target. The policy names
+    the bench's reviewers (`aad-reviewer-k`): an inline policy may add a Teams channel only
+    together with who may decide (the default policy lets anyone decide)."""
+    policy = {"reviewers": [f"aad-reviewer-{k}" for k in range(reviewers)]}
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int, place: Place) -> tuple[str, str, Place]:
@@ -251,7 +254,7 @@ async def create_runs(http: aiohttp.ClientSession, url: str, targets: Sequence[P
         async with gate:
             async with http.post(url + "/api/runs", headers=AUTH, json={
                     "action": action, "requested_by": "agent@example.com",
-                    "policy": {"teams_channel": place.channel}}) as r:
+                    "policy": {**policy, "teams_channel": place.channel}}) as r:
                 assert r.status == 202, await r.text()
                 run_id = (await r.json())["id"]
             async with http.get(f"{url}/api/runs/{run_id}", headers=AUTH) as r:
