@@ -24,7 +24,7 @@ class ServiceProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self, *, wait_ready: bool = True, **settings: Any) -> None:
+    async def start(self, *, wait_ready: bool = True, ready_timeout: float = 30, **settings: Any) -> None:
         # Every process of a test shares the audit key (PostgreSQL requires one).
         env = {**os.environ, "COUNTERSIGN_AUDIT_KEY": AUDIT_KEY, **self.env,
                **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in settings.items()}}
@@ -32,7 +32,7 @@ class ServiceProcess:
             self.proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=log)
         if not wait_ready:  # it may reach the kill point before answering /readyz
             return
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout
         async with aiohttp.ClientSession() as http:
             while True:
                 assert self.proc.poll() is None, self.log.read_text()[-3000:]

@@ -2,15 +2,19 @@
 
 It runs on its own thread and event loop, like any server the service would talk to.
 Tests can make it answer the next messages with an error code, or run a hook when a
-message's DATA arrives (the crash test kills the service there).
+message's DATA arrives (the crash test kills the service there), when a RCPT TO arrives
+(`on_rcpt`), or, with the SMTP session (its `peer` tells which client process it is), when
+DATA arrives (`on_message`). `on_rcpt` and `on_message` may be coroutines: the server waits
+for them without blocking its other sessions (the cluster crash test holds a transaction there).
 """
 
 from __future__ import annotations
 
+import inspect
 import mailbox
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -31,12 +35,25 @@ class MailHandler:
     maildir: mailbox.Maildir
     fail_next: list[str] = field(default_factory=list)  # e.g. "451 4.3.0 try later"
     on_data: Callable[[bytes], str | None] | None = None  # may return a reply instead of accepting
+    # (session, address) -> a reply instead of accepting the recipient, or None
+    on_rcpt: Callable[[Any, str], str | None | Awaitable[str | None]] | None = None
+    # (session, content) -> a reply instead of accepting the message, or None; after on_data
+    on_message: Callable[[Any, bytes], str | None | Awaitable[str | None]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: int = 0
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         return responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        if self.on_rcpt is not None:
+            reply = await _maybe_await(self.on_rcpt(session, address))
+            if reply is not None:
+                return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
@@ -46,9 +63,17 @@ class MailHandler:
             reply = self.on_data(envelope.content)
             if reply is not None:
                 return reply
+        if self.on_message is not None:
+            reply = await _maybe_await(self.on_message(session, envelope.content))
+            if reply is not None:
+                return reply
         with self.lock:
             self.maildir.add(envelope.content)
         return "250 2.0.0 Message accepted for delivery"
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 class SmtpServer:
