@@ -25,6 +25,10 @@ SIDE_EFFECT_RECORD = Histogram(
     "record: a process killed in between repeats the side effect", ["kind"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+LOOP_LAG = Histogram(
+    "countersign_event_loop_lag_seconds", "How late the event loop woke a 0.5 s sleep",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 LEASES_RENEWED = Counter("countersign_job_lease_renewals_total", "Job leases renewed while their jobs ran")
 LEASES_LOST = Counter("countersign_job_leases_lost_total",
                       "Running jobs whose lease another worker took over (their outcome is dropped)")
