@@ -47,7 +47,7 @@ from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 
 REPLICAS = 3
-RUNS = 12  # (a) and (b)
+RUNS = 9  # (a) and (b)
 BURST_RUNS = 10  # (c): 20 racing decisions at once, after FIRST_RUNS
 FIRST_RUNS = 4
 LEASE_SECONDS = "2"  # test-sized; heartbeats renew it every lease/3
