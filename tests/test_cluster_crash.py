@@ -132,7 +132,7 @@ class Cluster:
                 return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._guarded(hook, peer, arg), self.loop))
             return on_smtp_thread
 
-        self.smtp.handler.on_rcpt = bridge(self.on_rcpt)
+        self.smtp.handler.on_rcpt_session = bridge(self.on_rcpt)
         self.smtp.handler.on_message = bridge(self.on_message)
 
     async def _guarded(self, hook: Callable[..., Awaitable[str | None]], peer: Any, arg: Any) -> str | None:

@@ -1,11 +1,12 @@
 """A real SMTP server (aiosmtpd) requiring STARTTLS and AUTH, delivering into a Maildir.
 
 It runs on its own thread and event loop, like any server the service would talk to.
-Tests can make it answer the next messages with an error code, or run a hook when a
-message's DATA arrives (the crash test kills the service there), when a RCPT TO arrives
-(`on_rcpt`), or, with the SMTP session (its `peer` tells which client process it is), when
-DATA arrives (`on_message`). `on_rcpt` and `on_message` may be coroutines: the server waits
-for them without blocking its other sessions (the cluster crash test holds a transaction there).
+Tests can make it answer the next messages (or the next RCPT TO) with an error code, or
+run a hook when a RCPT TO or a message's DATA arrives (the crash tests kill the service there).
+
+The session-aware hooks `on_rcpt_session` and `on_message` get the aiosmtpd session (its
+`peer` tells which client process it is) and may be coroutines: the server awaits them
+without blocking its other sessions (the cluster crash test holds transactions there).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ class MailHandler:
     maildir: mailbox.Maildir
     fail_next: list[str] = field(default_factory=list)  # e.g. "451 4.3.0 try later"
     on_data: Callable[[bytes], str | None] | None = None  # may return a reply instead of accepting
-    # (session, address) -> a reply instead of accepting the recipient, or None
-    on_rcpt: Callable[[Any, str], str | None | Awaitable[str | None]] | None = None
-    # (session, content) -> a reply instead of accepting the message, or None; after on_data
+    fail_rcpt_next: list[str] = field(default_factory=list)  # replies to the next RCPT TO commands
+    on_rcpt: Callable[[str], str | None] | None = None  # the address; may return a reply instead of accepting
+    # (session, address) and (session, content): may return a reply instead of accepting; may be async
+    on_rcpt_session: Callable[[Any, str], str | None | Awaitable[str | None]] | None = None
     on_message: Callable[[Any, bytes], str | None | Awaitable[str | None]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: int = 0
@@ -47,11 +49,18 @@ class MailHandler:
         return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        with self.lock:
+            if self.fail_rcpt_next:
+                return self.fail_rcpt_next.pop(0)
         if self.on_rcpt is not None:
-            reply = await _maybe_await(self.on_rcpt(session, address))
+            reply = self.on_rcpt(address)
             if reply is not None:
                 return reply
-        envelope.rcpt_tos.append(address)
+        if self.on_rcpt_session is not None:
+            reply = await _maybe_await(self.on_rcpt_session(session, address))
+            if reply is not None:
+                return reply
+        envelope.rcpt_tos.append(address)  # what aiosmtpd does without a handler
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
