@@ -237,3 +237,39 @@ async def test_sigkill_before_and_after_sending(tmp_path: Path, db_url: str, smt
         [delivery] = run["deliveries"]
         assert delivery["attempts"] == len(delivery["attempt_log"])
         assert delivery["sent_sha256"] == delivery["approved_sha256"]
+
+
+async def test_on_ready_runs_between_rcpt_and_data_and_its_failure_drops_the_connection(smtp_server: SmtpServer) -> None:
+    """The envelope is accepted before `on_ready` (the `sending` commit) runs, the content
+    only after it; if it fails, nothing is transmitted and the half-open session is closed."""
+    from service.config import Settings
+    from service.mail.smtp import SmtpTransport
+
+    seen: list[str] = []
+
+    def on_rcpt(address: str) -> None:
+        seen.append(f"RCPT {address}")
+
+    def on_data(content: bytes) -> None:
+        seen.append("DATA")
+
+    smtp_server.handler.on_rcpt, smtp_server.handler.on_data = on_rcpt, on_data
+    transport = SmtpTransport(Settings(**smtp_server.settings(), smtp_pool_size=1))
+    message = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n\r\nhi\r\n"
+
+    async def failing() -> None:
+        seen.append("ready")
+        raise RuntimeError("the database is away")
+
+    with pytest.raises(RuntimeError):
+        await transport.send(message, "a@example.com", ["b@example.com"], on_ready=failing)
+    assert seen == ["RCPT b@example.com", "ready"] and smtp_server.messages() == []
+
+    async def ready() -> None:
+        seen.append("ready")
+
+    seen.clear()
+    reply = await transport.send(message, "a@example.com", ["b@example.com"], on_ready=ready)
+    assert str(reply) == ACCEPTED_REPLY and seen == ["RCPT b@example.com", "ready", "DATA"]
+    assert smtp_server.connections == 2  # the first connection was not reused
+    await transport.close()
