@@ -15,6 +15,7 @@ hash is recomputed from the bytes and must equal the approved hash, or nothing i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -78,6 +79,9 @@ class EmailDelivery:
             del self._attempts[key]
         attempt = self._attempts[(job.id, job.lease_token)] = _Attempt(started_at=utcnow(), created=now)
         return attempt
+
+    def _forget(self, key: tuple[str, str | None]) -> None:
+        self._attempts.pop(key, None)
 
     async def _load(self, delivery_id: str) -> Any:
         async def q(conn: Any) -> Any:
@@ -196,9 +200,12 @@ class EmailDelivery:
 
     async def on_failed_attempt(self, tx: Tx, job: Job, error: str) -> None:
         """Record the attempt that just failed (retry and dead alike)."""
-        attempt = self._attempts.pop((job.id, job.lease_token), None)
+        key = (job.id, job.lease_token)
+        attempt = self._attempts.get(key)
         if attempt is None:
             return  # nothing reached the SMTP server (the content check refused it)
+        # Forgotten once committed: the store may run an op again after a failed batch.
+        tx.after_commit(functools.partial(self._forget, key))
         delivery_id = job.payload["delivery_id"]
         finished_at = attempt.ended_at or tx.now
         reply = attempt.failure.reply if attempt.failure else None
