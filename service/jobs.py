@@ -110,6 +110,8 @@ class JobHandler:
     on_retry: RetryHook | None = None  # undo on_dead when an operator retries
     cancel_with_run: bool = True  # a cancelled run cancels its queued jobs of this kind
     timeout_seconds: float | None = None  # instead of the worker's, for slow kinds (LLM calls)
+    # Record a failed attempt's detail (retry and dead alike), in the transaction of `fail`.
+    on_failed_attempt: Callable[[Tx, Job, str], Awaitable[None]] | None = None
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -266,6 +268,8 @@ class JobQueue:
                 await self._guard(tx, job, due_at=tx.now + timedelta(seconds=error.retry_after or 1.0),
                                   attempts=t.jobs.c.attempts - 1, last_error=message)
                 return JobStatus.QUEUED
+            if handler and handler.on_failed_attempt:
+                await handler.on_failed_attempt(tx, job, message)
             if transient and job.attempts < job.max_attempts:
                 delay = backoff_seconds(job.attempts, self.backoff_base, self.backoff_max)
                 retry_after = getattr(error, "retry_after", None)
