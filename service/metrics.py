@@ -23,7 +23,7 @@ SIDE_EFFECT_RECORD = Histogram(
     "countersign_side_effect_record_seconds",
     "From a peer's acceptance of a side effect (SMTP 250, posted card, delivered callback) to its committed "
     "record: a process killed in between repeats the side effect", ["kind"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1, 2.5, 5),
 )
 LOOP_LAG = Histogram(
     "countersign_event_loop_lag_seconds", "How late the event loop woke a 0.5 s sleep",
