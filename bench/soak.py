@@ -121,7 +121,7 @@ async def decide(http: aiohttp.ClientSession, service: ServiceProcess, approval_
         body["reason"] = "not this one"
     try:
         return (await api(http, "POST", f"{service.url}/api/approvals/{approval_id}/decisions", body))[0]
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None  # the replica died under it; the racing request at another replica decides
 
 
@@ -342,7 +342,9 @@ async def main() -> None:
               f"({total:.0f} observations): p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (interpolated in buckets)")
     else:
         print("- countersign_side_effect_record_seconds{kind=\"send_email\"}: not exposed by this commit (no observations)")
-    print(f"- outcomes: {'every run ended with one decision and, if approved, one sent delivery' if all(r.outcomes_ok for r in results) else 'SOME RUNS WRONG (see notes)'}")
+    ok = all(r.outcomes_ok for r in results)
+    print("- outcomes: " + ("every run ended with one decision and, if approved, one sent delivery" if ok
+                            else "SOME RUNS WRONG (see notes)"))
 
 
 if __name__ == "__main__":

@@ -258,7 +258,7 @@ async def _decide(http: aiohttp.ClientSession, service: ServiceProcess, approval
         body["reason"] = "not this one"
     try:
         status, payload = await _api(http, "POST", f"{service.url}/api/approvals/{approval_id}/decisions", body)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
     assert status in (200, 201, 409), (status, payload)
     return status
@@ -362,7 +362,7 @@ async def test_replica_killed_while_holding_a_delivery(tmp_path: Path, db_url: s
 
             # The dead replica comes back on the same database and changes nothing.
             await services[killed].start(ready_timeout=DEADLINE)
-            for (run_id, _), before in zip(runs, details):
+            for (run_id, _), before in zip(runs, details, strict=True):
                 status, after = await _api(http, "GET", f"{services[killed].url}/api/runs/{run_id}")
                 assert status == 200 and after["status"] == before["status"], after
             assert not cluster.errors, cluster.errors

@@ -39,8 +39,8 @@ class MailHandler:
     fail_rcpt_next: list[str] = field(default_factory=list)  # replies to the next RCPT TO commands
     on_rcpt: Callable[[str], str | None] | None = None  # the address; may return a reply instead of accepting
     # (session, address) and (session, content): may return a reply instead of accepting; may be async
-    on_rcpt_session: Callable[[Any, str], str | None | Awaitable[str | None]] | None = None
-    on_message: Callable[[Any, bytes], str | None | Awaitable[str | None]] | None = None
+    on_rcpt_session: Callable[[Any, str], str | Awaitable[str | None] | None] | None = None
+    on_message: Callable[[Any, bytes], str | Awaitable[str | None] | None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: int = 0
 
