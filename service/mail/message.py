@@ -148,13 +148,16 @@ def visible_content_of(mime: bytes) -> VisibleContent:
         value = msg.get(header)
         return tuple((a.display_name, a.addr_spec) for a in value.addresses) if value is not None else ()
 
-    return VisibleContent(content_of(mime), mailboxes("From"), mailboxes("Reply-To"), parts)
+    return VisibleContent(_content_of(msg), mailboxes("From"), mailboxes("Reply-To"), parts)
 
 
 def content_of(mime: bytes) -> EmailAction:
     """The approved-content fields as they appear in `mime` (the inverse of `build_message`)."""
-    msg = BytesParser(policy=policy.default).parsebytes(mime)
+    return _content_of(BytesParser(policy=policy.default).parsebytes(mime))
 
+
+def _content_of(msg: EmailMessage) -> EmailAction:
+    # Parsed once by the caller: parsing is most of what reading a message back costs.
     def addresses(header: str) -> tuple[str, ...]:
         value = msg.get(header)
         return tuple(a.addr_spec for a in value.addresses) if value is not None else ()
