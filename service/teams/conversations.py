@@ -55,6 +55,7 @@ class Conversations:
     def __init__(self, store: Store, tenants: AllowedTenants) -> None:
         self.store = store
         self.tenants = tenants
+        self._member_select: tuple[frozenset[str], sa.Select[Any]] | None = None
 
     def _allowed(self, column: Any) -> Any:
         return sa.func.lower(column).in_(sorted(self.tenants.tenants))
@@ -156,9 +157,18 @@ class Conversations:
 
     async def _member_by_object_id(self, conn: Any, aad_object_id: str) -> Member | None:
         """On a read connection or in a store op's `Tx` (both have `await execute`)."""
-        row = (await conn.execute(sa.select(t.teams_members).where(
-            t.teams_members.c.aad_object_id == aad_object_id, self._allowed(t.teams_members.c.tenant_id)))).first()
+        row = (await conn.execute(self._member_query(), {"aad_object_id": aad_object_id})).first()
         return _member(row) if row else None
+
+    def _member_query(self) -> sa.Select[Any]:
+        # Built once per allow-list: a click runs it inside its decision, and building a
+        # statement (and finding the tables it needs) costs more than running it.
+        tenants = self.tenants.tenants
+        if self._member_select is None or self._member_select[0] is not tenants:
+            self._member_select = (tenants, sa.select(t.teams_members).where(
+                t.teams_members.c.aad_object_id == sa.bindparam("aad_object_id"),
+                self._allowed(t.teams_members.c.tenant_id)))
+        return self._member_select[1]
 
     def known_email(self, aad_object_id: str) -> KnownEmail:
         """For `DecisionRequest.known_email`: the stored member's (email, UPN), read in the
