@@ -3,6 +3,7 @@ store, job queue and workers, and starts and stops them with the app."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -27,17 +28,20 @@ from .decisions import SEND_EMAIL_JOB, Decisions
 from .foreground import Foreground
 from .jobs import JobQueue, Worker
 from .keys import ApiKeys, ReplayGuard
+from .loop_lag import watch_loop_lag
 from .mail.delivery import EmailDelivery
 from .mail.smtp import SmtpTransport
 from .private_files import ensure_private_dir
 from .runs import AGENT_JOB, CALLBACK_JOB, Runs
 from .scopes import OPERATOR_SCOPES, Scope
+from .sqlite_lock import SqliteServeLock
 from .startup import (
     audit_key_of,
     ensure_api_token,
     ensure_audit_key,
     ensure_callback_secret,
     prepare_database,
+    sqlite_file,
 )
 from .store.db import Store
 from .teams.channel import TeamsChannel, TeamsNotConfigured
@@ -165,6 +169,11 @@ async def _lifecycle(
     app: web.Application, settings: Settings, workflow: AgentWorkflow, callbacks_allowed: CallbackPolicy,
     run_workers: bool,
 ) -> AsyncIterator[None]:
+    database = sqlite_file(settings.effective_database_url) if settings.is_sqlite else None
+    serve_lock = SqliteServeLock(database) if database is not None else None
+    if serve_lock is not None:
+        ensure_private_dir(settings.data_dir)
+        serve_lock.acquire()  # DatabaseInUse: another serve has this file
     store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max,
                            audit_key=audit_key_of(settings))
     try:
@@ -172,6 +181,8 @@ async def _lifecycle(
         await store.key_audit_chain()
     except BaseException:
         await store.close()
+        if serve_lock is not None:
+            serve_lock.release()
         raise
     await store.start()
     foreground = Foreground(max_defer_seconds=settings.job_defer_to_requests_seconds)
@@ -209,12 +220,16 @@ async def _lifecycle(
     # Everything built so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise stall the event loop for ~100 ms (bench/RESULTS.md).
     gc.freeze()
+    lag_watch = asyncio.create_task(watch_loop_lag(), name="loop-lag")
     try:
         yield
     finally:
+        lag_watch.cancel()
         await worker.stop()
         if teams is not None:
             await teams.close()
         await transport.close()
         await http.close()
         await store.close()
+        if serve_lock is not None:
+            serve_lock.release()

@@ -26,10 +26,11 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from . import metrics
 from .callback_policy import CallbackPolicy, CallbackRefused, Destination, IPAddress, normalise_host
 from .jobs import Job, JobHandler, PermanentError, TransientError
 from .redact import redact_url, redact_urls_in
-from .runs import Runs
+from .runs import CALLBACK_JOB, Runs
 from .signing import sign
 from .store.db import Op
 
@@ -119,7 +120,10 @@ class Callbacks:
                       type(exc).__name__, redact_urls_in(str(exc)))
             raise TransientError(NO_ANSWER) from None
         if 200 <= status < 300:
+            accepted_at = time.monotonic()
+
             async def record(tx: Any) -> None:
+                tx.after_commit(metrics.side_effect_recorded(CALLBACK_JOB, accepted_at))
                 tx.audit("callback.delivered", run_id=detail.run.id, actor="system", data={"status": status})
             return record
         if status in RETRYABLE_STATUS:

@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .audit import AuditKeyError
     from .callback_policy import CallbackConfigError
     from .env_check import unknown_variable_warnings
+    from .sqlite_lock import DatabaseInUse
     from .store.migrate import NotMigrated
     from .teams.channel import TeamsNotConfigured
 
@@ -42,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
                     access_log=None, print=None, **server_options(settings.http_header_timeout_seconds))
     except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError, CallbackConfigError,
-            AuditKeyError) as exc:
+            AuditKeyError, DatabaseInUse) as exc:
         print(f"countersign: {exc}", file=sys.stderr)
         return 2
     return 0

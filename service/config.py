@@ -95,12 +95,14 @@ class Settings(BaseSettings):
 
     # Jobs.
     worker_concurrency: int = 8  # 0: this process runs no jobs (API only)
-    job_lease_seconds: float = 120.0
+    # A job is taken over this long after its process died; running jobs renew it every
+    # third of it (one statement per worker), so a live slow job is never run twice.
+    job_lease_seconds: float = Field(default=10.0, gt=0)
     job_timeout_seconds: float = 60.0
     job_max_attempts: int = 8
     job_backoff_base_seconds: float = 2.0
     job_backoff_max_seconds: float = 3600.0
-    job_poll_seconds: float = 1.0
+    job_poll_seconds: float = Field(default=1.0, gt=0)
     # New jobs wait while card clicks and decisions are being answered, for at most this
     # long from the start of a burst (0: jobs never wait). See service/foreground.py.
     job_defer_to_requests_seconds: float = 1.0

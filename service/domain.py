@@ -58,6 +58,15 @@ class DeliveryStatus(str, enum.Enum):
     FAILED = "failed"
 
 
+class AttemptOutcome(str, enum.Enum):
+    """One SMTP attempt of a delivery (the delivery_attempts table)."""
+
+    SENDING = "sending"  # `sending` committed, the content going out (or its process died)
+    ACCEPTED = "accepted"  # the server's 250 to the content
+    FAILED = "failed"  # an SMTP reply refused it, or the connection failed
+    INTERRUPTED = "interrupted"  # a later attempt found it still `sending`: it may have been delivered
+
+
 class Channel(str, enum.Enum):
     API = "api"
     TEAMS = "teams"

@@ -2,13 +2,16 @@
 
 A burst of clicks sets off as many jobs (emails, card updates) as it has clicks; run at
 once, they share the event loop with the clicks still waiting for their answers. Workers
-therefore hold back new jobs while such requests are in flight and for a short quiet
-period after, but never longer than `max_defer_seconds` from the start of a burst: under
-steady load the jobs and the requests share the loop rather than the jobs starving.
+therefore lease nothing new while such requests are in flight, and start the moment the
+last one has been answered: no fixed delay, so the email of a lone decision leaves at
+once. The hold is bounded by `max_defer_seconds` from the start of a burst: under steady
+load (requests always in flight) jobs and requests share the loop rather than the jobs
+starving.
 
 Jobs already running when a burst begins hold back too, at their next store access
 (`Store` asks `in_job()`; the worker marks each job's task): their remaining steps wait
-until the burst is answered.
+until the burst is answered. Writes that record a side effect already done, and lease
+renewals, never wait (`Store.write(urgent=True)`).
 """
 
 from __future__ import annotations
@@ -32,36 +35,37 @@ def in_job() -> bool:
 
 
 class Foreground:
-    def __init__(self, *, quiet_seconds: float = 0.05, max_defer_seconds: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.quiet_seconds = quiet_seconds
+    def __init__(self, *, max_defer_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_defer_seconds = max_defer_seconds
         self._clock = clock
         self._active = 0
         self.started = 0  # requests counted as foreground so far (what tests and metrics can see)
         self._burst_started = float("-inf")
-        self._last_ended = float("-inf")
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @contextmanager
     def request(self) -> Iterator[None]:
-        now = self._clock()
-        if self._active == 0 and now - self._last_ended >= self.quiet_seconds:
-            self._burst_started = now
+        if self._active == 0:
+            self._burst_started = self._clock()
+            self._idle.clear()
         self._active += 1
         self.started += 1
         try:
             yield
         finally:
             self._active -= 1
-            self._last_ended = self._clock()
+            if self._active == 0:
+                self._idle.set()
 
     def clear(self) -> bool:
         """True when background work may start now."""
-        now = self._clock()
-        if now - self._burst_started >= self.max_defer_seconds:
-            return True
-        return self._active == 0 and now - self._last_ended >= self.quiet_seconds
+        return self._active == 0 or self._clock() - self._burst_started >= self.max_defer_seconds
 
     async def wait_clear(self) -> None:
         while not self.clear():
-            await asyncio.sleep(self.quiet_seconds / 2)
+            remaining = self.max_defer_seconds - (self._clock() - self._burst_started)
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import random
 import uuid
@@ -109,6 +110,8 @@ class JobHandler:
     on_retry: RetryHook | None = None  # undo on_dead when an operator retries
     cancel_with_run: bool = True  # a cancelled run cancels its queued jobs of this kind
     timeout_seconds: float | None = None  # instead of the worker's, for slow kinds (LLM calls)
+    # Record a failed attempt's detail (retry and dead alike), in the transaction of `fail`.
+    on_failed_attempt: Callable[[Tx, Job, str], Awaitable[None]] | None = None
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -123,7 +126,7 @@ class JobQueue:
         store: Store,
         *,
         max_attempts: int = 8,
-        lease_seconds: float = 120.0,
+        lease_seconds: float = 10.0,
         backoff_base: float = 2.0,
         backoff_max: float = 3600.0,
     ) -> None:
@@ -214,18 +217,24 @@ class JobQueue:
 
         return await self.store.write(op)
 
-    async def extend(self, job: Job) -> None:
-        """Renew a running job's lease, so a slow handler is not taken over while it works."""
-        async def op(tx: Tx) -> None:
-            result = await tx.execute(
-                t.jobs.update()
-                .where(t.jobs.c.id == job.id, t.jobs.c.lease_token == job.lease_token)
-                .values(leased_until=tx.now + self.lease_duration, updated_at=tx.now)
-            )
-            if result.rowcount != 1:
-                raise LeaseLost(f"job {job.id} ({job.kind}) was taken over by another worker")
+    async def renew(self, jobs: Iterable[Job]) -> set[str]:
+        """Renew the leases of running jobs in one statement; returns the ids whose lease is
+        gone (another worker took the job over). Urgent: never waits behind queued writes."""
+        held = {(job.id, job.lease_token) for job in jobs}
+        if not held:
+            return set()
 
-        await self.store.write(op)
+        async def op(tx: Tx) -> set[str]:
+            rows = await tx.execute(
+                t.jobs.update()
+                .where(sa.tuple_(t.jobs.c.id, t.jobs.c.lease_token).in_(sorted(held)),
+                       t.jobs.c.status == JobStatus.QUEUED.value)
+                .values(leased_until=tx.now + self.lease_duration, updated_at=tx.now)
+                .returning(t.jobs.c.id)
+            )
+            return {job_id for job_id, _ in held} - {r.id for r in rows}
+
+        return await self.store.write(op, urgent=True)
 
     async def _guard(self, tx: Tx, job: Job, **values: Any) -> None:
         result = await tx.execute(
@@ -242,7 +251,8 @@ class JobQueue:
             if outcome is not None:
                 await outcome(tx)
 
-        await self.store.write(op)
+        # The handler did its side effect: recording it must not wait behind a burst.
+        await self.store.write(op, urgent=True)
         metrics.JOBS.labels(kind=job.kind, outcome="done").inc()
 
     async def fail(self, job: Job, error: BaseException) -> JobStatus:
@@ -258,6 +268,8 @@ class JobQueue:
                 await self._guard(tx, job, due_at=tx.now + timedelta(seconds=error.retry_after or 1.0),
                                   attempts=t.jobs.c.attempts - 1, last_error=message)
                 return JobStatus.QUEUED
+            if handler and handler.on_failed_attempt:
+                await handler.on_failed_attempt(tx, job, message)
             if transient and job.attempts < job.max_attempts:
                 delay = backoff_seconds(job.attempts, self.backoff_base, self.backoff_max)
                 retry_after = getattr(error, "retry_after", None)
@@ -303,7 +315,12 @@ class JobQueue:
 
 
 class Worker:
-    """Leases due jobs and runs their handlers, at most `concurrency` at a time."""
+    """Leases due jobs and runs their handlers, at most `concurrency` at a time.
+
+    Leases are short (`JOB_LEASE_SECONDS`, 10 s by default) so that another process takes
+    over a dead one's jobs within seconds; while jobs run, one renewal every third of a
+    lease extends all of them in one statement, so a live slow job (an LLM step, a long
+    SMTP send) is never taken over. An idle worker renews nothing."""
 
     def __init__(self, queue: JobQueue, *, concurrency: int = 8, poll_seconds: float = 1.0, timeout_seconds: float = 60.0,
                  foreground: Foreground | None = None) -> None:
@@ -313,16 +330,22 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.timeout_seconds = timeout_seconds
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._finishing: set[str] = set()  # handler done, outcome being recorded (renewal may miss it)
         self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
+        self._jobs_running = asyncio.Event()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="job-worker")
+        self._renew_task = asyncio.create_task(self._renew_leases(), name="job-lease-renewal")
 
     async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for background in (self._loop_task, self._renew_task):
+            if background:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
         # Jobs in flight are abandoned, not failed: their lease runs out and they run again.
         for task in list(self._tasks):
             task.cancel()
@@ -344,7 +367,9 @@ class Worker:
                 for job in jobs:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.kind}-{job.id}")
                     self._tasks.add(task)
-                    task.add_done_callback(self._done)
+                    self._running[job.id] = (job, task)
+                    self._jobs_running.set()
+                    task.add_done_callback(functools.partial(self._done, job.id))
                 woken = False
                 if jobs and len(jobs) == free:
                     await self._wait(self._slot_free)
@@ -366,24 +391,46 @@ class Worker:
             event.clear()
         return True
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._running.pop(job_id, None)
+        self._finishing.discard(job_id)
+        if not self._running:
+            self._jobs_running.clear()
         self._slot_free.set()
+
+    async def _renew_leases(self) -> None:
+        interval = self.queue.lease_duration.total_seconds() / 3
+        while True:
+            await self._jobs_running.wait()
+            await asyncio.sleep(interval)
+            running = dict(self._running)
+            if not running:
+                continue
+            try:
+                lost = await self.queue.renew(job for job, _ in running.values())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be briefly away: try again next beat
+                log.exception("could not renew the leases of %d running jobs", len(running))
+                continue
+            metrics.LEASES_RENEWED.inc(len(running) - len(lost))
+            for job_id in lost - self._finishing:
+                job, task = running[job_id]
+                # Another worker runs it now; what this one would still do would be done twice.
+                log.warning("job %s (%s) was taken over by another worker; stopping it here", job.id, job.kind)
+                metrics.LEASES_LOST.inc()
+                task.cancel()
 
     async def _run(self, job: Job) -> None:
         handler = self.queue.handlers[job.kind]
         timeout = handler.timeout_seconds or self.timeout_seconds
-        lease = self.queue.lease_duration.total_seconds()
-        # A job that may outlive its lease renews it while it runs; one that dies with its
-        # process stops renewing, and another worker takes it after one lease.
-        heartbeat = asyncio.create_task(self._heartbeat(job, lease / 3)) if timeout > lease / 2 else None
         mark_job()
         try:
             await self.foreground.wait_clear()  # leased before a burst began: still let it go first
             async with asyncio.timeout(timeout):
                 outcome = await handler.run(job)
-            if heartbeat is not None:
-                heartbeat.cancel()
+            self._finishing.add(job.id)
             await self.queue.finish(job, outcome)
         except asyncio.CancelledError:
             raise
@@ -403,17 +450,3 @@ class Worker:
                 log.warning("%s", lost)
             except Exception:
                 log.exception("could not record the failure of job %s", job.id)
-        finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-
-    async def _heartbeat(self, job: Job, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.queue.extend(job)
-            except LeaseLost as exc:
-                log.warning("%s; its outcome will be dropped", exc)
-                return
-            except Exception:  # the database may be briefly away: try again next beat
-                log.exception("could not renew the lease of job %s", job.id)

@@ -1,5 +1,8 @@
 """Prometheus metrics (prometheus-client), named the Prometheus way: `countersign_*_total`."""
 
+import time
+from collections.abc import Callable
+
 from prometheus_client import Counter, Histogram
 
 HTTP_REQUESTS = Counter(
@@ -16,3 +19,22 @@ JOBS = Counter("countersign_jobs_total", "Job attempts by outcome", ["kind", "ou
 EMAILS_SENT = Counter("countersign_emails_sent_total", "Emails accepted by the SMTP server")
 AGENT_DRAFTS = Counter("countersign_agent_drafts_total", "Drafts the agent proposed for approval")
 AGENT_FINISHED = Counter("countersign_agent_finished_total", "Agent runs that stopped, by outcome", ["outcome"])
+SIDE_EFFECT_RECORD = Histogram(
+    "countersign_side_effect_record_seconds",
+    "From a peer's acceptance of a side effect (SMTP 250, posted card, delivered callback) to its committed "
+    "record: a process killed in between repeats the side effect", ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LOOP_LAG = Histogram(
+    "countersign_event_loop_lag_seconds", "How late the event loop woke a 0.5 s sleep",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+LEASES_RENEWED = Counter("countersign_job_lease_renewals_total", "Job leases renewed while their jobs ran")
+LEASES_LOST = Counter("countersign_job_leases_lost_total",
+                      "Running jobs whose lease another worker took over (their outcome is dropped)")
+
+
+def side_effect_recorded(kind: str, accepted_at: float) -> Callable[[], None]:
+    """For `tx.after_commit`: observes the window since `accepted_at` (`time.monotonic()`
+    when the peer accepted) once the record is durable."""
+    return lambda: SIDE_EFFECT_RECORD.labels(kind=kind).observe(time.monotonic() - accepted_at)

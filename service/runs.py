@@ -308,6 +308,13 @@ class Runs:
             deliveries = (await conn.execute(
                 sa.select(t.deliveries).where(t.deliveries.c.run_id == run_id).order_by(t.deliveries.c.created_at)
             )).all()
+            attempts: dict[str, list[dict[str, Any]]] = {d.id: [] for d in deliveries}
+            if deliveries:
+                for a in (await conn.execute(
+                    sa.select(t.delivery_attempts).where(t.delivery_attempts.c.delivery_id.in_(list(attempts)))
+                    .order_by(t.delivery_attempts.c.number)
+                )).all():
+                    attempts[a.delivery_id].append(_attempt_dict(a))
             jobs = (await conn.execute(
                 sa.select(t.jobs).where(t.jobs.c.run_id == run_id).order_by(t.jobs.c.created_at)
             )).all()
@@ -319,7 +326,7 @@ class Runs:
                 callback_url=row.callback_url, policy=_shown_policy(row.policy),
                 approvals=[_approval_dict(a) for a in approvals],
                 decisions=[_decision_dict(d) for d in decisions],
-                deliveries=[_delivery_dict(d) for d in deliveries],
+                deliveries=[{**_delivery_dict(d), "attempt_log": attempts[d.id]} for d in deliveries],
                 jobs=[Job.from_row(j) for j in jobs],
                 timeline=[{"seq": e.seq, "at": e.at.isoformat(), "event": e.kind, "actor": e.actor,
                            "data": _shown_event_data(e.kind, e.data)} for e in events],
@@ -385,6 +392,14 @@ def _decision_dict(row: Any) -> dict[str, Any]:
         "reviewer": {"id": row.reviewer_id, "name": row.reviewer_name, "email": row.reviewer_email},
         "actor": row.actor or row.reviewer_id, "on_behalf_of": row.reviewer_id if row.actor else None,
         "channel": row.channel, "reason": row.reason, "created_at": _iso(row.created_at),
+    }
+
+
+def _attempt_dict(row: Any) -> dict[str, Any]:
+    return {
+        "number": row.number, "step": row.step, "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at),
+        "outcome": row.outcome, "smtp_reply": row.smtp_reply, "error": row.error,
+        "possible_duplicate": row.possible_duplicate,
     }
 
 

@@ -119,6 +119,8 @@ class Service:
     app: Any
     # An API key with decide:on-behalf, made at start: how an integration decides through the API.
     decider_key: str = ""
+    # Stops this service before the test ends (one serve per SQLite file: the next one needs it).
+    stop: Callable[[], Awaitable[None]] | None = None
 
     async def request(self, method: str, path: str, *, body: Any = None, raw: bytes | None = None,
                       auth: str = "token", headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
@@ -183,6 +185,7 @@ StartService = Callable[..., Awaitable[Service]]
 @pytest.fixture
 async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartService]:
     started: list[tuple[TestServer, aiohttp.ClientSession]] = []
+    count = [0]  # services started so far (each makes its own decide key)
 
     async def start(smtp: SmtpServer | None = None, **overrides: Any) -> Service:
         settings = test_settings(tmp_path, db_url, smtp, **overrides)
@@ -196,7 +199,17 @@ async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartServi
         http = aiohttp.ClientSession()
         started.append((server, http))
         service = Service(str(server.make_url("")).rstrip("/"), settings, http, app)
-        service.decider_key = await service.make_key(f"decider-{len(started)}", Scope.DECIDE_ON_BEHALF)
+        count[0] += 1
+        service.decider_key = await service.make_key(f"decider-{count[0]}", Scope.DECIDE_ON_BEHALF)
+        entry = (server, http)
+
+        async def stop() -> None:
+            if entry in started:
+                started.remove(entry)
+                await http.close()
+                await server.close()
+
+        service.stop = stop
         return service
 
     yield start

@@ -81,7 +81,15 @@ async def pause_in_a_first_process(tmp_path: Path, env: dict[str, str], port: in
     finally:
         first.kill()
         await first.wait_dead()
+    assert_loop_never_blocked(tmp_path / "first.log")
     return accepted["id"], run["approvals"][0]
+
+
+def assert_loop_never_blocked(log: Path) -> None:
+    """The agent's first step (LlamaIndex, the OpenAI client, the knowledge index) never held
+    the event loop long enough to put the leases renewed on it at risk (service/loop_lag.py)."""
+    blocked = [line for line in log.read_text().splitlines() if "event loop was blocked" in line]
+    assert blocked == []
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
@@ -125,6 +133,7 @@ async def test_decision_resumes_a_run_paused_by_a_killed_process(
             await asyncio.sleep(0.3)
     finally:
         second.kill()
+    assert_loop_never_blocked(tmp_path / "second.log")
     [message] = smtp_server.messages()
     expected = {"approve": DRAFT["subject"], "edit": DRAFT["subject"], "reject": second_draft["subject"]}[decision]
     assert message["Subject"] == expected

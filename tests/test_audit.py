@@ -220,7 +220,9 @@ async def test_legacy_events_are_anchored_by_the_marker(start_service: StartServ
 
 async def test_postgres_needs_the_key_and_every_process_the_same_one(
         start_service: StartService, db_url: str, tmp_path: Path) -> None:
-    await start_service()  # keys the chain with AUDIT_KEY
+    first = await start_service()  # keys the chain with AUDIT_KEY
+    assert first.stop is not None
+    await first.stop()
     if db_url.startswith("postgresql"):
         with pytest.raises(AuditKeyError, match="required with PostgreSQL"):
             create_app(Settings(database_url=db_url, api_token="x" * 32, audit_key=None))

@@ -105,5 +105,15 @@ async def test_sigkill_during_delivery_sends_each_email_exactly_once(
     assert {r["deliveries"][0]["message_id"] for r in runs} == set(message_ids)
     # The two messages in flight at the kills were sent again (possibly the same one twice).
     assert sum(r["deliveries"][0]["attempts"] for r in runs) == RUNS + 2
+    # Both kills came after `sending` was committed: each left an interrupted attempt, and
+    # the re-send after it is a possible duplicate, audited as such, once per kill.
+    resent = [e for r in runs for e in r["timeline"] if e["event"] == "delivery.resent_after_interruption"]
+    assert len(resent) == 2
     for r in runs:
-        assert r["deliveries"][0]["sent_sha256"] == r["deliveries"][0]["approved_sha256"]
+        [delivery] = r["deliveries"]
+        log = delivery["attempt_log"]
+        assert [a["number"] for a in log] == list(range(1, delivery["attempts"] + 1))
+        assert [a["outcome"] for a in log] == ["interrupted"] * (len(log) - 1) + ["accepted"]
+        assert [a["possible_duplicate"] for a in log] == [False] + [True] * (len(log) - 1)
+        assert len([e for e in r["timeline"] if e["event"] == "delivery.resent_after_interruption"]) == len(log) - 1
+        assert delivery["sent_sha256"] == delivery["approved_sha256"]

@@ -234,3 +234,26 @@ def test_a_shared_data_dir_is_left_alone_with_a_warning(tmp_path: Path, caplog: 
     ensure_private_dir(shared)
     assert _mode(shared) == 0o1777 and _mode(shared / "someone-elses-file") == 0o644
     assert "is shared (mode 1777" in caplog.text
+
+
+async def test_a_second_serve_on_the_same_sqlite_file_is_refused_until_the_first_dies(
+        served: ServiceProcess, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**_clean_environ(), **{k: v for k, v in served.env.items() if k != "COUNTERSIGN_PORT"},
+           "COUNTERSIGN_PORT": str(port)}
+    second = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "serve", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(second.communicate(), 60)
+    assert second.returncode == 2
+    message = err.decode()
+    assert served.proc is not None and f"pid {served.proc.pid}" in message
+    assert "one process per SQLite file" in message and "PostgreSQL" in message
+
+    # SIGKILL leaves the lock file behind, but not the lock: the next process starts.
+    served.kill()
+    await served.wait_dead()
+    third = ServiceProcess({**served.env, "COUNTERSIGN_PORT": str(port)}, port, tmp_path / "third.log")
+    await third.start()
+    third.kill()
+    await third.wait_dead()

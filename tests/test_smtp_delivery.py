@@ -145,6 +145,8 @@ async def _approved_without_workers(start_service: StartService, smtp_server: Sm
     run_id = await _approved_run(api_only)
     run = await api_only.wait_status(run_id, "delivering")
     assert run["deliveries"][0]["content_hash_version"] == 2
+    assert api_only.stop is not None
+    await api_only.stop()  # the next service on this SQLite file sends it
     return run_id, api_only
 
 

@@ -12,6 +12,7 @@ backoff (honouring Retry-After), durably, and ends the run with the reason when 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,11 @@ def build_llm(settings: LlmSettings) -> FunctionCallingLLM:
 
     if not settings.base_url and not settings.api_key:
         return OfflineDrafter()
+    # The OpenAI client imports its API resources and its HTTP transport at the first
+    # request (about 1.5 s of imports on the event loop, where job leases are renewed):
+    # import them now, while `serve` is starting, before the loop runs.
+    for module in ("openai.resources", "httpcore"):
+        importlib.import_module(module)
     common: dict[str, Any] = dict(model=settings.model, timeout=settings.timeout_seconds, max_retries=0,
                   temperature=settings.temperature, api_base=settings.base_url or None)
     # Local servers ignore the key, but the OpenAI client refuses to start without one.

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..domain import ActionType, ApprovalStatus, Channel, DecisionKind, DeliveryStatus, RunStatus
+from ..domain import ActionType, ApprovalStatus, AttemptOutcome, Channel, DecisionKind, DeliveryStatus, RunStatus
 from ..jobs import JobStatus
 from ..mail.fields import BodyText, HeaderText, header_text
 from ..policy import PolicyMode
@@ -335,6 +335,22 @@ class DecisionRecordOut(BaseModel):
     created_at: Timestamp
 
 
+class DeliveryAttemptOut(BaseModel):
+    number: int = Field(description="1, 2, ... per delivery; attempts made before the upgrade to 0006 have no entry")
+    step: str = Field(description="How far the SMTP transaction got: connect, MAIL, RCPT (nothing was transmitted) "
+                                  "or DATA (the content was being sent: the server may have the message)")
+    started_at: Timestamp
+    finished_at: Timestamp | None = Field(description="Null while sending, and for an interrupted attempt")
+    outcome: AttemptOutcome = Field(description="sending (under way), accepted (the server's 250), failed, or "
+                                                "interrupted (the process died or lost the job while sending: "
+                                                "the server may have accepted it)")
+    smtp_reply: str | None = Field(description="The server's reply that ended the attempt, e.g. "
+                                               "\"250 2.0.0 ...\" or \"451 4.3.0 ...\"")
+    error: str | None = Field(description="Why the attempt failed, as recorded on the job")
+    possible_duplicate: bool = Field(description="Sent again after an interrupted attempt (the RFC 1047 window): "
+                                                 "the recipient may have the message twice, with one Message-ID")
+
+
 class DeliveryOut(BaseModel):
     id: str
     approval_id: str
@@ -352,6 +368,7 @@ class DeliveryOut(BaseModel):
     mail_from: str | None = Field(description="From as approved (null: rule 1, the settings' From)")
     mail_reply_to: str | None
     content_hash_version: int = Field(description="The rule of approved_sha256 and sent_sha256 (see approvals)")
+    attempt_log: list[DeliveryAttemptOut] = Field(description="Every SMTP attempt, oldest first")
 
 
 class TimelineEvent(BaseModel):

@@ -157,7 +157,6 @@ def content_of(mime: bytes) -> EmailAction:
 
 
 def _content_of(msg: EmailMessage) -> EmailAction:
-    # Parsed once by the caller: parsing is most of what reading a message back costs.
     def addresses(header: str) -> tuple[str, ...]:
         value = msg.get(header)
         return tuple(a.addr_spec for a in value.addresses) if value is not None else ()

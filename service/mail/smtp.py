@@ -9,16 +9,20 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiosmtplib
+from aiosmtplib.email import parse_address
+from aiosmtplib.protocol import normalize_message_line_endings
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ..config import Settings, SmtpSecurity
 from ..jobs import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +38,104 @@ class SmtpReply:
         return text
 
 
+@dataclass(frozen=True, slots=True)
+class SmtpFailure:
+    """Where an SMTP transaction failed and what the server said (None: no reply came:
+    the connection broke or timed out, so after DATA began the server may have the message)."""
+
+    step: str  # "connect" | "MAIL" | "RCPT" | "DATA"
+    reply: str | None  # e.g. "451 4.3.0 try later"
+
+
+class SmtpTransientError(TransientError):
+    def __init__(self, message: str, failure: SmtpFailure) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+class SmtpPermanentError(PermanentError):
+    def __init__(self, message: str, failure: SmtpFailure) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+SmtpError = SmtpTransientError | SmtpPermanentError
+OnReady = Callable[[], Awaitable[None]]
+
+
 class SmtpSession:
     def __init__(self, client: aiosmtplib.SMTP) -> None:
         self.client = client
         self.broken = False
+        self.step = "MAIL"  # the command under way, named in a failure
 
-    async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SmtpReply:
-        """Send one message. Raises `TransientError` or `PermanentError` with the server's words."""
+    async def send(self, mime: bytes, sender: str, recipients: list[str], *,
+                   on_ready: OnReady | None = None) -> SmtpReply:
+        """Send one message: MAIL FROM and RCPT TO, then `on_ready()`, then DATA.
+
+        `on_ready` runs once the server has accepted the envelope and before the content
+        goes out, so whatever it records (the delivery's `sending` state) is committed
+        only when the message is about to be transmitted; if it raises, the transaction
+        is abandoned before DATA and the connection is not reused. One method rather than
+        two steps, so no caller can hold a session with a half-open envelope.
+        Raises `SmtpTransientError` or `SmtpPermanentError` with the server's words and
+        the step that failed."""
+        # Checked before anything is sent, so a bad address leaves no envelope open.
+        parse_address(sender)
+        for recipient in recipients:
+            parse_address(recipient)
+        refused = await self._step(self._envelope(mime, sender, recipients))
+        if on_ready is not None:
+            try:
+                await on_ready()
+            except BaseException:
+                self.broken = True  # the envelope is open: never hand this connection on
+                raise
+        self.step = "DATA"
+        response = await self._step(self.client.data(mime))
+        return SmtpReply(code=response.code, message=response.message, refused=refused)
+
+    async def _envelope(self, mime: bytes, sender: str, recipients: list[str]) -> dict[str, str]:
+        self.step = "MAIL"
+        if self.client.is_ehlo_or_helo_needed:
+            with contextlib.suppress(aiosmtplib.SMTPHeloError):  # mail() falls back to HELO
+                await self.client.ehlo()
+        options = []
+        if self.client.supports_extension("size"):  # RFC 1870, as aiosmtplib's sendmail does
+            options.append(f"size={len(normalize_message_line_endings(mime))}")
+        await self.client.mail(sender, options=options)
+        self.step = "RCPT"
+        refused: dict[str, str] = {}
+        first_refusal: aiosmtplib.SMTPRecipientRefused | None = None
+        for recipient in recipients:
+            try:
+                await self.client.rcpt(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused[recipient] = f"{exc.code} {exc.message}"
+                first_refusal = first_refusal or exc
+        if first_refusal is not None and len(refused) == len(recipients):
+            raise first_refusal  # as before: refused by every recipient is the delivery's failure
+        return refused
+
+    async def _step(self, command: Awaitable[T]) -> T:
         try:
-            refused, message = await self.client.sendmail(sender, recipients, mime)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise _classify(exc.recipients[0] if exc.recipients else exc) from exc
+            return await command
+        except aiosmtplib.SMTPResponseException as exc:
+            # A refusal: the server keeps nothing; after RSET the connection is clean.
+            await self._reset()
+            raise _classify(exc, self.step) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             self.broken = True
-            raise _classify(exc) from exc
-        code, _, text = message.partition(" ")
-        return SmtpReply(
-            code=int(code) if code.isdigit() else 250, message=text or message,
-            refused={r: f"{resp.code} {resp.message}" for r, resp in refused.items()},
-        )
+            raise _classify(exc, self.step) from exc
+        except BaseException:
+            self.broken = True  # cancelled mid-command
+            raise
+
+    async def _reset(self) -> None:
+        try:
+            await self.client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            self.broken = True
 
 
 @dataclass
@@ -134,7 +217,7 @@ class SmtpTransport:
             try:
                 conn = await self._checkout()
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                raise _classify(exc) from exc
+                raise _classify(exc, "connect") from exc
             session = SmtpSession(conn.client)
             try:
                 yield session
@@ -150,22 +233,24 @@ class SmtpTransport:
                     conn.last_used = time.monotonic()
                     self._idle.append(conn)
 
-    async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SmtpReply:
+    async def send(self, mime: bytes, sender: str, recipients: list[str], *,
+                   on_ready: OnReady | None = None) -> SmtpReply:
         async with self.session() as session:
-            return await session.send(mime, sender, recipients)
+            return await session.send(mime, sender, recipients, on_ready=on_ready)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_quit_quietly(c.client) for c in idle))
 
 
-def _classify(exc: BaseException) -> TransientError | PermanentError:
+def _classify(exc: BaseException, step: str) -> SmtpError:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
+        failure = SmtpFailure(step, f"{exc.code} {exc.message}")
         text = f"SMTP {exc.code} {exc.message}"
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
             text += " (check COUNTERSIGN_SMTP_USERNAME and COUNTERSIGN_SMTP_PASSWORD)"
-        return PermanentError(text) if 500 <= exc.code < 600 else TransientError(text)
-    return TransientError(f"SMTP connection to the server failed: {type(exc).__name__}: {exc}")
+        return SmtpPermanentError(text, failure) if 500 <= exc.code < 600 else SmtpTransientError(text, failure)
+    return SmtpTransientError(f"SMTP connection to the server failed: {type(exc).__name__}: {exc}", SmtpFailure(step, None))
 
 
 async def _quit_quietly(client: aiosmtplib.SMTP) -> None:

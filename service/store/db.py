@@ -12,11 +12,18 @@ SQLite is a library, not a server, so a whole batch is handed to one thread hold
 plain `sqlite3` connection, and the event loop hears back once per batch instead of
 twice per statement. `Tx.execute` is a coroutine either way; on that thread it never
 suspends, and an op that does is refused (`OpSuspended`).
+
+Writes that record an external side effect already done (an SMTP server's 250, a posted
+card, a sent callback) and lease renewals are `urgent`: they skip the jobs' hold for
+foreground requests and make up the next batch ahead of everything queued, so the time
+between the peer's acceptance and the durable record is at most the batch in flight plus
+their own commit. A process killed in that window repeats the side effect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import json
@@ -312,7 +319,9 @@ class Store:
         self.writer_engine = writer  # migrations, and reads and writes too unless `threads` is set
         self.reader_engine = reader
         self.batch_max = batch_max
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._urgent: collections.deque[_Pending] = collections.deque()
+        self._queued = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._threads = threads
         # Audit events are chained with it; a store without one can read, and write no event.
@@ -363,10 +372,10 @@ class Store:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(RuntimeError("store closed before the write ran"))
+        for pending in [*self._urgent, *self._queue]:
+            _settle(pending.future, exc=RuntimeError("store closed before the write ran"))
+        self._urgent.clear()
+        self._queue.clear()
         if self._threads is not None:
             await self._threads.close()
         await self.writer_engine.dispose()
@@ -389,15 +398,29 @@ class Store:
         with self._threads.read_engine.connect() as conn:
             return _drive(fn(ThreadConnection(conn)))
 
-    async def write(self, op: Op[T]) -> T:
-        if self.foreground is not None and in_job():
+    async def write(self, op: Op[T], *, urgent: bool = False) -> T:
+        """Run `op` in the next batch that has room for it; `urgent`: in the very next one,
+        ahead of queued ops, and never held back for foreground requests (see module doc)."""
+        if self.foreground is not None and in_job() and not urgent:
             await self.foreground.wait_clear()
         if self._task is None:
             # Not started (CLI, tests of one op): run it directly in its own transaction.
             return await self._run_alone(op)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(op, future))
+        (self._urgent if urgent else self._queue).append(_Pending(op, future))
+        self._queued.set()
         return await future
+
+    def _next_batch(self) -> list[_Pending]:
+        # Urgent ops go alone: a batch of them commits as fast as the database allows,
+        # not after the ops of a burst queued before them.
+        source = self._urgent or self._queue
+        batch: list[_Pending] = []
+        while source and len(batch) < self.batch_max:
+            pending = source.popleft()
+            if not pending.future.cancelled():
+                batch.append(pending)
+        return batch
 
     async def _run_alone(self, op: Op[T]) -> T:
         if self._threads is not None:
@@ -413,10 +436,11 @@ class Store:
 
     async def _writer_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            batch = [p for p in batch if not p.future.cancelled()]
+            if not self._urgent and not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            batch = self._next_batch()
             if not batch:
                 continue
             try:

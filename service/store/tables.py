@@ -136,6 +136,27 @@ deliveries = sa.Table(
     sa.Column("content_hash_version", sa.Integer),
 )
 
+# Every SMTP attempt of a delivery, with what the server answered. `step` is how far it got:
+# connect | MAIL | RCPT (nothing was transmitted) or DATA (`sending` was committed: the server
+# may have the message). outcome: sending (under way, or its process died) -> accepted |
+# failed | interrupted (a later attempt found it still `sending`). possible_duplicate: this
+# attempt transmitted a message that an earlier, interrupted one may already have delivered.
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("delivery_id", ID, sa.ForeignKey("deliveries.id"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),  # 1, 2, ... per delivery (= deliveries.attempts at the time)
+    sa.Column("step", sa.String(8), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),  # NULL while sending, and for an interrupted attempt
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("smtp_reply", sa.Text),  # "250 2.0.0 ...", "451 4.3.0 ...": the reply that ended it
+    sa.Column("error", sa.Text),
+    sa.Column("possible_duplicate", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("delivery_id", "number"),
+)
+
 jobs = sa.Table(
     "jobs",
     metadata,

@@ -10,6 +10,7 @@ the run then shows.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from botbuilder.schema import (
 
 from adaptive_cards import ApprovalView, build_card, pending_card_and_fit
 
+from .. import metrics
 from ..jobs import Deferred, Job, JobHandler, JobQueue, PermanentError, TransientError
 from ..runs import NewApproval
 from ..store import tables as t
@@ -138,8 +140,10 @@ class TeamsCards:
         else:
             posted = await self._post_to_person(card.target, activity)
         conversation_id, activity_id, service_url, tenant_id = posted
+        accepted_at = time.monotonic()
 
         async def record(tx: Tx) -> None:
+            tx.after_commit(metrics.side_effect_recorded(POST_CARD_JOB, accepted_at))
             await tx.execute(t.teams_cards.update().where(t.teams_cards.c.id == card.id).values(
                 status="posted", conversation_id=conversation_id, activity_id=activity_id, service_url=service_url,
                 tenant_id=tenant_id, error=None, updated_at=tx.now))

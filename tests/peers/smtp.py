@@ -1,8 +1,8 @@
 """A real SMTP server (aiosmtpd) requiring STARTTLS and AUTH, delivering into a Maildir.
 
 It runs on its own thread and event loop, like any server the service would talk to.
-Tests can make it answer the next messages with an error code, or run a hook when a
-message's DATA arrives (the crash test kills the service there).
+Tests can make it answer the next messages (or the next RCPT TO) with an error code, or
+run a hook when a RCPT TO or a message's DATA arrives (the crash tests kill the service there).
 """
 
 from __future__ import annotations
@@ -31,12 +31,26 @@ class MailHandler:
     maildir: mailbox.Maildir
     fail_next: list[str] = field(default_factory=list)  # e.g. "451 4.3.0 try later"
     on_data: Callable[[bytes], str | None] | None = None  # may return a reply instead of accepting
+    fail_rcpt_next: list[str] = field(default_factory=list)  # replies to the next RCPT TO commands
+    on_rcpt: Callable[[str], str | None] | None = None  # the address; may return a reply instead of accepting
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: int = 0
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         return responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        with self.lock:
+            if self.fail_rcpt_next:
+                return self.fail_rcpt_next.pop(0)
+        if self.on_rcpt is not None:
+            reply = self.on_rcpt(address)
+            if reply is not None:
+                return reply
+        envelope.rcpt_tos.append(address)  # what aiosmtpd does without a handler
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
