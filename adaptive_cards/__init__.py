@@ -19,6 +19,7 @@ from .approval import (
     build_final_card,
     build_not_allowed_card,
     build_pending_card,
+    pending_card_and_fit,
 )
 from .elements import CARD_VERSION
 from .size import CARD_BUDGET_BYTES, card_size
@@ -44,4 +45,5 @@ __all__ = [
     "build_not_allowed_card",
     "build_pending_card",
     "card_size",
+    "pending_card_and_fit",
 ]

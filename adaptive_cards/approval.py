@@ -254,12 +254,18 @@ def build_pending_card(view: ApprovalView) -> dict[str, Any]:
 
     A card that cannot show the whole action offers Reject only, and says where the whole
     text can be read and decided (`view.read_at`, `view.decide_at`)."""
+    return pending_card_and_fit(view)[0]
+
+
+def pending_card_and_fit(view: ApprovalView) -> tuple[dict[str, Any], bool]:
+    """`build_pending_card`, and whether that card offers Approve (`approvable_on_card`),
+    found by the same work: a caller posting the card can remember the verdict."""
     if not view.is_pending:
         raise ValueError(f"approval {view.approval_id} is {view.status}, not pending")
     card = _complete_pending_card(view)
     if card is not None:
-        return card
-    return _fit([], lambda limits: _pending(view, limits, False, approvable=False), len(view.body))
+        return card, True
+    return _fit([], lambda limits: _pending(view, limits, False, approvable=False), len(view.body)), False
 
 
 def build_final_card(view: ApprovalView) -> dict[str, Any]:

@@ -98,10 +98,14 @@ class Decisions:
             policy = Policy.from_dict(approval.policy)
             reviewer = request.reviewer
             if needs_email(policy, approval.requested_by) and not (reviewer.email or reviewer.upn):
-                if request.can_resolve_email:
+                known = await request.known_email(tx) if request.known_email is not None else None
+                if known is not None and (known[0] or known[1]):
+                    email, upn = known
+                    reviewer = replace(reviewer, email=email or upn, upn=upn)
+                elif request.can_resolve_email:
                     return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
                                            detail={"reason": EMAIL_NEEDED})
-                if request.email_unresolved:
+                elif request.email_unresolved:
                     return self._refused(tx, approval, request, NotAllowed(
                         "Countersign could not look up your email address, so it cannot check that you did not "
                         "request this yourself; nothing was decided. Try again later, or decide through the API.",
@@ -124,7 +128,7 @@ class Decisions:
                                if final_action else None)
             won = await tx.execute(_CLAIM, {
                 "approval_id": approval.id, "seen": approval.version, "status": new_status.value,
-                "decided_at": tx.now, "decided_by": request.reviewer.id,
+                "decided_at": tx.now, "decided_by": reviewer.id,
                 "approved_action": final_action.to_dict() if final_action else None,
                 "approved_sha256": approved_sha256,
                 "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
@@ -135,14 +139,14 @@ class Decisions:
                     f"approval {approval.id} is already {current}", status=current))
 
             decision = Decision(
-                id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=request.reviewer,
+                id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=reviewer,
                 channel=request.channel, created_at=tx.now, reason=request.reason, final_action=final_action,
                 on_behalf_by=request.on_behalf_by,
             )
             tx.insert(t.decisions, dict(
                 id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
-                reviewer_id=request.reviewer.id, reviewer_name=request.reviewer.name,
-                reviewer_email=request.reviewer.email, channel=request.channel.value, reason=request.reason,
+                reviewer_id=reviewer.id, reviewer_name=reviewer.name,
+                reviewer_email=reviewer.email, channel=request.channel.value, reason=request.reason,
                 final_action=final_action.to_dict() if final_action else None, created_at=tx.now,
                 actor=request.on_behalf_by,
             ))
@@ -159,7 +163,7 @@ class Decisions:
             await self.runs.approval_changed(tx, approval.id)
             tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
             after = replace(approval, status=new_status, version=approval.version + 1, decided_at=tx.now,
-                            decided_by=request.reviewer.id, approved_sha256=approved_sha256)
+                            decided_by=reviewer.id, approved_sha256=approved_sha256)
             return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision,
                                    approval=after, delivery=delivery)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -189,6 +189,9 @@ class Reviewer:
 
 
 ApprovalRefusal = Callable[["Approval"], "str | None"]
+# Reads, in the decision's own transaction (its argument: the store's `Tx`), the email and
+# UPN a channel already learnt for the reviewer; None when it knows neither.
+KnownEmail = Callable[[Any], Awaitable["tuple[str | None, str | None] | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,10 @@ class DecisionRequest:
     # The channel tried and could not learn the reviewer's email or UPN: where they are
     # needed, `decide` refuses (it cannot rule out self-approval).
     email_unresolved: bool = False
+    # Where the email is needed and the reviewer carries none: the channel's stored record
+    # of it (Teams: the member an earlier lookup saved), read inside the decision, so that a
+    # reviewer met before is decided in one op; EMAIL_NEEDED only when it knows nothing.
+    known_email: KnownEmail | None = None
     # A channel's own reason to refuse an Approve or Edit of the stored approval (Teams: its
     # card cannot show all of it); the message, or None.
     approval_refusal: ApprovalRefusal | None = None

@@ -100,3 +100,97 @@ async def test_the_server_side_card_check_sees_the_view_the_card_is_built_from(
     links = ApiLinks("http://countersign.test")
     approval = _approval_from_row(await store.read(q))
     assert pending_view(approval, links) == await load_view(store, approval_id, links)
+
+
+async def test_a_known_email_is_read_inside_the_decision_only_where_it_is_needed(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    """`DecisionRequest.known_email` (Teams: the stored member) decides a reviewer met before
+    in one op; it is read only where the email matters, and it is checked like any email."""
+    service = await start_service(smtp_server, worker_concurrency=0, policies={"refunds": {"reviewers": "anyone"}})
+    decisions = service.app[SERVICES].decisions
+    asked: list[str] = []
+
+    def known(email: str | None, upn: str | None = None) -> Any:
+        async def lookup(tx: Tx) -> tuple[str | None, str | None] | None:
+            assert isinstance(tx, Tx)  # in the decision's own transaction
+            asked.append(email or "-")
+            return (email, upn) if email or upn else None
+        return lookup
+
+    async def pending(**fields: Any) -> tuple[str, str]:
+        accepted = await service.create_run({"action": email_action(), **fields})
+        return accepted["id"], (await service.run(accepted["id"]))["approvals"][0]["id"]
+
+    def click(approval_id: str, who: str, lookup: Any) -> DecisionRequest:
+        return DecisionRequest(approval_id, DecisionKind.APPROVE, Reviewer(id=f"aad-{who}"), Channel.TEAMS,
+                               can_resolve_email=True, known_email=lookup)
+
+    # Needed (a requester to tell apart): one call decides, with the stored email.
+    run_id, approval_id = await pending(requested_by="ops@example.com", policy="refunds")
+    taken = await decisions.decide(click(approval_id, "kim", known("kim@example.com")))
+    assert taken.decided and taken.decision is not None and taken.decision.reviewer.email == "kim@example.com"
+    assert (await service.run(run_id))["decisions"][0]["reviewer"]["email"] == "kim@example.com"
+    # A UPN alone serves as the email, as the member lookup's would.
+    _, approval_id = await pending(requested_by="ops@example.com", policy="refunds")
+    taken = await decisions.decide(click(approval_id, "lee", known(None, "lee@corp.example.com")))
+    assert taken.decided and taken.decision is not None
+    assert (taken.decision.reviewer.email, taken.decision.reviewer.upn) == ("lee@corp.example.com",) * 2
+    # The stored email of the requester refuses, as a looked-up one does.
+    run_id, approval_id = await pending(requested_by="ops@example.com", policy="refunds")
+    refused = await decisions.decide(click(approval_id, "ops", known("OPS@example.com")))
+    assert not refused.decided and refused.detail["reason"] == "not_allowed"
+    assert "requested this action" in refused.detail["message"]
+    assert (await service.run(run_id))["decisions"] == []
+    # Nothing stored: the channel is asked to look the email up, nothing decided.
+    asked_for = await decisions.decide(click(approval_id, "sam", known(None)))
+    assert not asked_for.decided and asked_for.detail == {"reason": EMAIL_NEEDED}
+    assert asked == ["kim@example.com", "-", "OPS@example.com", "-"]
+    # Not needed (no requester, reviewers by id): never read, and no email is recorded.
+    run_id, approval_id = await pending(policy="refunds")
+    taken = await decisions.decide(click(approval_id, "kim", known("kim@example.com")))
+    assert taken.decided and taken.decision is not None and taken.decision.reviewer.email is None
+    assert len(asked) == 4
+
+
+async def test_the_card_fit_verdict_is_remembered_per_approval_and_revision(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    """`CardFit` judges a stored approval once (when its card is posted, or at the first
+    Approve) and gives the same answer as building the card: a short email fits, a long one
+    does not, and a verdict for one approval or revision never serves another."""
+    import sqlalchemy as sa
+
+    from adaptive_cards import approvable_on_card, pending_card_and_fit
+    from service.decisions import _approval_from_row
+    from service.teams.views import CardFit, card_refusal, pending_view
+
+    service = await start_service(smtp_server, worker_concurrency=0)
+    store = service.app[SERVICES].store
+    links = ApiLinks("http://countersign.test")
+
+    async def stored(body: str) -> Any:
+        accepted = await service.create_run({"action": email_action(body=body)})
+        approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+
+        async def q(conn: Any) -> Any:
+            return (await conn.execute(sa.select(t.approvals).where(t.approvals.c.id == approval_id))).first()
+        return _approval_from_row(await store.read(q))
+
+    short, long = await stored("Dear Ann,\n\nDone."), await stored("A long paragraph. " * 3000)
+    fit = CardFit(links)
+    for approval, fits in ((short, True), (long, False)):
+        view = await load_view(store, approval.id, links)
+        assert pending_card_and_fit(view)[1] is fits is approvable_on_card(pending_view(approval, links))
+        assert fit.fits(approval) is fits
+    refusal = card_refusal(links, fit)
+    assert refusal(short) is None and "longer than a Teams card can show" in (refusal(long) or "")
+    # What posting remembered is what the click is judged by; keyed by id AND revision.
+    fit.remember(short.id, short.revision, False)
+    assert refusal(short) is not None
+    from dataclasses import replace
+    assert fit.fits(replace(short, revision=short.revision + 1)) is True
+    small = CardFit(links, max_entries=2)
+    for approval in (short, long, replace(short, revision=9)):
+        small.fits(approval)
+    assert len(small._verdicts) == 2 and (short.id, short.revision) not in small._verdicts

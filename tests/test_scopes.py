@@ -199,6 +199,7 @@ async def test_keys_api_grants_only_scopes_the_caller_holds(service: Service) ->
     assert {k["name"] for k in listed["items"]} == {"decider-1", "admin", "reader"}
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL: one serve per SQLite file
 async def test_revoked_and_expired_keys_are_refused_on_every_replica_and_audited(
         start_service: StartService, smtp_server: SmtpServer) -> None:
     first = await start_service(smtp_server)

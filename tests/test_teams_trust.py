@@ -166,6 +166,37 @@ async def test_requester_cannot_approve_her_own_request_from_a_card(teams: Teams
     await teams.service.wait_status(run_id, "completed")
 
 
+async def test_a_requester_met_before_is_refused_from_the_stored_member_without_a_new_lookup(teams: Teams) -> None:
+    # The member API is asked once per person; later clicks read the stored member inside
+    # the decision itself (one op). That stored email must still refuse self-approval.
+    await teams.install()
+    teams.connector.members["29:ops"] = {"id": "29:ops", "name": "Ops", "aadObjectId": "aad-ops",
+                                         "email": "ops@example.com", "userPrincipalName": "ops@corp.example.com"}
+    first_run, first = await teams.pending_run()
+    status, answer = await teams.post(teams.click(first, APPROVE, sender="ops"))
+    assert status == 200 and "requested this action" in " ".join(_texts(answer["value"]))
+    assert [c.path.rsplit("/", 1)[-1] for c in teams.connector.of("GET")] == ["29:ops"]
+    run_id, approval_id = await teams.pending_run()
+    for verb in (APPROVE, REJECT):
+        status, answer = await teams.post(teams.click(approval_id, verb, sender="ops", reason="mine"))
+        assert status == 200 and answer["statusCode"] == 200
+        assert "requested this action" in " ".join(_texts(answer["value"])) and _actions(answer["value"]) == []
+    assert len(teams.connector.of("GET")) == 1  # no second lookup
+    run = await teams.service.run(run_id)
+    assert run["status"] == "awaiting_approval" and run["decisions"] == []
+    assert [e["event"] for e in run["timeline"]].count("decision.refused") == 2
+    # Another reviewer, met before too, is decided with the email the member API gave.
+    status, _ = await teams.post(teams.click(first, REJECT, sender="rita", reason="wrong customer"))
+    assert status == 200
+    status, answer = await teams.post(teams.click(approval_id, APPROVE, sender="rita"))
+    assert answer["statusCode"] == 200
+    assert [c.path.rsplit("/", 1)[-1] for c in teams.connector.of("GET")] == ["29:ops", "29:rita"]
+    await teams.service.wait_status(run_id, "completed")
+    [decision] = [d for d in await _rows(teams, t.decisions) if d.approval_id == approval_id]
+    assert (decision.reviewer_id, decision.reviewer_email) == ("aad-rita", "rita@example.com")
+    assert (await teams.service.run(first_run))["status"] == "rejected"
+
+
 async def test_an_unresolvable_email_refuses_when_the_run_has_a_requester(teams: Teams) -> None:
     await teams.install()
     run_id, approval_id = await teams.pending_run()

@@ -34,7 +34,7 @@ from ..store import tables as t
 from ..store.db import Store
 from .conversations import Conversation, Conversations, Member
 from .invoke import ERROR_CONTENT_TYPE, JsonInvokeHandler
-from .views import ApiLinks, card_refusal, decided_view, load_view
+from .views import ApiLinks, CardFit, card_refusal, decided_view, load_view
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,13 @@ def conversation_of(activity: Activity) -> Conversation:
 
 
 class ApprovalBot(JsonInvokeHandler):
-    def __init__(self, store: Store, decisions: Decisions, conversations: Conversations, links: ApiLinks) -> None:
+    def __init__(self, store: Store, decisions: Decisions, conversations: Conversations, links: ApiLinks, *,
+                 card_fit: CardFit | None = None) -> None:
         self.store = store
         self.decisions = decisions
         self.conversations = conversations
         self.links = links
-        self.card_refusal = card_refusal(links)
+        self.card_refusal = card_refusal(links, card_fit)
 
     # ---- where the bot is ---------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class ApprovalBot(JsonInvokeHandler):
             reviewer=Reviewer(id=sender.aad_object_id or sender.id, name=sender.name),
             reason=fields.reason, subject=fields.subject, body=fields.body, can_resolve_email=True,
             approval_refusal=self.card_refusal,
+            # A reviewer met before is decided in one op; the member API only for a new one.
+            known_email=self.conversations.known_email(sender.aad_object_id) if sender.aad_object_id else None,
         )
         try:
             outcome = await self.decisions.decide(request)
@@ -172,7 +175,7 @@ class ApprovalBot(JsonInvokeHandler):
                 upn = member.user_principal_name if member else None
                 outcome = await self.decisions.decide(replace(
                     request, reviewer=replace(request.reviewer, email=email or upn, upn=upn),
-                    can_resolve_email=False, email_unresolved=not (email or upn)))
+                    can_resolve_email=False, email_unresolved=not (email or upn), known_email=None))
         except NotFound:
             return ClickResult.error(404, "NotFound", "this approval no longer exists")
         if outcome.decided:  # the common case: the new state is known without reading it back

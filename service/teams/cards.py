@@ -28,7 +28,7 @@ from botbuilder.schema import (
     ConversationReference,
 )
 
-from adaptive_cards import build_card
+from adaptive_cards import ApprovalView, build_card, pending_card_and_fit
 
 from .. import metrics
 from ..jobs import Deferred, Job, JobHandler, JobQueue, PermanentError, TransientError
@@ -38,7 +38,7 @@ from ..store.db import Op, Store, Tx
 from .conversations import AmbiguousMember, Conversation, Conversations
 from .errors import Throttled, classify_sdk_error
 from .ratelimit import RateLimited, TeamsRateLimiter
-from .views import ApiLinks, load_view
+from .views import ApiLinks, CardFit, load_view
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ _POSTED_CARDS = (sa.select(t.teams_cards.c.id, t.approvals.c.run_id)
 class TeamsCards:
     def __init__(self, store: Store, jobs: JobQueue, conversations: Conversations, adapter: Any, *,
                  links: ApiLinks, bot_app_id: str, limiter: TeamsRateLimiter, token_ready: TokenReady,
-                 update_delay: timedelta = timedelta(0)) -> None:
+                 update_delay: timedelta = timedelta(0), card_fit: CardFit | None = None) -> None:
         self.store = store
+        self.card_fit = card_fit or CardFit(links)
         self.jobs = jobs
         self.conversations = conversations
         self.adapter = adapter
@@ -133,7 +134,7 @@ class TeamsCards:
         if card.status == "posted":
             return None
         view = await load_view(self.store, card.approval_id, self.links)
-        activity = card_attachment_activity(build_card(view))
+        activity = card_attachment_activity(self._build(view))
         if card.target.startswith("19:"):
             posted = await self._post_to_channel(card.target, activity)
         else:
@@ -155,6 +156,14 @@ class TeamsCards:
                 await self.jobs.enqueue(tx, UPDATE_CARD_JOB, {"card_id": card.id}, run_id=job.run_id)
 
         return record
+
+    def _build(self, view: ApprovalView) -> dict[str, Any]:
+        if not view.is_pending:
+            return build_card(view)
+        # The Approve of this card is then judged without building it again (`CardFit`).
+        card, fits = pending_card_and_fit(view)
+        self.card_fit.remember(view.approval_id, view.revision, fits)
+        return card
 
     async def _post_to_channel(self, channel_id: str, activity: Activity) -> tuple[str, str, str, str | None]:
         installed = await self.conversations.for_channel(channel_id)
@@ -224,7 +233,7 @@ class TeamsCards:
             raise PermanentError(f"card {card.id} is in tenant {card.tenant_id!r}, which is not in "
                                  "COUNTERSIGN_TEAMS_ALLOWED_TENANTS")
         view = await load_view(self.store, card.approval_id, self.links)
-        activity = card_attachment_activity(build_card(view))
+        activity = card_attachment_activity(self._build(view))
         activity.id = card.activity_id
         activity.type = ActivityTypes.message
         reference = ConversationReference(

@@ -30,7 +30,7 @@ from .endpoint import MessagesEndpoint
 from .ratelimit import TeamsRateLimiter
 from .tenants import AllowedTenants
 from .tokens import ChannelTokenValidator, validator_from_settings
-from .views import ApiLinks
+from .views import ApiLinks, CardFit
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ class TeamsChannel:
             raise TeamsNotConfigured("Teams needs COUNTERSIGN_TEAMS_ALLOWED_TENANTS")
         self.conversations = Conversations(store, self.tenants)
         links = ApiLinks(settings.effective_public_url)
-        self.bot = ApprovalBot(store, decisions, self.conversations, links)
-        self.cards = TeamsCards(store, jobs, self.conversations, self.adapter, links=links,
+        card_fit = CardFit(links)  # the posted card's verdict serves the Approve click
+        self.bot = ApprovalBot(store, decisions, self.conversations, links, card_fit=card_fit)
+        self.cards = TeamsCards(store, jobs, self.conversations, self.adapter, links=links, card_fit=card_fit,
                                 bot_app_id=settings.microsoft_app_id,
                                 limiter=TeamsRateLimiter(), token_ready=self._token_ready,
                                 update_delay=timedelta(seconds=settings.teams_card_update_delay_seconds))

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from botbuilder.schema import ConversationReference
 
+from ..domain import KnownEmail
 from ..store import tables as t
 from ..store.db import Store, Tx
 from .tenants import AllowedTenants
@@ -54,6 +55,7 @@ class Conversations:
     def __init__(self, store: Store, tenants: AllowedTenants) -> None:
         self.store = store
         self.tenants = tenants
+        self._member_select: tuple[frozenset[str], sa.Select[Any]] | None = None
 
     def _allowed(self, column: Any) -> Any:
         return sa.func.lower(column).in_(sorted(self.tenants.tenants))
@@ -151,12 +153,34 @@ class Conversations:
         await self.store.write(op)
 
     async def member_by_object_id(self, aad_object_id: str) -> Member | None:
-        async def q(conn: Any) -> Member | None:
-            row = (await conn.execute(sa.select(t.teams_members).where(
-                t.teams_members.c.aad_object_id == aad_object_id, self._allowed(t.teams_members.c.tenant_id)))).first()
-            return _member(row) if row else None
+        return await self.store.read(lambda conn: self._member_by_object_id(conn, aad_object_id))
 
-        return await self.store.read(q)
+    async def _member_by_object_id(self, conn: Any, aad_object_id: str) -> Member | None:
+        """On a read connection or in a store op's `Tx` (both have `await execute`)."""
+        row = (await conn.execute(self._member_query(), {"aad_object_id": aad_object_id})).first()
+        return _member(row) if row else None
+
+    def _member_query(self) -> sa.Select[Any]:
+        # Built once per allow-list: a click runs it inside its decision, and building a
+        # statement (and finding the tables it needs) costs more than running it.
+        tenants = self.tenants.tenants
+        if self._member_select is None or self._member_select[0] is not tenants:
+            self._member_select = (tenants, sa.select(t.teams_members).where(
+                t.teams_members.c.aad_object_id == sa.bindparam("aad_object_id"),
+                self._allowed(t.teams_members.c.tenant_id)))
+        return self._member_select[1]
+
+    def known_email(self, aad_object_id: str) -> KnownEmail:
+        """For `DecisionRequest.known_email`: the stored member's (email, UPN), read in the
+        decision's transaction; None unless the record is one the bot would use without a
+        new lookup (`ApprovalBot._member`: a user id and an email or UPN)."""
+        async def lookup(tx: Any) -> tuple[str | None, str | None] | None:
+            member = await self._member_by_object_id(tx, aad_object_id)
+            if member is None or not member.user_id or not (member.email or member.user_principal_name):
+                return None
+            return member.email, member.user_principal_name
+
+        return lookup
 
     async def member(self, identity: str) -> Member | None:
         """A person by AAD object id, email or UPN (case-insensitive), within the allowed
