@@ -331,7 +331,7 @@ class Worker:
         self.timeout_seconds = timeout_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
-        self._finishing: set[str] = set()  # handler done, outcome being recorded (renewal may miss it)
+        self._recording: set[str] = set()  # handler done, outcome being recorded (which ends the lease)
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
@@ -394,7 +394,7 @@ class Worker:
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._running.pop(job_id, None)
-        self._finishing.discard(job_id)
+        self._recording.discard(job_id)
         if not self._running:
             self._jobs_running.clear()
         self._slot_free.set()
@@ -415,7 +415,7 @@ class Worker:
                 log.exception("could not renew the leases of %d running jobs", len(running))
                 continue
             metrics.LEASES_RENEWED.inc(len(running) - len(lost))
-            for job_id in lost - self._finishing:
+            for job_id in lost - self._recording:
                 job, task = running[job_id]
                 # Another worker runs it now; what this one would still do would be done twice.
                 log.warning("job %s (%s) was taken over by another worker; stopping it here", job.id, job.kind)
@@ -430,7 +430,7 @@ class Worker:
             await self.foreground.wait_clear()  # leased before a burst began: still let it go first
             async with asyncio.timeout(timeout):
                 outcome = await handler.run(job)
-            self._finishing.add(job.id)
+            self._recording.add(job.id)
             await self.queue.finish(job, outcome)
         except asyncio.CancelledError:
             raise
@@ -444,6 +444,7 @@ class Worker:
             else:
                 log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts,
                             redact_urls_in(str(exc)))
+            self._recording.add(job.id)
             try:
                 await self.queue.fail(job, exc)
             except LeaseLost as lost:

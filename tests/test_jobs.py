@@ -314,3 +314,33 @@ async def test_no_credential_reaches_a_dead_letter_the_audit_log_or_the_logs(
         assert "ops.example.com/hooks/run" in text or text == logged
         assert "hook-password" not in text and "hook-user" not in text and "sig-secret-123" not in text, text
     assert stored.last_error == "PermanentError: callback to https://ops.example.com/hooks/run answered HTTP 410"
+
+
+async def test_a_job_taken_over_by_another_worker_is_stopped_here(store: Store) -> None:
+    queue = JobQueue(store, max_attempts=3, lease_seconds=0.3)
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def slow(job: Job) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    queue.register("slow", JobHandler(run=slow, timeout_seconds=60))
+    [job_id] = await _enqueue(queue, "slow", 1)
+    worker = Worker(queue, concurrency=1, poll_seconds=0.05)
+    worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+
+        async def take_over(tx: Tx) -> None:  # what another worker's lease after an expiry does
+            await tx.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(lease_token="another-worker"))
+
+        await store.write(take_over)
+        await asyncio.wait_for(stopped.wait(), 10)  # at the next renewal, not after its 30 s
+    finally:
+        await worker.stop()
+    [job] = await _jobs(store)
+    assert job.status is JobStatus.QUEUED and job.lease_token == "another-worker"  # its outcome is the new holder's
