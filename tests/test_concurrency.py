@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from .conftest import StartService, email_action
 from .peers.smtp import SmtpServer
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL: one serve per SQLite file
 async def test_concurrent_decisions_across_two_services(start_service: StartService, smtp_server: SmtpServer) -> None:
     # Two app instances on one database: two processes' worth of pools, writers and workers.
     first = await start_service(smtp_server)
@@ -34,6 +37,7 @@ async def test_concurrent_decisions_across_two_services(start_service: StartServ
     assert len(refused) == 29
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL: one serve per SQLite file
 async def test_runs_created_concurrently_are_all_stored_once(start_service: StartService, smtp_server: SmtpServer) -> None:
     first = await start_service(smtp_server)
     second = await start_service(smtp_server)

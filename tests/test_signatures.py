@@ -55,6 +55,7 @@ async def test_a_replay_with_a_known_idempotency_key_answers_its_run(service: Se
     assert await run_count(service) == 2
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL: one serve per SQLite file
 async def test_a_replay_is_refused_by_another_replica(start_service: StartService, smtp_server: SmtpServer) -> None:
     first = await start_service(smtp_server)
     second = await start_service(smtp_server)
@@ -92,6 +93,8 @@ async def test_v1_signatures_are_refused_unless_accepted_for_migration(
     status, problem, _ = await service.request("POST", "/api/runs", raw=BODY, auth="none", headers=v1)
     assert status == 401 and "v2" in problem["detail"]
     assert await run_count(service) == 0
+    assert service.stop is not None
+    await service.stop()  # the same database, restarted with v1 accepted
 
     migrating = await start_service(smtp_server, webhook_accept_v1=True)
     with caplog.at_level(logging.WARNING):
