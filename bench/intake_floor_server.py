@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.api.schemas import RunCreate  # noqa: E402
 from service.audit import event_hash  # noqa: E402
 from service.domain import EmailAction  # noqa: E402
-from service.policy import Policy  # noqa: E402
+from service.policy import DEFAULT_POLICY  # noqa: E402
 from service.signing import HEADER, verify  # noqa: E402
 
 SECRET = "bench-webhook-secret-0123456789"  # the intake bench's
-POLICY = Policy()
+POLICY = DEFAULT_POLICY  # what the service stores for a run naming no policy
 POLICY_JSON = json.dumps(POLICY.to_dict())
 RUN_COLUMNS = ("id", "kind", "status", "request", "customer", "requested_by", "callback_url", "metadata", "policy",
                "summary", "failure_reason", "created_at", "updated_at")
