@@ -11,13 +11,14 @@ that another worker has taken over. A timer is a job with a future `due_at`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,6 +76,8 @@ class Job:
     last_error: str | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    # What the handler's `prefetch` read in the lease's transaction (None without one).
+    prefetched: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -112,6 +115,9 @@ class JobHandler:
     timeout_seconds: float | None = None  # instead of the worker's, for slow kinds (LLM calls)
     # Record a failed attempt's detail (retry and dead alike), in the transaction of `fail`.
     on_failed_attempt: Callable[[Tx, Job, str], Awaitable[None]] | None = None
+    # Read what the job works on in the transaction that leases it (`job.prefetched`):
+    # one store round trip fewer between a decision and its side effect.
+    prefetch: Callable[[Tx, Job], Awaitable[Any]] | None = None
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -213,7 +219,14 @@ class JobQueue:
                 )
                 .returning(*t.jobs.c)
             )
-            return [Job.from_row(r) for r in rows]
+            jobs = []
+            for row in rows:
+                job = Job.from_row(row)
+                handler = self.handlers.get(job.kind)
+                if handler is not None and handler.prefetch is not None:
+                    job = dataclasses.replace(job, prefetched=await handler.prefetch(tx, job))
+                jobs.append(job)
+            return jobs
 
         return await self.store.write(op)
 

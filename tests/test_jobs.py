@@ -158,6 +158,25 @@ async def test_timer_is_not_leased_before_it_is_due(store: Store) -> None:
     assert await queue.lease(10) == []
 
 
+async def test_prefetch_reads_in_the_leasing_transaction(store: Store) -> None:
+    """A handler's prefetch sees the database as the lease does (the job already leased)."""
+    queue = _queue(store)
+
+    async def prefetch(tx: Tx, job: Job) -> tuple[Any, ...]:
+        row = (await tx.execute(sa.select(t.jobs.c.lease_token, t.jobs.c.attempts)
+                                .where(t.jobs.c.id == job.id))).one()
+        return (job.payload["n"], row.lease_token, row.attempts)
+
+    queue.register("read", JobHandler(run=lambda job: asyncio.sleep(0), prefetch=prefetch))  # type: ignore[arg-type,return-value]
+    queue.register("plain", JobHandler(run=lambda job: asyncio.sleep(0)))  # type: ignore[arg-type,return-value]
+    await _enqueue(queue, "read", 2)
+    await _enqueue(queue, "plain", 1)
+    leased = await queue.lease(10)
+    assert sorted(j.prefetched for j in leased if j.kind == "read") == [
+        (0, leased[0].lease_token, 1), (1, leased[0].lease_token, 1)]
+    assert [j.prefetched for j in leased if j.kind == "plain"] == [None]
+
+
 async def test_expired_lease_is_taken_over_and_the_old_worker_cannot_finish(store: Store) -> None:
     queue = JobQueue(store, lease_seconds=0.05, max_attempts=5)
     queue.register("slow", JobHandler(run=lambda job: asyncio.sleep(0)))  # type: ignore[arg-type,return-value]

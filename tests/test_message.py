@@ -63,3 +63,39 @@ def test_visible_content_is_what_the_message_shows() -> None:
         assert other.sha256() != expected.sha256()
         changed_html = visible_content_of(mime.replace(b"<p>", b"<p>Pay <a href=x>here</a> "))
         assert changed_html.action == expected.action and changed_html.sha256() != expected.sha256()
+
+
+
+def test_remembering_parsed_headers_changes_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-message header registry (a speed-up) builds the very bytes, and reads back the
+    very content, that the standard `email` policies do."""
+    from email import policy
+    from email.parser import BytesParser
+
+    import service.mail.message as message
+
+    def boundary(mime: bytes) -> bytes:
+        found = BytesParser(policy=policy.default).parsebytes(mime).get_boundary()
+        assert found
+        return found.encode()
+
+    rng = random.Random(20261202)
+    for i in range(200):
+        subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))).replace("\t", "x")[:500]
+        body = "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 9))) for _ in range(rng.randint(1, 6)))
+        action = EmailAction(to=("ann@example.com", "Bob Müller <bob@example.com>")[: 1 + i % 2],
+                             cc=("carl@example.com",) if i % 3 == 0 else (), subject=subject, body=body or "x")
+        sender, reply_to = "Süpport Team <support@example.com>", "help@example.com" if i % 2 else None
+        date = datetime(2026, 12, 2, tzinfo=timezone.utc)
+        message_id = f"<{i}@countersign.example.com>"
+
+        built = build_message(action, sender=sender, reply_to=reply_to, message_id=message_id, date=date)
+        read = visible_content_of(built)
+        with monkeypatch.context() as standard:
+            standard.setattr(message, "_build_policy", lambda: message._POLICY)
+            standard.setattr(message, "_parser", lambda: BytesParser(policy=policy.default))
+            reference = build_message(action, sender=sender, reply_to=reply_to, message_id=message_id, date=date)
+            reference_read = visible_content_of(built)
+        # Only the multipart boundary is random.
+        assert built == reference.replace(boundary(reference), boundary(built))
+        assert read == reference_read

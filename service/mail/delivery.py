@@ -71,7 +71,7 @@ class EmailDelivery:
 
     def handler(self) -> JobHandler:
         return JobHandler(run=self.run, on_dead=self.on_dead, on_retry=self.on_retry, cancel_with_run=False,
-                          on_failed_attempt=self.on_failed_attempt)
+                          on_failed_attempt=self.on_failed_attempt, prefetch=self._prefetch)
 
     def _begin_attempt(self, job: Job) -> _Attempt:
         now = time.monotonic()
@@ -83,18 +83,16 @@ class EmailDelivery:
     def _forget(self, key: tuple[str, str | None]) -> None:
         self._attempts.pop(key, None)
 
-    async def _load(self, delivery_id: str) -> Any:
-        async def q(conn: Any) -> Any:
-            return (await conn.execute(sa.select(t.deliveries).where(t.deliveries.c.id == delivery_id))).first()
-
-        row = await self.store.read(q)
-        if row is None:
-            raise PermanentError(f"delivery {delivery_id} does not exist")
-        return row
+    @staticmethod
+    async def _prefetch(tx: Tx, job: Job) -> Any:
+        return await _delivery(tx, job.payload["delivery_id"])
 
     async def run(self, job: Job) -> Op[None] | None:
         delivery_id = job.payload["delivery_id"]
-        row = await self._load(delivery_id)
+        row = job.prefetched if job.prefetched is not None else await self.store.read(
+            functools.partial(_delivery, delivery_id=delivery_id))
+        if row is None:
+            raise PermanentError(f"delivery {delivery_id} does not exist")
         status = DeliveryStatus(row.status)
         if status is DeliveryStatus.SENT:
             return None  # a retry after the outcome was recorded: nothing left to do
@@ -246,3 +244,8 @@ class EmailDelivery:
                               .values(status=DeliveryStatus.QUEUED.value))
         if job.run_id:
             await self.runs.set_status(tx, job.run_id, RunStatus.DELIVERING, actor="system", delivery_id=delivery_id)
+
+
+async def _delivery(conn: Any, delivery_id: str) -> Any:
+    """The delivery row, or None."""
+    return (await conn.execute(sa.select(t.deliveries).where(t.deliveries.c.id == delivery_id))).first()
