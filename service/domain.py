@@ -47,6 +47,7 @@ class DecisionKind(str, enum.Enum):
     APPROVE = "approve"
     REJECT = "reject"
     EDIT = "edit"  # edit and approve
+    DELEGATE = "delegate"  # the reviewer handed their vote to someone else (not a vote)
 
 
 class DeliveryStatus(str, enum.Enum):

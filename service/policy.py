@@ -15,17 +15,95 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, Final
 
+from .business_hours import Calendar
 from .domain import NotAllowed, Reviewer
 
 ANYONE: Final = "anyone"  # the value of `reviewers` that lets anyone decide, in the settings file and stored JSON
 
 
 class PolicyMode(str, enum.Enum):
-    # The first valid decision settles the approval. Further modes (all, quorum, stages)
-    # count the decisions table's votes; see architecture notes.
-    FIRST_RESPONDER = "first_responder"
+    """How the votes of a policy (or of one of its stages) settle an approval (service/votes.py)."""
+
+    FIRST = "first"  # the first valid vote settles it
+    ALL = "all"  # every reviewer asked must approve
+    QUORUM = "quorum"  # `required` approvals
+    SEQUENTIAL = "sequential"  # `stages`, one after the other, each with its own mode
+
+    @classmethod
+    def _missing_(cls, value: object) -> PolicyMode | None:
+        # The name of `first` until issue 12, in settings files and in stored approvals.
+        return cls.FIRST if value == "first_responder" else None
+
+
+class RejectRule(str, enum.Enum):
+    ANY = "any"  # one rejection rejects (fail closed)
+    MAJORITY = "majority"  # rejected once more than half of the reviewers asked reject
+
+
+class ExpiryOutcome(str, enum.Enum):
+    REJECT = "reject"  # fail closed
+    APPROVE = "approve"  # explicit, and audited as automatic
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One stage of a sequential policy: asked only once the stages before it approved."""
+
+    reviewers: tuple[str, ...]
+    mode: PolicyMode = PolicyMode.FIRST  # first, all or quorum
+    required: int | None = None  # quorum only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reviewers": list(self.reviewers), "mode": self.mode.value, "required": self.required}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stage:
+        return cls(reviewers=tuple(data["reviewers"]), mode=PolicyMode(data.get("mode", "first")),
+                   required=data.get("required"))
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """What happens when nobody decides. Durations count working time when `calendar` is set."""
+
+    remind_after: timedelta | None = None  # then again every remind_after, at most max_reminders
+    max_reminders: int = 3
+    escalate_after: timedelta | None = None
+    escalate_to: tuple[str, ...] = ()  # added as reviewers of the current stage, and notified
+    expire_after: timedelta | None = None
+    on_expiry: ExpiryOutcome = ExpiryOutcome.REJECT
+    calendar: Calendar | None = None
+
+    @property
+    def any(self) -> bool:
+        return bool(self.remind_after or self.escalate_after or self.expire_after)
+
+    def to_dict(self) -> dict[str, Any]:
+        def seconds(d: timedelta | None) -> float | None:
+            return d.total_seconds() if d is not None else None
+
+        return {
+            "remind_after": seconds(self.remind_after), "max_reminders": self.max_reminders,
+            "escalate_after": seconds(self.escalate_after), "escalate_to": list(self.escalate_to),
+            "expire_after": seconds(self.expire_after), "on_expiry": self.on_expiry.value,
+            "calendar": self.calendar.to_dict() if self.calendar else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timers:
+        def duration(key: str) -> timedelta | None:
+            value = data.get(key)
+            return timedelta(seconds=value) if value is not None else None
+
+        return cls(
+            remind_after=duration("remind_after"), max_reminders=int(data.get("max_reminders", 3)),
+            escalate_after=duration("escalate_after"), escalate_to=tuple(data.get("escalate_to") or ()),
+            expire_after=duration("expire_after"), on_expiry=ExpiryOutcome(data.get("on_expiry", "reject")),
+            calendar=Calendar.from_dict(data["calendar"]) if data.get("calendar") else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +117,16 @@ class Policy:
     """
 
     name: str
-    reviewers: tuple[str, ...] = ()
+    reviewers: tuple[str, ...] = ()  # sequential: every stage's reviewers
     anyone: bool = False
-    mode: PolicyMode = PolicyMode.FIRST_RESPONDER
+    mode: PolicyMode = PolicyMode.FIRST
+    required: int | None = None  # quorum only
+    reject: RejectRule = RejectRule.ANY
+    stages: tuple[Stage, ...] = ()  # sequential only
     allow_self_approval: bool = False
+    timers: Timers = field(default_factory=Timers)
+    # Who may be handed a vote (besides `escalate_to`); with `anyone`, anyone.
+    delegates: tuple[str, ...] = ()
     # Where Teams shows the approval: a channel (a new thread each) and/or reviewers in
     # personal chat (AAD object ids or emails of people the bot knows).
     teams_channel: str | None = None
@@ -66,6 +150,8 @@ class Policy:
         return self.anyone or bool(identities & {r.casefold() for r in self.reviewers})
 
     def to_dict(self) -> dict[str, Any]:
+        # Keys added after the first stored policies are written only when they differ
+        # from what a policy without them meant, so older readers and tests see the same.
         return {
             "name": self.name,
             "mode": self.mode.value,
@@ -73,6 +159,11 @@ class Policy:
             "allow_self_approval": self.allow_self_approval,
             "teams_channel": self.teams_channel,
             "teams_chat": list(self.teams_chat),
+            **({"required": self.required} if self.required is not None else {}),
+            **({"reject": self.reject.value} if self.reject is not RejectRule.ANY else {}),
+            **({"stages": [s.to_dict() for s in self.stages]} if self.stages else {}),
+            **({"timers": self.timers.to_dict()} if self.timers != Timers() else {}),
+            **({"delegates": list(self.delegates)} if self.delegates else {}),
             **({"inline": True} if self.inline else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
@@ -85,10 +176,15 @@ class Policy:
         anyone = reviewers == ANYONE or not reviewers
         return cls(
             name=data.get("name", "default"),
-            mode=PolicyMode(data.get("mode", PolicyMode.FIRST_RESPONDER.value)),
+            mode=PolicyMode(data.get("mode", PolicyMode.FIRST.value)),
             reviewers=() if anyone else tuple(reviewers or ()),
             anyone=anyone,
+            required=data.get("required"),
+            reject=RejectRule(data.get("reject", RejectRule.ANY.value)),
+            stages=tuple(Stage.from_dict(s) for s in data.get("stages") or ()),
             allow_self_approval=bool(data.get("allow_self_approval", False)),
+            timers=Timers.from_dict(data["timers"]) if data.get("timers") else Timers(),
+            delegates=tuple(data.get("delegates") or ()),
             teams_channel=data.get("teams_channel") or None,
             teams_chat=tuple(data.get("teams_chat") or ()),
             inline=bool(data.get("inline", False)),

@@ -37,7 +37,7 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reviewers: tuple[str, ...] | Literal["anyone"]
-    mode: PolicyMode = PolicyMode.FIRST_RESPONDER
+    mode: PolicyMode = PolicyMode.FIRST
     allow_self_approval: StrictBool = False  # TOML has booleans: "yes" is a typo, not True
     teams_channel: str | None = None
     teams_chat: tuple[str, ...] = ()

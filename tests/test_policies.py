@@ -141,7 +141,7 @@ async def test_a_narrowing_decides_end_to_end(start_service: StartService, smtp_
                                          "policy": {"base": "refunds", "reviewers": ["RITA@example.com"]}})
     run = await service.run(accepted["id"])
     approval_id = run["approvals"][0]["id"]
-    assert run["policy"] == {"name": "refunds", "mode": "first_responder", "reviewers": ["RITA@example.com"],
+    assert run["policy"] == {"name": "refunds", "mode": "first", "reviewers": ["RITA@example.com"],
                              "allow_self_approval": False, "teams_channel": None, "teams_chat": [], "inline": True}
 
     sam = await service.make_key("sam", Scope.DECIDE, reviewer="sam@example.com")  # a configured reviewer

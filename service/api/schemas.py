@@ -127,7 +127,7 @@ class PolicyIn(Strict):
     widen the base is a 422 naming the field."""
 
     base: ShortText | None = Field(default=None, description='The configured policy to narrow (default: "default")')
-    mode: Literal["first_responder"] | None = None
+    mode: Literal["first", "first_responder"] | None = None
     reviewers: list[ShortText] | None = Field(
         default=None, min_length=1, max_length=500,
         description="Some of the base policy's reviewers (any identities when the base lets anyone decide)")

@@ -89,6 +89,20 @@ approvals = sa.Table(
     sa.Column("mail_from", sa.String(998)),
     sa.Column("mail_reply_to", sa.String(998)),
     sa.Column("content_hash_version", sa.Integer),
+    # Policies with several votes (0007). draft_version: bumped by an edit under a
+    # multi-vote mode, whose text the remaining votes are then about; stage: the current
+    # stage of a sequential policy (0-based); added_reviewers: people escalation or
+    # delegation added ([{"identity", "slot", "via", "at"}]).
+    sa.Column("draft_version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("stage", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("added_reviewers", sa.JSON),
+    # Timers (0007): when each falls due next (NULL: none), shown on the card and the run;
+    # the jobs with these due_at are what fires them.
+    sa.Column("remind_at", UtcDateTime),
+    sa.Column("reminders_sent", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("escalate_at", UtcDateTime),
+    sa.Column("escalated_at", UtcDateTime),
+    sa.Column("expire_at", UtcDateTime),
     sa.UniqueConstraint("run_id", "revision"),
 )
 
@@ -109,6 +123,17 @@ decisions = sa.Table(
     # The credential that took the decision when it differs from the reviewer: an API key
     # with `decide:on-behalf` records itself here and the reviewer in reviewer_id.
     sa.Column("actor", sa.String(320)),
+    # Votes (0007): the text's draft_version and the stage voted in, and the slot: the
+    # policy's reviewer entry the voter holds (casefolded), so that one person counts once
+    # whichever identity and channel they use. NULL on decisions older than 0007.
+    sa.Column("draft_version", sa.Integer),
+    sa.Column("stage", sa.Integer),
+    sa.Column("slot", sa.String(320)),
+    # kind "delegate": the slot was handed to this identity.
+    sa.Column("delegate_to", sa.String(320)),
+    sa.Index("uq_decisions_vote", "approval_id", "draft_version", "slot", unique=True,
+             sqlite_where=sa.text("slot IS NOT NULL AND kind != 'delegate'"),
+             postgresql_where=sa.text("slot IS NOT NULL AND kind != 'delegate'")),
 )
 
 deliveries = sa.Table(
