@@ -7,9 +7,11 @@ escaped and `size.py` for the size budget.
 
 from .approval import (
     INPUT_BODY,
+    INPUT_DELEGATE_TO,
     INPUT_REASON,
     INPUT_SUBJECT,
     VERB_APPROVE,
+    VERB_DELEGATE,
     VERB_EDIT,
     VERB_REJECT,
     CardTooLarge,
@@ -29,9 +31,11 @@ __all__ = [
     "CARD_BUDGET_BYTES",
     "CARD_VERSION",
     "INPUT_BODY",
+    "INPUT_DELEGATE_TO",
     "INPUT_REASON",
     "INPUT_SUBJECT",
     "VERB_APPROVE",
+    "VERB_DELEGATE",
     "VERB_EDIT",
     "VERB_REJECT",
     "ApprovalView",

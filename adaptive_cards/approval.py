@@ -63,10 +63,12 @@ __all__ = [
 VERB_APPROVE = "countersign.approve"
 VERB_EDIT = "countersign.edit"
 VERB_REJECT = "countersign.reject"
+VERB_DELEGATE = "countersign.delegate"
 
 INPUT_SUBJECT = "subject"
 INPUT_BODY = "body"
 INPUT_REASON = "reason"
+INPUT_DELEGATE_TO = "delegate_to"
 
 # Some text that is not only whitespace; the same under "search" (JavaScript renderer) and
 # "full match" regex semantics.
@@ -81,7 +83,10 @@ class CardTooLarge(Exception):
 
 def action_data(view: ApprovalView) -> dict[str, Any]:
     """The data every action of the pending card carries."""
-    return {"approval_id": view.approval_id, "revision": view.revision}
+    data: dict[str, Any] = {"approval_id": view.approval_id, "revision": view.revision}
+    if view.draft_version > 1:  # absent: the first text (cards posted before versions existed too)
+        data["draft_version"] = view.draft_version
+    return data
 
 
 def _fallback_text(view: ApprovalView) -> str:
@@ -135,6 +140,22 @@ def _pending_actions(view: ApprovalView, editable: bool, approvable: bool = True
             style="destructive",
         )
     )
+    if view.delegable:
+        actions.append(
+            show_card_action(
+                "Hand over my vote",
+                [
+                    input_text(
+                        INPUT_DELEGATE_TO,
+                        label="Who votes instead of you (email)",
+                        required=True,
+                        error_message="Enter the email of the person.",
+                        regex=NOT_BLANK,
+                    )
+                ],
+                [execute_action("Hand over", VERB_DELEGATE, data)],
+            )
+        )
     return actions
 
 
@@ -155,6 +176,7 @@ def _pending(view: ApprovalView, limits: Limits, editable: bool, approvable: boo
     ]
     if not approvable:
         body.append(notice("Too long to approve here", too_long_lines(view), style="warning"))
+    body += _progress(view, limits)
     body += [
         *content_sections(view, limits, draft_title="Draft", with_request=True,
                           edit_unavailable=not editable and approvable),
@@ -171,9 +193,17 @@ _DRAFT_TITLES = {
 }
 
 
+def _progress(view: ApprovalView, limits: Limits) -> list[Element]:
+    if not view.progress:
+        return []
+    lines = [escape_inline(clip(line, limits.field_chars)[0]) for line in view.progress]
+    return [notice("Votes", lines, style="emphasis")]
+
+
 def _final(view: ApprovalView, limits: Limits) -> Element:
     body: list[Element] = [
         *decision_banner(view, limits),
+        *_progress(view, limits),
         *content_sections(view, limits, draft_title=_DRAFT_TITLES[view.status], with_request=False),
         reference_line(view),
     ]

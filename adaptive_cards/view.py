@@ -118,6 +118,12 @@ class ApprovalView:
     # Where the whole request can be read and decided when the card cannot show it all.
     read_at: str | None = None
     decide_at: str | None = None
+    # Multi-vote policies: the text's version (Approve answers for this one only), and
+    # lines saying where the votes stand ("1 of 2 approvals: Rita at 10:42 UTC", who is
+    # still asked, when the next reminder, escalation and expiry are due). Plain text.
+    draft_version: int = 1
+    progress: tuple[str, ...] = ()
+    delegable: bool = False  # the policy lets a reviewer hand their vote over (a Delegate action)
 
     def __post_init__(self) -> None:
         for name in ("approval_id", "run_id"):
@@ -132,6 +138,9 @@ class ApprovalView:
         object.__setattr__(self, "to", _strings(self.to, "to"))
         object.__setattr__(self, "cc", _strings(self.cc, "cc"))
         object.__setattr__(self, "reviewers", _strings(self.reviewers, "reviewers"))
+        object.__setattr__(self, "progress", _strings(self.progress, "progress"))
+        if isinstance(self.draft_version, bool) or not isinstance(self.draft_version, int) or self.draft_version < 1:
+            raise ValueError(f"draft_version must be a positive integer, got {self.draft_version!r}")
         sources = tuple(self.sources)
         for source in sources:
             if not isinstance(source, SourceView):

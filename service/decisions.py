@@ -1,9 +1,12 @@
 """The one decision path: API, Teams and email reviewers all call `Decisions.decide`.
 
-The approval row is changed by compare-and-set on its `version`, so the first valid
-decision wins even across processes; a repeat or a lost race changes nothing and reports
-the state that won. Who decides is checked here against the stored policy, never taken
-from the caller's payload.
+Every decision is a vote (a decisions row); the policy's mode counts them (service/votes.py).
+Each vote changes the approval row by compare-and-set on its `version`, so votes are
+counted one after the other and the final state is reached once, even across processes: a
+vote that lost a race reads the approval again and is counted against what won (a vote on
+a settled approval changes nothing and reports the state that won). Who votes is checked
+here against the stored policy, never taken from the caller's payload; a second vote from
+the same reviewer on the same text is refused with the first one.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from . import metrics
 from .domain import (
     EMAIL_NEEDED,
     AlreadyDecided,
+    AlreadyVoted,
     Approval,
     ApprovalStatus,
     Decision,
+    DecisionKind,
     DecisionOutcome,
     DecisionRequest,
+    DelegationOutcome,
+    DelegationRequest,
     DeliveryState,
     DeliveryStatus,
+    DraftChanged,
     EmailAction,
     NotAllowed,
     NotFound,
@@ -34,12 +42,23 @@ from .domain import (
 from .jobs import JobQueue
 from .mail.message import CONTENT_HASH_VERSION
 from .mail.message import approved_sha256 as visible_sha256
-from .policy import Policy, check_reviewer, needs_email
+from .policy import Policy, needs_email
 from .runs import GatedOutcome, Runs
 from .store import tables as t
 from .store.db import Store, Tx
+from .votes import DELEGATION, Added, Tally, Vote, check_vote, holders, multi_vote, stage_of_reviewer, stages_of, tally
 
 SEND_EMAIL_JOB = "send_email"
+# A vote that lost its compare-and-set is counted again against what won; on SQLite (one
+# writer) it never loses, on PostgreSQL each retry follows a vote that was committed.
+_CAS_ATTEMPTS = 20
+
+
+class _LostRace:
+    pass
+
+
+_LOST_RACE = _LostRace()
 
 
 def _approval_from_row(row: Any) -> Approval:
@@ -48,7 +67,36 @@ def _approval_from_row(row: Any) -> Approval:
         action=EmailAction.from_dict(row.action), policy=row.policy, requested_by=row.requested_by,
         created_at=row.created_at, version=row.version, decided_at=row.decided_at, decided_by=row.decided_by,
         approved_sha256=row.approved_sha256, tool_call_id=row.tool_call_id, sources=tuple(row.sources or ()),
+        draft_version=row.draft_version, stage=row.stage, added_reviewers=tuple(row.added_reviewers or ()),
     )
+
+
+def added_of(approval: Approval) -> list[Added]:
+    return [Added.from_dict(a) for a in approval.added_reviewers]
+
+
+# The votes on one text of an approval (delegations are not votes).
+_VOTES = (sa.select(t.decisions.c.slot, t.decisions.c.kind, t.decisions.c.stage, t.decisions.c.draft_version,
+                    t.decisions.c.reviewer_id, t.decisions.c.reviewer_name, t.decisions.c.reviewer_email,
+                    t.decisions.c.created_at, t.decisions.c.channel, t.decisions.c.id)
+          .where(t.decisions.c.approval_id == sa.bindparam("approval_id"),
+                 t.decisions.c.draft_version == sa.bindparam("draft_version"),
+                 t.decisions.c.slot.is_not(None), t.decisions.c.kind != DecisionKind.DELEGATE.value)
+          .order_by(t.decisions.c.created_at))
+
+
+async def read_votes(conn: Any, approval_id: str, draft_version: int) -> list[Vote]:
+    """On a read connection or in a store op's `Tx`."""
+    rows = (await conn.execute(_VOTES, {"approval_id": approval_id, "draft_version": draft_version})).all()
+    return [Vote(slot=r.slot, approve=r.kind != DecisionKind.REJECT.value, stage=r.stage or 0,
+                 draft_version=r.draft_version, reviewer_id=r.reviewer_id,
+                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at) for r in rows]
+
+
+async def current_tally(conn: Any, approval: Approval) -> Tally:
+    votes = await read_votes(conn, approval.id, approval.draft_version)
+    return tally(Policy.from_dict(approval.policy), votes, draft_version=approval.draft_version,
+                 added=added_of(approval))
 
 
 # Built once: a click waits for these, and building a statement costs more than running it.
@@ -58,7 +106,7 @@ _CLAIM = (t.approvals.update()
           .values(version=t.approvals.c.version + 1,
                   **{name: sa.bindparam(name, type_=t.approvals.c[name].type)
                      for name in ("status", "decided_at", "decided_by", "approved_action", "approved_sha256",
-                                  "content_hash_version")}))
+                                  "content_hash_version", "draft_version", "stage", "action")}))
 _STATUS = sa.select(t.approvals.c.status).where(t.approvals.c.id == sa.bindparam("approval_id"))
 
 
@@ -91,81 +139,225 @@ class Decisions:
         async def op(tx: Tx) -> DecisionOutcome | None:
             # Expected conditions are results, not exceptions: an op that raises makes the
             # store run its whole batch again, one transaction per op.
-            row = (await tx.execute(_APPROVAL, {"approval_id": request.approval_id})).first()
-            if row is None:
-                return None
-            approval = _approval_from_row(row)
-            policy = Policy.from_dict(approval.policy)
-            reviewer = request.reviewer
-            if needs_email(policy, approval.requested_by) and not (reviewer.email or reviewer.upn):
-                known = await request.known_email(tx) if request.known_email is not None else None
-                if known is not None and (known[0] or known[1]):
-                    email, upn = known
-                    reviewer = replace(reviewer, email=email or upn, upn=upn)
-                elif request.can_resolve_email:
-                    return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
-                                           detail={"reason": EMAIL_NEEDED})
-                elif request.email_unresolved:
-                    return self._refused(tx, approval, request, NotAllowed(
-                        "Countersign could not look up your email address, so it cannot check that you did not "
-                        "request this yourself; nothing was decided. Try again later, or decide through the API.",
-                        reviewer=reviewer.id, policy=policy.name))
-            try:
-                check_reviewer(policy, reviewer, approval.requested_by)
-                new_status, final_action = apply_decision(approval, request)
-                refusal_text = (request.approval_refusal(approval)
-                                if request.approval_refusal is not None and final_action is not None else None)
-                if refusal_text:
-                    raise NotAllowed(refusal_text, reviewer=reviewer.id, policy=policy.name)
-            except (NotAllowed, AlreadyDecided) as refusal:
-                return self._refused(tx, approval, request, refusal)
+            for _ in range(_CAS_ATTEMPTS):
+                row = (await tx.execute(_APPROVAL, {"approval_id": request.approval_id})).first()
+                if row is None:
+                    return None
+                result = await self._vote(tx, row, request)
+                if result is not _LOST_RACE:
+                    assert not isinstance(result, _LostRace)
+                    return result
+            raise RuntimeError(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times while a vote was "
+                               "counted; try again")
 
-            sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
-                                else (self.mail_from, self.mail_reply_to))
-            # Covers From, Reply-To and the HTML part as the templates render them now:
-            # the delivery refuses a message that shows anything else.
-            approved_sha256 = (visible_sha256(final_action, sender=sender, reply_to=reply_to)
-                               if final_action else None)
-            won = await tx.execute(_CLAIM, {
-                "approval_id": approval.id, "seen": approval.version, "status": new_status.value,
-                "decided_at": tx.now, "decided_by": reviewer.id,
-                "approved_action": final_action.to_dict() if final_action else None,
-                "approved_sha256": approved_sha256,
-                "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
-            })
-            if won.rowcount != 1:  # another process decided between our read and write
-                current = (await tx.execute(_STATUS, {"approval_id": approval.id})).scalar_one()
-                return self._refused(tx, approval, request, AlreadyDecided(
-                    f"approval {approval.id} is already {current}", status=current))
+        outcome = await self.store.write(op)
+        if outcome is None:
+            raise NotFound("approval", request.approval_id)
+        return outcome
 
-            decision = Decision(
-                id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=reviewer,
-                channel=request.channel, created_at=tx.now, reason=request.reason, final_action=final_action,
-                on_behalf_by=request.on_behalf_by,
-            )
-            tx.insert(t.decisions, dict(
-                id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
-                reviewer_id=reviewer.id, reviewer_name=reviewer.name,
-                reviewer_email=reviewer.email, channel=request.channel.value, reason=request.reason,
-                final_action=final_action.to_dict() if final_action else None, created_at=tx.now,
-                actor=request.on_behalf_by,
-            ))
-            audit_data: dict[str, Any] = {"approval_id": approval.id, "decision_id": decision.id,
-                                          "channel": request.channel.value, **_identity(request)}
-            if approved_sha256:
-                audit_data["approved_sha256"] = approved_sha256
-                audit_data["content_hash_version"] = CONTENT_HASH_VERSION
-            if request.reason:
-                audit_data["reason"] = request.reason
-            tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.actor, data=audit_data)
+    async def _vote(self, tx: Tx, row: Any, request: DecisionRequest) -> DecisionOutcome | _LostRace:
+        approval = _approval_from_row(row)
+        policy = Policy.from_dict(approval.policy)
+        reviewer = request.reviewer
+        if needs_email(policy, approval.requested_by) and not (reviewer.email or reviewer.upn):
+            known = await request.known_email(tx) if request.known_email is not None else None
+            if known is not None and (known[0] or known[1]):
+                email, upn = known
+                reviewer = replace(reviewer, email=email or upn, upn=upn)
+            elif request.can_resolve_email:
+                return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
+                                       detail={"reason": EMAIL_NEEDED})
+            elif request.email_unresolved:
+                return self._refused(tx, approval, request, NotAllowed(
+                    "Countersign could not look up your email address, so it cannot check that you did not "
+                    "request this yourself; nothing was decided. Try again later, or decide through the API.",
+                    reviewer=reviewer.id, policy=policy.name))
+        added = added_of(approval)
+        multi = multi_vote(policy)
+        votes = await read_votes(tx, approval.id, approval.draft_version) if multi else []
+        before = tally(policy, votes, draft_version=approval.draft_version, added=added)
+        try:
+            new_status, final_action = apply_decision(approval, request)
+            if (request.draft_version is not None and request.draft_version != approval.draft_version
+                    and request.kind is not DecisionKind.REJECT):
+                raise DraftChanged(
+                    f"the text of approval {approval.id} was edited since (now version {approval.draft_version}, "
+                    f"you saw version {request.draft_version}); read it again before approving",
+                    draft_version=approval.draft_version)
+            slot = check_vote(policy, before, added, reviewer, approval.requested_by)
+            first = next((v for v in votes if v.slot == slot), None)
+            if first is not None:
+                raise AlreadyVoted(
+                    f"{first.reviewer_name or first.reviewer_id} already voted "
+                    f"{'approve' if first.approve else 'reject'} on this text of approval {approval.id} "
+                    f"at {first.at.isoformat()}", first_vote={
+                        "reviewer": first.reviewer_id, "approve": first.approve, "at": first.at.isoformat(),
+                        "draft_version": first.draft_version, "stage": first.stage + 1})
+            refusal_text = (request.approval_refusal(approval)
+                            if request.approval_refusal is not None and final_action is not None else None)
+            if refusal_text:
+                raise NotAllowed(refusal_text, reviewer=reviewer.id, policy=policy.name)
+        except (NotAllowed, AlreadyDecided, AlreadyVoted, DraftChanged) as refusal:
+            return self._refused(tx, approval, request, refusal)
+
+        # An edit under a multi-vote mode is a new text: the votes cast for the old one stay
+        # on the record but do not count, so what is sent is what the counted votes approved.
+        new_text = multi and request.kind is DecisionKind.EDIT
+        draft_version = approval.draft_version + 1 if new_text else approval.draft_version
+        asked_action = final_action if new_text and final_action is not None else approval.action
+        vote = Vote(slot=slot, approve=request.kind is not DecisionKind.REJECT, stage=before.stage,
+                    draft_version=draft_version, reviewer_id=reviewer.id, reviewer_name=reviewer.name or reviewer.email,
+                    at=tx.now)
+        after = tally(policy, [vote] if new_text else [*votes, vote], draft_version=draft_version, added=added)
+        new_status = after.status
+        final = new_status is not ApprovalStatus.PENDING
+        if new_status is not ApprovalStatus.APPROVED:
+            final_action = None
+
+        sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
+                            else (self.mail_from, self.mail_reply_to))
+        # Covers From, Reply-To and the HTML part as the templates render them now:
+        # the delivery refuses a message that shows anything else.
+        approved_sha256 = (visible_sha256(final_action, sender=sender, reply_to=reply_to)
+                           if final_action else None)
+        won = await tx.execute(_CLAIM, {
+            "approval_id": approval.id, "seen": approval.version, "status": new_status.value,
+            "decided_at": tx.now if final else None, "decided_by": reviewer.id if final else None,
+            "approved_action": final_action.to_dict() if final_action else None,
+            "approved_sha256": approved_sha256,
+            "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
+            "draft_version": draft_version, "stage": after.stage, "action": asked_action.to_dict(),
+        })
+        if won.rowcount != 1:  # another vote or process changed it between our read and write
+            return _LOST_RACE
+
+        decision = Decision(
+            id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=reviewer,
+            channel=request.channel, created_at=tx.now, reason=request.reason, final_action=final_action,
+            on_behalf_by=request.on_behalf_by,
+        )
+        # What the vote approved: the text as approved, or an edit's text while more votes are needed.
+        recorded = final_action or (approval.action.with_edit(request.subject, request.body)
+                                    if request.kind is DecisionKind.EDIT else None)
+        tx.insert(t.decisions, dict(
+            id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
+            reviewer_id=reviewer.id, reviewer_name=reviewer.name,
+            reviewer_email=reviewer.email, channel=request.channel.value, reason=request.reason,
+            final_action=recorded.to_dict() if recorded else None,
+            created_at=tx.now, actor=request.on_behalf_by, draft_version=draft_version, stage=before.stage, slot=slot,
+            delegate_to=None, replaced_action=approval.action.to_dict() if new_text else None,
+        ))
+        audit_data: dict[str, Any] = {"approval_id": approval.id, "decision_id": decision.id,
+                                      "channel": request.channel.value, **_identity(request)}
+        if multi:
+            audit_data.update(draft_version=draft_version, stage=before.stage + 1, slot=slot,
+                              counted=f"{len(after.approvals)} of {after.required}", outcome=new_status.value)
+        if new_text:
+            audit_data["replaced_sha256"] = approval.action.content_sha256()
+            audit_data["content_sha256"] = asked_action.content_sha256()
+        if approved_sha256:
+            audit_data["approved_sha256"] = approved_sha256
+            audit_data["content_hash_version"] = CONTENT_HASH_VERSION
+        if request.reason:
+            audit_data["reason"] = request.reason
+        tx.audit(f"decision.{request.kind.value}", run_id=approval.run_id, actor=request.actor, data=audit_data)
+        if after.stage != before.stage and not final:
+            tx.audit("approval.stage_started", run_id=approval.run_id, actor="system", data={
+                "approval_id": approval.id, "stage": after.stage + 1, "of": after.stages, "asked": list(after.asked)})
+        delivery = None
+        if final:
             delivery = await self._after_decision(tx, approval, new_status, final_action, decision,
                                                   (sender, reply_to, approved_sha256))
-            await self.runs.approval_changed(tx, approval.id)
-            tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
-            after = replace(approval, status=new_status, version=approval.version + 1, decided_at=tx.now,
-                            decided_by=reviewer.id, approved_sha256=approved_sha256)
-            return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision,
-                                   approval=after, delivery=delivery)
+        await self.runs.approval_changed(tx, approval.id)
+        tx.after_commit(metrics.DECISIONS.labels(kind=request.kind.value, channel=request.channel.value).inc)
+        updated = replace(approval, status=new_status, version=approval.version + 1,
+                          decided_at=tx.now if final else None, decided_by=reviewer.id if final else None,
+                          approved_sha256=approved_sha256, action=asked_action, draft_version=draft_version,
+                          stage=after.stage)
+        return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision,
+                               approval=updated, delivery=delivery, tally=after)
+
+    async def delegate(self, request: DelegationRequest) -> DelegationOutcome:
+        """Hand `request.reviewer`'s vote to `request.to`: never to the requester, to someone
+        who already voted on this text, or to someone who already holds a vote here (one
+        person would count twice); only to whom the policy allows (`delegates`, `escalate_to`,
+        anyone under "anyone"). Recorded (a decisions row of kind delegate) and audited."""
+        to = request.to.strip()
+
+        async def op(tx: Tx) -> DelegationOutcome | None:
+            for _ in range(_CAS_ATTEMPTS):
+                row = (await tx.execute(_APPROVAL, {"approval_id": request.approval_id})).first()
+                if row is None:
+                    return None
+                approval = _approval_from_row(row)
+                policy = Policy.from_dict(approval.policy)
+                added = added_of(approval)
+                votes = await read_votes(tx, approval.id, approval.draft_version)
+
+                def refuse(reason: str, message: str, approval: Approval = approval) -> DelegationOutcome:
+                    tx.audit("delegation.refused", run_id=approval.run_id, actor=request.actor, data={
+                        "approval_id": approval.id, "to": to, "reason": reason, "message": message,
+                        "channel": request.channel.value})
+                    return DelegationOutcome(approval.id, approval.run_id, delegated=False,
+                                             detail={"reason": reason, "message": message})
+
+                if approval.status is not ApprovalStatus.PENDING:
+                    return refuse("already_decided", f"approval {approval.id} is already {approval.status.value}")
+                if policy.anyone:
+                    return refuse("not_allowed", f"policy {policy.name!r} lets anyone decide: there is no vote to "
+                                                 "hand over")
+                stage = stage_of_reviewer(policy, added, request.reviewer)
+                if stage is None:
+                    return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
+                                                 f"{approval.id}")
+                slot = next(s for s, h in holders(policy, stage, added).items() if h in request.reviewer.identities())
+                if any(v.slot == slot for v in votes):
+                    return refuse("already_voted", f"{request.reviewer.id} already voted on this text; a vote cast "
+                                                   "cannot be handed over")
+                folded = to.casefold()
+                allowed = {d.casefold() for d in (*policy.delegates, *policy.timers.escalate_to)}
+                holders_now = {h for i in range(len(stages_of(policy))) for h in holders(policy, i, added).values()}
+                voters = {v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
+                if folded in request.reviewer.identities():
+                    return refuse("invalid_delegate", "a vote cannot be handed to oneself")
+                if approval.requested_by and folded == approval.requested_by.casefold():
+                    return refuse("invalid_delegate", f"{to} requested this action: a vote can never be handed "
+                                                      "to the requester")
+                if folded in voters:
+                    return refuse("invalid_delegate", f"{to} already voted on this approval")
+                if folded in holders_now:
+                    return refuse("invalid_delegate", f"{to} already holds a vote on this approval; handing them "
+                                                      "another would count one person twice")
+                if folded not in allowed:
+                    return refuse("invalid_delegate", f"policy {policy.name!r} does not allow handing a vote to "
+                                                      f"{to} (allowed: {', '.join(sorted(allowed)) or 'nobody'})")
+                entry = Added(identity=to, slot=slot, via=DELEGATION, stage=stage, at=tx.now, by=request.reviewer.id)
+                won = await tx.execute(
+                    t.approvals.update()
+                    .where(t.approvals.c.id == approval.id, t.approvals.c.version == approval.version)
+                    .values(version=t.approvals.c.version + 1,
+                            added_reviewers=[*approval.added_reviewers, entry.to_dict()]))
+                if won.rowcount != 1:
+                    continue
+                tx.insert(t.decisions, dict(
+                    id=str(uuid.uuid4()), approval_id=approval.id, run_id=approval.run_id,
+                    kind=DecisionKind.DELEGATE.value, reviewer_id=request.reviewer.id,
+                    reviewer_name=request.reviewer.name, reviewer_email=request.reviewer.email,
+                    channel=request.channel.value, reason=None, final_action=None, created_at=tx.now,
+                    actor=request.on_behalf_by, draft_version=approval.draft_version, stage=stage, slot=slot,
+                    delegate_to=to, replaced_action=None,
+                ))
+                data: dict[str, Any] = {"approval_id": approval.id, "to": to, "slot": slot, "stage": stage + 1,
+                                        "channel": request.channel.value}
+                if request.on_behalf_by:
+                    data["on_behalf_of"] = request.reviewer.id
+                if request.credential:
+                    data["credential"] = request.credential
+                tx.audit("approval.delegated", run_id=approval.run_id, actor=request.actor, data=data)
+                await self.runs.reviewers_added(tx, approval.id, [to], DELEGATION)
+                await self.runs.approval_changed(tx, approval.id)
+                return DelegationOutcome(approval.id, approval.run_id, delegated=True, slot=slot)
+            raise RuntimeError(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times during a delegation")
 
         outcome = await self.store.write(op)
         if outcome is None:
@@ -173,7 +365,8 @@ class Decisions:
         return outcome
 
     def _refused(
-        self, tx: Tx, approval: Approval, request: DecisionRequest, refusal: NotAllowed | AlreadyDecided
+        self, tx: Tx, approval: Approval, request: DecisionRequest,
+        refusal: NotAllowed | AlreadyDecided | AlreadyVoted | DraftChanged,
     ) -> DecisionOutcome:
         reason = refusal.code
         tx.audit("decision.refused", run_id=approval.run_id, actor=request.actor,
@@ -181,8 +374,10 @@ class Decisions:
                        "reason": reason, "message": refusal.message, **_identity(request)})
         tx.after_commit(metrics.DECISIONS_REFUSED.labels(reason=reason, channel=request.channel.value).inc)
         status = ApprovalStatus(refusal.context.get("status", approval.status.value))
-        return DecisionOutcome(approval.id, approval.run_id, decided=False, status=status,
-                               detail={"reason": reason, "message": refusal.message})
+        detail: dict[str, Any] = {"reason": reason, "message": refusal.message}
+        if "first_vote" in refusal.context:
+            detail["first_vote"] = refusal.context["first_vote"]
+        return DecisionOutcome(approval.id, approval.run_id, decided=False, status=status, detail=detail)
 
     async def _after_decision(
         self, tx: Tx, approval: Approval, status: ApprovalStatus, final_action: EmailAction | None, decision: Decision,

@@ -12,7 +12,10 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .votes import Tally
 
 
 class RunStatus(str, enum.Enum):
@@ -72,6 +75,7 @@ class Channel(str, enum.Enum):
     API = "api"
     TEAMS = "teams"
     EMAIL = "email"
+    SYSTEM = "system"  # an automatic decision (on_expiry = "approve")
 
 
 class ActionType(str, enum.Enum):
@@ -108,6 +112,18 @@ class AlreadyDecided(DomainError):
 
 class InvalidTransition(DomainError):
     code = "invalid_transition"
+
+
+class DraftChanged(DomainError):
+    """An Approve or Edit for a text that an edit has since replaced (context: the current version)."""
+
+    code = "draft_changed"
+
+
+class AlreadyVoted(DomainError):
+    """A reviewer voted on this text already (context: the first vote)."""
+
+    code = "already_voted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +238,38 @@ class DecisionRequest:
     on_behalf_by: str | None = None
     # The credential a reviewer decided with, when not the channel's own (a `decide` key).
     credential: str | None = None
+    # The text version the reviewer saw (a card's action data, the API's `draft_version`):
+    # an Approve or Edit of a text an edit has replaced is refused. None: not said (API).
+    draft_version: int | None = None
 
     @property
     def actor(self) -> str:
         return self.on_behalf_by or self.reviewer.id
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationRequest:
+    """A reviewer hands their vote on an approval to `to` (an identity the policy allows)."""
+
+    approval_id: str
+    reviewer: Reviewer
+    to: str
+    channel: Channel
+    on_behalf_by: str | None = None  # an API key (decide:on-behalf) acting for `reviewer`
+    credential: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.on_behalf_by or self.reviewer.id
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationOutcome:
+    approval_id: str
+    run_id: str
+    delegated: bool
+    slot: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)  # when refused: reason, message
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +288,11 @@ class Approval:
     approved_sha256: str | None = None
     tool_call_id: str | None = None  # set when the approval gates an agent's tool call
     sources: tuple[dict[str, Any], ...] = ()  # what the agent drew the draft from
+    # Multi-vote policies: the text's version (an edit makes a new one), the current stage,
+    # and who escalation or delegation added (service.votes.Added as stored).
+    draft_version: int = 1
+    stage: int = 0
+    added_reviewers: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +336,7 @@ class DecisionOutcome:
     # channel can show the new state without reading it back.
     approval: Approval | None = None
     delivery: DeliveryState | None = None
+    tally: Tally | None = None  # where the votes stand after it (service.votes)
 
 
 def apply_decision(approval: Approval, request: DecisionRequest) -> tuple[ApprovalStatus, EmailAction | None]:

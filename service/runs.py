@@ -18,6 +18,7 @@ from .policy import Policy
 from .redact import redact_urls_in
 from .store import tables as t
 from .store.db import Store, Tx
+from .votes import Added, tally, votes_of
 
 CALLBACK_JOB = "callback"
 AGENT_JOB = "agent.step"  # service.agent.runner: start or resume the agent of a run
@@ -124,6 +125,8 @@ class GatedOutcome:
 
 ApprovalListener = Callable[[Tx, str], Awaitable[None]]
 NewApprovalListener = Callable[[Tx, NewApproval], Awaitable[None]]
+# (tx, approval id, identities added, "escalation" | "delegation")
+ReviewersAddedListener = Callable[[Tx, str, list[str], str], Awaitable[None]]
 GatedOutcomeListener = Callable[[Tx, GatedOutcome], Awaitable[None]]
 
 
@@ -164,6 +167,8 @@ class Runs:
         # that created an approval, or changed it or its delivery, to enqueue their jobs.
         self.on_approval_created: list[NewApprovalListener] = []
         self.on_approval_changed: list[ApprovalListener] = []
+        # People added to a pending approval (escalation, delegation): channels notify them.
+        self.on_reviewers_added: list[ReviewersAddedListener] = []
         # The agent (service.agent.runner) resumes on these; set where the app is wired.
         self.on_gated_outcome: GatedOutcomeListener | None = None
 
@@ -171,6 +176,10 @@ class Runs:
         if self.on_gated_outcome is None:
             raise RuntimeError(f"approval {outcome.approval_id} gates an agent tool call but no agent is wired")
         await self.on_gated_outcome(tx, outcome)
+
+    async def reviewers_added(self, tx: Tx, approval_id: str, identities: list[str], via: str) -> None:
+        for listener in self.on_reviewers_added:
+            await listener(tx, approval_id, identities, via)
 
     async def approval_changed(self, tx: Tx, approval_id: str) -> None:
         for listener in self.on_approval_changed:
@@ -321,11 +330,12 @@ class Runs:
             events = (await conn.execute(
                 sa.select(t.audit_events).where(t.audit_events.c.run_id == run_id).order_by(t.audit_events.c.seq)
             )).all()
+            current = {a.id: a.draft_version for a in approvals}
             return RunDetail(
                 run=RunSummary.from_row(row), request=row.request, customer=row.customer,
                 callback_url=row.callback_url, policy=_shown_policy(row.policy),
-                approvals=[_approval_dict(a) for a in approvals],
-                decisions=[_decision_dict(d) for d in decisions],
+                approvals=[_approval_dict(a, [d for d in decisions if d.approval_id == a.id]) for a in approvals],
+                decisions=[_decision_dict(d, current.get(d.approval_id, 1)) for d in decisions],
                 deliveries=[{**_delivery_dict(d), "attempt_log": attempts[d.id]} for d in deliveries],
                 jobs=[Job.from_row(j) for j in jobs],
                 timeline=[{"seq": e.seq, "at": e.at.isoformat(), "event": e.kind, "actor": e.actor,
@@ -374,7 +384,16 @@ def _shown_policy(stored: dict[str, Any]) -> dict[str, Any]:
     return Policy.from_dict(stored).to_dict()
 
 
-def _approval_dict(row: Any) -> dict[str, Any]:
+def _progress(row: Any, decisions: list[Any]) -> dict[str, Any]:
+    policy = Policy.from_dict(row.policy)
+    added = [Added.from_dict(a) for a in row.added_reviewers or ()]
+    shown = tally(policy, votes_of(decisions), draft_version=row.draft_version, added=added).to_dict()
+    if row.status != ApprovalStatus.PENDING.value:  # settled (or cancelled, expired): nobody is asked any more
+        shown.update(outcome=row.status, asked=[])
+    return shown
+
+
+def _approval_dict(row: Any, decisions: list[Any]) -> dict[str, Any]:
     return {
         "id": row.id, "revision": row.revision, "status": row.status, "action": row.action,
         "policy": _shown_policy(row.policy), "requested_by": row.requested_by, "created_at": _iso(row.created_at),
@@ -383,15 +402,22 @@ def _approval_dict(row: Any) -> dict[str, Any]:
         "sources": row.sources or [], "tool_call_id": row.tool_call_id,
         "mail_from": row.mail_from, "mail_reply_to": row.mail_reply_to,
         "content_hash_version": row.content_hash_version or 1,
+        "draft_version": row.draft_version, "progress": _progress(row, decisions),
+        "remind_at": _iso(row.remind_at), "escalate_at": _iso(row.escalate_at), "expire_at": _iso(row.expire_at),
+        "added_reviewers": list(row.added_reviewers or ()),
     }
 
 
-def _decision_dict(row: Any) -> dict[str, Any]:
+def _decision_dict(row: Any, current_draft_version: int) -> dict[str, Any]:
+    draft_version = row.draft_version or 1
     return {
         "id": row.id, "approval_id": row.approval_id, "kind": row.kind,
         "reviewer": {"id": row.reviewer_id, "name": row.reviewer_name, "email": row.reviewer_email},
         "actor": row.actor or row.reviewer_id, "on_behalf_of": row.reviewer_id if row.actor else None,
         "channel": row.channel, "reason": row.reason, "created_at": _iso(row.created_at),
+        "draft_version": draft_version, "stage": (row.stage or 0) + 1,
+        "counted": row.kind != "delegate" and draft_version == current_draft_version,
+        "delegate_to": row.delegate_to,
     }
 
 

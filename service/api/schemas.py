@@ -201,6 +201,10 @@ class DecisionIn(Strict):
     reason: ReasonText | None = None
     subject: HeaderText | None = None
     body: BodyText | None = None
+    draft_version: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="The text version you read (approvals[].draft_version): an approve or edit is refused with 409 "
+                    "draft_changed if an edit has replaced it since")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> DecisionIn:
@@ -212,6 +216,14 @@ class DecisionIn(Strict):
             given = [f for f in ("subject", "body") if getattr(self, f) is not None]
             raise FieldsError("`subject` and `body` are only accepted with `edit`", *given)
         return self
+
+
+class DelegationIn(Strict):
+    to: ShortText = Field(description="Who gets the vote: an identity the policy allows (its `delegates` or "
+                                      "`escalate_to`), never the requester or someone who voted or holds a vote")
+    reviewer: ReviewerIn | None = Field(
+        default=None, description="With a `decide` key: absent, or the key's own reviewer. With `decide:on-behalf`: "
+                                  "required, the reviewer whose vote is handed over")
 
 
 class CancelIn(Strict):
@@ -270,6 +282,30 @@ class ActionOut(BaseModel):
     references: list[str]
 
 
+class StageOut(BaseModel):
+    reviewers: list[str]
+    mode: PolicyMode
+    required: int | None
+
+
+class CalendarOut(BaseModel):
+    name: str
+    timezone: str
+    days: list[str]
+    hours: str
+    holidays: list[str]
+
+
+class TimersOut(BaseModel):
+    remind_after: float | None = Field(description="Seconds (of working time with a calendar)")
+    max_reminders: int
+    escalate_after: float | None
+    escalate_to: list[str]
+    expire_after: float | None
+    on_expiry: Literal["reject", "approve"]
+    calendar: CalendarOut | None
+
+
 class PolicyOut(BaseModel):
     name: str
     mode: PolicyMode
@@ -278,6 +314,11 @@ class PolicyOut(BaseModel):
     allow_self_approval: bool
     teams_channel: str | None
     teams_chat: list[str]
+    required: int | None = Field(default=None, description="quorum: approvals needed")
+    reject: Literal["any", "majority"] | None = Field(default=None, description="Present when not `any`")
+    stages: list[StageOut] | None = Field(default=None, description="sequential: the stages, in order")
+    timers: TimersOut | None = Field(default=None, description="Present when the policy has timers")
+    delegates: list[str] | None = Field(default=None, description="Who a vote may be handed to, besides escalate_to")
     inline: bool = Field(default=False, description="Present (true) when the run narrowed policy `name` inline")
     extra: dict[str, Any] | None = Field(default=None, description="Only present when the policy has extra settings")
 
@@ -294,6 +335,34 @@ class SourceOut(BaseModel):
     location: str = Field(description="The document's path in the knowledge directory")
     snippet: str
     score: float
+
+
+class VoteOut(BaseModel):
+    reviewer: str
+    name: str | None
+    at: Timestamp
+
+
+class ProgressOut(BaseModel):
+    """Where the votes of a pending (or just settled) approval stand."""
+
+    outcome: ApprovalStatus = Field(description="pending until the policy's votes settle it")
+    mode: PolicyMode = Field(description="The mode of the current stage")
+    stage: int = Field(description="The current stage, from 1 (1 of 1 without stages)")
+    stages: int
+    required: int = Field(description="Approvals the current stage needs")
+    approvals: list[VoteOut] = Field(description="Counted approvals of the current stage, on the current text")
+    rejections: list[VoteOut]
+    asked: list[str] = Field(description="Who is still asked in the current stage")
+
+
+class AddedReviewerOut(BaseModel):
+    identity: str
+    slot: str = Field(description="escalation: a place of its own; delegation: the reviewer entry handed over")
+    via: Literal["escalation", "delegation"]
+    stage: int = Field(description="0-based stage it was added to")
+    at: Timestamp
+    by: str | None = None
 
 
 class ApprovalOut(BaseModel):
@@ -315,6 +384,13 @@ class ApprovalOut(BaseModel):
     mail_reply_to: str | None = Field(description="Reply-To, frozen with From")
     content_hash_version: int = Field(description="The rule of approved_sha256: 2 covers From, Reply-To and every "
                                                   "MIME part; 1 (before the upgrade) the text content only")
+    draft_version: int = Field(description="1, then one more for each edit under a multi-vote policy: `action` is "
+                                           "the text the votes are about")
+    progress: ProgressOut
+    remind_at: Timestamp | None = Field(description="When the next reminder is due")
+    escalate_at: Timestamp | None
+    expire_at: Timestamp | None
+    added_reviewers: list[AddedReviewerOut] = Field(description="People escalation or delegation added")
 
 
 class ReviewerOut(BaseModel):
@@ -333,6 +409,10 @@ class DecisionRecordOut(BaseModel):
     channel: Channel
     reason: str | None
     created_at: Timestamp
+    draft_version: int = Field(description="The text voted on (see approvals[].draft_version)")
+    stage: int = Field(description="The stage voted in, from 1")
+    counted: bool = Field(description="Whether the vote counts: false once an edit made a new text")
+    delegate_to: str | None = Field(description="kind delegate: who the vote was handed to")
 
 
 class DeliveryAttemptOut(BaseModel):
@@ -400,11 +480,20 @@ class JobPage(BaseModel):
     items: list[JobOut]
 
 
+class DelegationOut(BaseModel):
+    approval_id: str
+    run_id: str
+    delegate_to: str
+    slot: str = Field(description="The reviewer entry of the policy whose vote was handed over")
+
+
 class DecisionOut(BaseModel):
     approval_id: str
     run_id: str
-    status: ApprovalStatus
+    status: ApprovalStatus = Field(description="The approval's status after this vote (pending while more votes "
+                                               "are needed)")
     decision_id: str
+    progress: ProgressOut | None = Field(default=None, description="Present under a multi-vote policy")
 
 
 class FieldError(BaseModel):

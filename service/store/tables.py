@@ -131,6 +131,8 @@ decisions = sa.Table(
     sa.Column("slot", sa.String(320)),
     # kind "delegate": the slot was handed to this identity.
     sa.Column("delegate_to", sa.String(320)),
+    # An edit under a multi-vote mode: the text it replaced (approvals.action is the text asked).
+    sa.Column("replaced_action", sa.JSON),
     sa.Index("uq_decisions_vote", "approval_id", "draft_version", "slot", unique=True,
              sqlite_where=sa.text("slot IS NOT NULL AND kind != 'delegate'"),
              postgresql_where=sa.text("slot IS NOT NULL AND kind != 'delegate'")),

@@ -24,12 +24,20 @@ from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, AdaptiveCard
 from botbuilder.schema.teams import TeamsChannelAccount
 from pydantic import ValidationError
 
-from adaptive_cards import VERB_APPROVE, VERB_EDIT, VERB_REJECT, build_card, build_not_allowed_card
+from adaptive_cards import (
+    INPUT_DELEGATE_TO,
+    VERB_APPROVE,
+    VERB_DELEGATE,
+    VERB_EDIT,
+    VERB_REJECT,
+    build_card,
+    build_not_allowed_card,
+)
 from adaptive_cards.text import escape_inline
 
 from ..api.schemas import DecisionIn
 from ..decisions import Decisions
-from ..domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, NotFound, Reviewer
+from ..domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, DelegationRequest, NotFound, Reviewer
 from ..store import tables as t
 from ..store.db import Store
 from .conversations import Conversation, Conversations, Member
@@ -141,7 +149,33 @@ class ApprovalBot(JsonInvokeHandler):
         else:
             await turn_context.send_activity(MessageFactory.text(HELP))
 
+    async def _delegate(self, turn_context: TurnContext, data: dict[str, Any]) -> ClickResult:
+        approval_id, to = data.get("approval_id"), data.get(INPUT_DELEGATE_TO)
+        if not isinstance(approval_id, str):
+            return ClickResult.error(400, "BadRequest", "the card action names no approval")
+        if not isinstance(to, str) or not to.strip() or len(to) > 320 or not to.strip().isprintable():
+            return ClickResult.error(400, "BadRequest", f"{INPUT_DELEGATE_TO}: enter the email of the person")
+        sender = turn_context.activity.from_property
+        if sender is None or not sender.aad_object_id:
+            return ClickResult.error(401, "Unauthorized", "the activity does not say who clicked")
+        # Votes are held by the identities the policy names (often emails): learn the sender's.
+        member = await self._member(turn_context, sender)
+        email = member.email if member else None
+        upn = member.user_principal_name if member else None
+        try:
+            outcome = await self.decisions.delegate(DelegationRequest(
+                approval_id=approval_id, to=to.strip(), channel=Channel.TEAMS,
+                reviewer=Reviewer(id=sender.aad_object_id, name=sender.name, email=email or upn, upn=upn)))
+            view = await load_view(self.store, approval_id, self.links)
+        except NotFound:
+            return ClickResult.error(404, "NotFound", "this approval no longer exists")
+        if not outcome.delegated:
+            return ClickResult.card(build_not_allowed_card(view, outcome.detail["message"]), outcome.detail["message"])
+        return ClickResult.card(build_card(view))
+
     async def _decide(self, turn_context: TurnContext, verb: str | None, data: dict[str, Any]) -> ClickResult:
+        if verb == VERB_DELEGATE:
+            return await self._delegate(turn_context, data)
         kind = VERBS.get(verb or "")
         approval_id = data.get("approval_id")
         if kind is None or not isinstance(approval_id, str):
@@ -163,6 +197,8 @@ class ApprovalBot(JsonInvokeHandler):
             approval_id=approval_id, kind=kind, channel=Channel.TEAMS,
             reviewer=Reviewer(id=sender.aad_object_id or sender.id, name=sender.name),
             reason=fields.reason, subject=fields.subject, body=fields.body, can_resolve_email=True,
+            # A card without a version shows the first text (and predates versions).
+            draft_version=data["draft_version"] if type(data.get("draft_version")) is int else 1,
             approval_refusal=self.card_refusal,
             # A reviewer met before is decided in one op; the member API only for a new one.
             known_email=self.conversations.known_email(sender.aad_object_id) if sender.aad_object_id else None,

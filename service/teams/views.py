@@ -15,6 +15,7 @@ from ..domain import Approval, ApprovalRefusal, DecisionKind, DecisionOutcome, N
 from ..policy import Policy
 from ..store import tables as t
 from ..store.db import Store
+from ..votes import Added, multi_vote, progress_lines, tally, votes_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +49,17 @@ def _view_query() -> sa.Select[Any]:
 
 
 _VIEW = _view_query()
+_VOTES_OF = sa.select(t.decisions).where(t.decisions.c.approval_id == sa.bindparam("approval_id")).order_by(
+    t.decisions.c.created_at)
 
 
 def _sources(stored: Any) -> tuple[SourceView, ...]:
     return tuple(SourceView(title=s["title"], location=s.get("location"), snippet=s.get("snippet"))
                  for s in stored or ())
+
+
+def _delegable(policy: Policy) -> bool:
+    return not policy.anyone and bool(policy.delegates or policy.timers.escalate_to)
 
 
 def shown_decider(reviewer: str, on_behalf_by: str | None) -> str:
@@ -71,8 +78,16 @@ async def load_view(store: Store, approval_id: str, links: ApiLinks) -> Approval
         decided = row.decision_id is not None
         decided_by = (shown_decider(row.reviewer_name or row.reviewer_email or row.reviewer_id, row.actor)
                       if decided else row.decided_by)
+        progress: tuple[str, ...] = ()
+        if multi_vote(policy) or policy.timers.any:
+            votes = votes_of((await conn.execute(_VOTES_OF, {"approval_id": row.id})).all())
+            current = tally(policy, votes, draft_version=row.draft_version,
+                            added=[Added.from_dict(a) for a in row.added_reviewers or ()])
+            progress = progress_lines(policy, current, remind_at=row.remind_at, escalate_at=row.escalate_at,
+                                      expire_at=row.expire_at)
         return ApprovalView(
             approval_id=row.id, run_id=row.run_id, revision=row.revision, status=row.status,
+            draft_version=row.draft_version, progress=progress, delegable=_delegable(policy),
             to=tuple(action["to"]), cc=tuple(action.get("cc") or ()), subject=action["subject"], body=action["body"],
             in_reply_to=action.get("in_reply_to"), requested_by=row.requested_by, policy=policy.name,
             reviewers=policy.reviewers, anyone=policy.anyone, decided_by=decided_by,
@@ -98,6 +113,8 @@ def decided_view(outcome: DecisionOutcome, links: ApiLinks) -> ApprovalView:
     policy = Policy.from_dict(approval.policy)
     return ApprovalView(
         approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status=approval.status.value,
+        draft_version=approval.draft_version, progress=progress_lines(policy, outcome.tally),
+        delegable=_delegable(policy),
         to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
         requested_by=approval.requested_by, policy=policy.name, reviewers=policy.reviewers,
         anyone=policy.anyone, read_at=links.run(approval.run_id), decide_at=links.decisions(approval.id),
@@ -115,6 +132,7 @@ def pending_view(approval: Approval, links: ApiLinks) -> ApprovalView:
     action = approval.action
     return ApprovalView(
         approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status="pending",
+        draft_version=approval.draft_version, delegable=_delegable(policy),
         to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
         requested_by=approval.requested_by, policy=policy.name, reviewers=policy.reviewers,
         anyone=policy.anyone, sources=_sources(approval.sources),
@@ -126,28 +144,29 @@ class CardFit:
     """Whether the pending card of a stored approval shows all of it (`approvable_on_card`),
     judged once per approval in this process: when its card is built for posting, or at its
     first Approve. The verdict is a function of the approval as stored (action, policy,
-    sources, revision), and a stored approval never changes them (an edit is a decision, a
-    new draft a new approval), so it is remembered by (id, revision). Used from the event
+    sources, revision, draft_version): a stored approval changes its text only with a new
+    draft_version (an edit under a multi-vote policy), so it is remembered by (id, revision,
+    draft_version). Used from the event
     loop (posting) and from the store's writer thread (inside a decision): hence the lock."""
 
     def __init__(self, links: ApiLinks, max_entries: int = 10_000) -> None:
         self.links = links
         self.max_entries = max_entries
-        self._verdicts: dict[tuple[str, int], bool] = {}
+        self._verdicts: dict[tuple[str, int, int], bool] = {}
         self._lock = threading.Lock()
 
-    def remember(self, approval_id: str, revision: int, fits: bool) -> None:
+    def remember(self, approval_id: str, revision: int, fits: bool, draft_version: int = 1) -> None:
         with self._lock:
-            self._verdicts[(approval_id, revision)] = fits
+            self._verdicts[(approval_id, revision, draft_version)] = fits
             while len(self._verdicts) > self.max_entries:  # oldest first (dicts keep insertion order)
                 del self._verdicts[next(iter(self._verdicts))]
 
     def fits(self, approval: Approval) -> bool:
         with self._lock:
-            known = self._verdicts.get((approval.id, approval.revision))
+            known = self._verdicts.get((approval.id, approval.revision, approval.draft_version))
         if known is None:
             known = approvable_on_card(pending_view(approval, self.links))
-            self.remember(approval.id, approval.revision, known)
+            self.remember(approval.id, approval.revision, known, approval.draft_version)
         return known
 
 

@@ -34,6 +34,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('stage', sa.Integer(), nullable=True))
         batch.add_column(sa.Column('slot', sa.String(length=320), nullable=True))
         batch.add_column(sa.Column('delegate_to', sa.String(length=320), nullable=True))
+        batch.add_column(sa.Column('replaced_action', sa.JSON(), nullable=True))
     op.create_index('uq_decisions_vote', 'decisions', ['approval_id', 'draft_version', 'slot'], unique=True,
                     sqlite_where=sa.text(_VOTE), postgresql_where=sa.text(_VOTE))
 
@@ -41,7 +42,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('uq_decisions_vote', table_name='decisions')
     with op.batch_alter_table('decisions') as batch:
-        for column in ('delegate_to', 'slot', 'stage', 'draft_version'):
+        for column in ('replaced_action', 'delegate_to', 'slot', 'stage', 'draft_version'):
             batch.drop_column(column)
     with op.batch_alter_table('approvals') as batch:
         for column in ('expire_at', 'escalated_at', 'escalate_at', 'reminders_sent', 'remind_at', 'added_reviewers',
