@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from .domain import (
     AlreadyVoted,
     Approval,
     ApprovalStatus,
+    Channel,
     Decision,
     DecisionKind,
     DecisionOutcome,
@@ -36,19 +38,21 @@ from .domain import (
     EmailAction,
     NotAllowed,
     NotFound,
+    Reviewer,
     RunStatus,
     apply_decision,
 )
 from .jobs import JobQueue
 from .mail.message import CONTENT_HASH_VERSION
 from .mail.message import approved_sha256 as visible_sha256
-from .policy import Policy, needs_email
+from .policy import ExpiryOutcome, Policy, needs_email
 from .runs import GatedOutcome, Runs
 from .store import tables as t
 from .store.db import Store, Tx
 from .votes import DELEGATION, Added, Tally, Vote, check_vote, holders, multi_vote, stage_of_reviewer, stages_of, tally
 
 SEND_EMAIL_JOB = "send_email"
+SYSTEM_ACTOR = "system"
 # A vote that lost its compare-and-set is counted again against what won; on SQLite (one
 # writer) it never loses, on PostgreSQL each retry follows a vote that was committed.
 _CAS_ATTEMPTS = 20
@@ -411,3 +415,60 @@ class Decisions:
             await self.runs.finish(tx, approval.run_id, RunStatus.REJECTED,
                                    actor=decision.on_behalf_by or decision.reviewer.id, failure_reason=decision.reason)
         return None
+
+    async def expire(self, tx: Tx, approval_id: str, *, due_at: datetime) -> bool:
+        """Settle a still-pending approval whose expiry (`due_at`) has come, as its policy's
+        `on_expiry` says: reject (fail closed: the approval `expired`, the run `expired`, an
+        agent run's snapshot dropped as by a cancel) or approve (an automatic decision,
+        audited as such, and the delivery queued). The same compare-and-set as a vote, so a
+        vote racing the expiry either wins (False here) or finds it settled. False too when
+        the approval is no longer pending, or this expiry is not the current one."""
+        row = (await tx.execute(_APPROVAL, {"approval_id": approval_id})).first()
+        if row is None or row.status != ApprovalStatus.PENDING.value:
+            return False
+        if row.expire_at is not None and row.expire_at != due_at:
+            return False  # rescheduled: another timer carries the current expiry
+        approval = _approval_from_row(row)
+        policy = Policy.from_dict(approval.policy)
+        approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE
+        sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
+                            else (self.mail_from, self.mail_reply_to))
+        final_action = approval.action if approve else None
+        approved_sha256 = visible_sha256(final_action, sender=sender, reply_to=reply_to) if final_action else None
+        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.EXPIRED
+        won = await tx.execute(_CLAIM, {
+            "approval_id": approval.id, "seen": approval.version, "status": status.value,
+            "decided_at": tx.now, "decided_by": SYSTEM_ACTOR,
+            "approved_action": final_action.to_dict() if final_action else None, "approved_sha256": approved_sha256,
+            "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
+            "draft_version": approval.draft_version, "stage": approval.stage, "action": approval.action.to_dict(),
+        })
+        if won.rowcount != 1:
+            return False
+        waited = {"approval_id": approval.id, "due_at": due_at.isoformat(), "on_expiry": policy.timers.on_expiry.value}
+        tx.audit("approval.expired", run_id=approval.run_id, actor=SYSTEM_ACTOR, data=waited)
+        if approve:
+            decision = Decision(id=str(uuid.uuid4()), approval_id=approval.id, kind=DecisionKind.APPROVE,
+                                reviewer=Reviewer(id=SYSTEM_ACTOR, name="Countersign (expiry)"),
+                                channel=Channel.SYSTEM, created_at=tx.now, final_action=final_action)
+            tx.insert(t.decisions, dict(
+                id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=DecisionKind.APPROVE.value,
+                reviewer_id=SYSTEM_ACTOR, reviewer_name=decision.reviewer.name, reviewer_email=None,
+                channel=Channel.SYSTEM.value, reason="approved automatically: nobody decided before the expiry",
+                final_action=approval.action.to_dict(), created_at=tx.now, actor=None,
+                draft_version=approval.draft_version, stage=approval.stage, slot=None, delegate_to=None,
+                replaced_action=None))
+            tx.audit("decision.approve", run_id=approval.run_id, actor=SYSTEM_ACTOR, data={
+                "approval_id": approval.id, "decision_id": decision.id, "channel": Channel.SYSTEM.value,
+                "automatic": True, "reason": "on_expiry = approve", "approved_sha256": approved_sha256,
+                "content_hash_version": CONTENT_HASH_VERSION})
+            await self._after_decision(tx, approval, status, final_action, decision,
+                                       (sender, reply_to, approved_sha256))
+        else:
+            await self.jobs.cancel_for_run(tx, approval.run_id)
+            # Nothing will resume the agent: its paused workflow goes, as with a cancel.
+            await tx.execute(t.agent_snapshots.delete().where(t.agent_snapshots.c.run_id == approval.run_id))
+            await self.runs.finish(tx, approval.run_id, RunStatus.EXPIRED, actor=SYSTEM_ACTOR,
+                                   failure_reason=f"nobody decided before the approval expired at {due_at.isoformat()}")
+        await self.runs.approval_changed(tx, approval.id)
+        return True
