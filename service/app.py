@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import aiohttp
 from aiohttp import web
@@ -43,8 +44,9 @@ from .startup import (
     prepare_database,
     sqlite_file,
 )
-from .store.db import Store
+from .store.db import Store, utcnow
 from .teams.channel import TeamsChannel, TeamsNotConfigured
+from .timers import ApprovalTimers
 
 TEAMS: web.AppKey[TeamsChannel | None] = web.AppKey("teams")
 CALLBACKS: web.AppKey[Callbacks] = web.AppKey("callbacks", Callbacks)
@@ -64,7 +66,9 @@ def callback_policy(settings: Settings) -> CallbackPolicy:
                                         allowed_hosts=settings.callback_allowed_hosts)
 
 
-def create_app(settings: Settings, *, run_workers: bool = True) -> web.Application:
+def create_app(settings: Settings, *, run_workers: bool = True,
+               clock: Callable[[], datetime] = utcnow) -> web.Application:
+    """`clock`: every transaction's `now` and the workers' due checks (tests move time)."""
     ensure_private_dir(settings.data_dir)  # 0700, or tightened with a warning (service/private_files.py)
     settings = ensure_audit_key(ensure_callback_secret(ensure_api_token(settings)))
     check_teams_settings(settings)
@@ -72,7 +76,7 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> web.Applicati
     workflow = build_workflow(settings)
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[error_middleware, body_deadline(settings.http_body_timeout_seconds)])
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, callbacks_allowed, run_workers))
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, callbacks_allowed, run_workers, clock))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
     return app
@@ -167,7 +171,7 @@ async def _bot_messages(request: web.Request) -> web.StreamResponse:
 
 async def _lifecycle(
     app: web.Application, settings: Settings, workflow: AgentWorkflow, callbacks_allowed: CallbackPolicy,
-    run_workers: bool,
+    run_workers: bool, clock: Callable[[], datetime],
 ) -> AsyncIterator[None]:
     database = sqlite_file(settings.effective_database_url) if settings.is_sqlite else None
     serve_lock = SqliteServeLock(database) if database is not None else None
@@ -175,7 +179,7 @@ async def _lifecycle(
         ensure_private_dir(settings.data_dir)
         serve_lock.acquire()  # DatabaseInUse: another serve has this file
     store = Store.from_url(settings.effective_database_url, batch_max=settings.write_batch_max,
-                           audit_key=audit_key_of(settings))
+                           audit_key=audit_key_of(settings), clock=clock)
     try:
         await prepare_database(settings, store)
         await store.key_audit_chain()
@@ -192,6 +196,8 @@ async def _lifecycle(
     runs = Runs(store, jobs, mail_from=settings.mail_from, mail_reply_to=settings.mail_reply_to)
     decisions = Decisions(store, jobs, runs, settings.message_id_domain, mail_from=settings.mail_from,
                           mail_reply_to=settings.mail_reply_to)
+    timers = ApprovalTimers(jobs, runs, decisions)
+    timers.register()  # reminders, escalation, expiry; reviewer channels subscribe below
     transport = SmtpTransport(settings)
     http = aiohttp.ClientSession()
     jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,
@@ -213,6 +219,10 @@ async def _lifecycle(
     teams = (TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)
              if settings.teams_enabled else None)
     app[TEAMS] = teams
+    if teams is not None:
+        timers.on_reminder.append(teams.notices.on_reminder)
+        timers.on_escalation.append(teams.notices.on_escalation)
+    # The email channel (next issue) subscribes its reminders to `timers.on_reminder` here.
     worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
                     timeout_seconds=settings.job_timeout_seconds, foreground=foreground)
     if run_workers and settings.worker_concurrency > 0:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -29,7 +29,7 @@ from .domain import InvalidTransition, NotFound
 from .foreground import Foreground, mark_job
 from .redact import redact_urls_in
 from .store import tables as t
-from .store.db import Op, Store, Tx, utcnow
+from .store.db import Op, Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ class JobQueue:
         self.backoff_max = backoff_max
         self.handlers: dict[str, JobHandler] = {}
         self.wakeup = asyncio.Event()
+        # When this process's worker wakes next (None: awake, or no worker): a job enqueued
+        # here that falls due earlier wakes it, so a new near timer is not left to the poll.
+        self.sleeping_until: datetime | None = None
 
     def register(self, kind: str, handler: JobHandler) -> None:
         self.handlers[kind] = handler
@@ -164,7 +167,8 @@ class JobQueue:
             leased_until=None, lease_token=None, last_error=None, created_at=tx.now, updated_at=tx.now,
             finished_at=None,
         ))
-        if due_at is None or due_at <= tx.now:
+        if due_at is None or due_at <= tx.now or (
+                self.sleeping_until is not None and due_at < self.sleeping_until):
             tx.after_commit(self.wakeup.set)
         return job_id
 
@@ -179,23 +183,28 @@ class JobQueue:
         )
         return result.rowcount
 
-    async def has_due(self) -> bool:
-        now = utcnow()
+    async def next_due(self) -> datetime | None:
+        """When the next job of a registered kind is due (in the past: due now), None when
+        none is queued. One indexed read (status, due_at): what an idle worker polls with."""
+        now = self.store.clock()
 
-        async def q(conn: Any) -> bool:
-            row = (await conn.execute(
-                sa.select(t.jobs.c.id).where(*self._due(now), t.jobs.c.kind.in_(list(self.handlers))).limit(1)
-            )).first()
-            return row is not None
+        async def q(conn: Any) -> datetime | None:
+            return cast("datetime | None", (await conn.execute(
+                sa.select(t.jobs.c.due_at)
+                .where(*self._free(now), t.jobs.c.kind.in_(list(self.handlers)))
+                .order_by(t.jobs.c.due_at).limit(1)
+            )).scalar())
 
         return await self.store.read(q)
 
-    def _due(self, now: datetime) -> list[Any]:
+    def _free(self, now: datetime) -> list[Any]:
         return [
             t.jobs.c.status == JobStatus.QUEUED.value,
-            t.jobs.c.due_at <= now,
             sa.or_(t.jobs.c.leased_until.is_(None), t.jobs.c.leased_until < now),
         ]
+
+    def _due(self, now: datetime) -> list[Any]:
+        return [*self._free(now), t.jobs.c.due_at <= now]
 
     async def lease(self, limit: int, kinds: Iterable[str] | None = None) -> list[Job]:
         kinds = list(kinds) if kinds is not None else list(self.handlers)
@@ -370,13 +379,24 @@ class Worker:
             try:
                 free = self.concurrency - len(self._tasks)
                 jobs: list[Job] = []
+                # Idle, it sleeps until the next job falls due (a timer), at most the poll
+                # interval: other processes' new jobs are seen within it, as before timers.
+                sleep = self.poll_seconds
                 if free > 0:
                     await self.foreground.wait_clear()
                     self.queue.wakeup.clear()
                     # A local commit that enqueued work: lease at once. A poll: look first
                     # (a cheap read) so an idle worker takes no write transaction.
-                    if woken or await self.queue.has_due():
+                    if woken:
                         jobs = await self.queue.lease(free)
+                    if not jobs:
+                        next_due = await self.queue.next_due()
+                        if next_due is not None:
+                            wait = (next_due - self.queue.store.clock()).total_seconds()
+                            if wait <= 0:
+                                jobs = await self.queue.lease(free)
+                            else:
+                                sleep = min(sleep, wait)
                 for job in jobs:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.kind}-{job.id}")
                     self._tasks.add(task)
@@ -387,17 +407,21 @@ class Worker:
                 if jobs and len(jobs) == free:
                     await self._wait(self._slot_free)
                 elif not jobs:
-                    woken = await self._wait(self.queue.wakeup)
+                    self.queue.sleeping_until = self.queue.store.clock() + timedelta(seconds=sleep)
+                    try:
+                        woken = await self._wait(self.queue.wakeup, sleep)
+                    finally:
+                        self.queue.sleeping_until = None
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database may be briefly away: keep polling
                 log.exception("job worker loop failed; retrying")
                 await asyncio.sleep(self.poll_seconds)
 
-    async def _wait(self, event: asyncio.Event) -> bool:
-        """True when `event` fired, False when the poll interval ran out."""
+    async def _wait(self, event: asyncio.Event, timeout: float | None = None) -> bool:
+        """True when `event` fired, False when `timeout` (the poll interval) ran out."""
         try:
-            await asyncio.wait_for(event.wait(), timeout=self.poll_seconds)
+            await asyncio.wait_for(event.wait(), timeout=self.poll_seconds if timeout is None else timeout)
         except TimeoutError:
             return False
         finally:

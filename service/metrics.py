@@ -29,6 +29,8 @@ LOOP_LAG = Histogram(
     "countersign_event_loop_lag_seconds", "How late the event loop woke a 0.5 s sleep",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+TIMERS_FIRED = Counter("countersign_approval_timers_fired_total",
+                       "Approval timers that fired (remind, escalate, expire)", ["kind"])
 LEASES_RENEWED = Counter("countersign_job_lease_renewals_total", "Job leases renewed while their jobs ran")
 LEASES_LOST = Counter("countersign_job_leases_lost_total",
                       "Running jobs whose lease another worker took over (their outcome is dropped)")

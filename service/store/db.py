@@ -315,7 +315,11 @@ class SqliteThreads:
 
 class Store:
     def __init__(self, writer: AsyncEngine, reader: AsyncEngine, batch_max: int = 256,
-                 threads: SqliteThreads | None = None, audit_key: ChainKey | None = None) -> None:
+                 threads: SqliteThreads | None = None, audit_key: ChainKey | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        # Every transaction's `now` (and so every due time and timer) comes from here: tests
+        # move a controlled clock instead of sleeping.
+        self.clock = clock
         self.writer_engine = writer  # migrations, and reads and writes too unless `threads` is set
         self.reader_engine = reader
         self.batch_max = batch_max
@@ -330,10 +334,11 @@ class Store:
         self.foreground: Foreground | None = None
 
     @classmethod
-    def from_url(cls, url: str, batch_max: int = 256, audit_key: str | None = None) -> Store:
+    def from_url(cls, url: str, batch_max: int = 256, audit_key: str | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> Store:
         writer, reader = create_engines(url)
         return cls(writer, reader, batch_max, SqliteThreads.open(url) if url.startswith("sqlite") else None,
-                   ChainKey(audit_key) if audit_key is not None else None)
+                   ChainKey(audit_key) if audit_key is not None else None, clock=clock)
 
     async def key_audit_chain(self) -> None:
         """At start: begin the keyed chain (the audit.keyed marker) if it has not begun, and
@@ -427,7 +432,7 @@ class Store:
             tx, [result] = await self._in_thread([op])
         else:
             async with self.writer_engine.begin() as conn:
-                tx = Tx(conn, audit_key=self.audit_key)
+                tx = Tx(conn, now=self.clock(), audit_key=self.audit_key)
                 result = await op(tx)
                 await tx.flush()
         for callback in tx._after_commit:
@@ -480,7 +485,7 @@ class Store:
             tx, results = await self._in_thread([p.op for p in batch])
         else:
             async with self.writer_engine.begin() as conn:
-                tx = Tx(conn, audit_key=self.audit_key)
+                tx = Tx(conn, now=self.clock(), audit_key=self.audit_key)
                 for p in batch:
                     results.append(await p.op(tx))
                 await tx.flush()
@@ -497,7 +502,7 @@ class Store:
     def _run_in_thread(self, ops: list[Op[Any]]) -> tuple[Tx, list[Any]]:
         assert self._threads is not None
         with self._threads.write_engine.begin() as conn:
-            tx = Tx(conn, audit_key=self.audit_key)
+            tx = Tx(conn, now=self.clock(), audit_key=self.audit_key)
             results = [_drive(op(tx)) for op in ops]
             _drive(tx.flush())
         return tx, results

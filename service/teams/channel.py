@@ -27,6 +27,7 @@ from .cards import TeamsCards
 from .conversations import Conversations
 from .credentials import CachedCredentialsFactory
 from .endpoint import MessagesEndpoint
+from .notices import TeamsNotices
 from .ratelimit import TeamsRateLimiter
 from .tenants import AllowedTenants
 from .tokens import ChannelTokenValidator, validator_from_settings
@@ -93,6 +94,9 @@ class TeamsChannel:
                                 limiter=TeamsRateLimiter(), token_ready=self._token_ready,
                                 update_delay=timedelta(seconds=settings.teams_card_update_delay_seconds))
         self.cards.register()
+        # Reminders and escalations (service/timers.py); app.py subscribes them to the timers.
+        self.notices = TeamsNotices(jobs, self.cards, self.conversations)
+        self.notices.register()
         runs.on_approval_created.append(self.cards.on_approval_created)
         runs.on_approval_changed.append(self.cards.on_approval_changed)
         self.endpoint = MessagesEndpoint(self.adapter, self.bot, validator=self.validator, foreground=foreground,
