@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from service.app import create_app
 from service.config import Settings
 from service.scopes import Scope
 from service.signing import HEADER, sign_v2
-from service.store.db import Store
+from service.store.db import Store, utcnow
 from service.store.migrate import upgrade
 
 from .peers.certs import TlsFiles, make_tls_files
@@ -187,13 +188,14 @@ async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartServi
     started: list[tuple[TestServer, aiohttp.ClientSession]] = []
     count = [0]  # services started so far (each makes its own decide key)
 
-    async def start(smtp: SmtpServer | None = None, **overrides: Any) -> Service:
+    async def start(smtp: SmtpServer | None = None, *, clock: Callable[[], datetime] = utcnow,
+                    **overrides: Any) -> Service:
         settings = test_settings(tmp_path, db_url, smtp, **overrides)
         if not settings.is_sqlite:
             store = Store.from_url(settings.effective_database_url)
             await upgrade(store.writer_engine)
             await store.close()
-        app = create_app(settings)
+        app = create_app(settings, clock=clock)  # a controlled clock moves time in timer tests
         server = TestServer(app, host="127.0.0.1", port=free_port())
         await server.start_server(shutdown_timeout=2)
         http = aiohttp.ClientSession()

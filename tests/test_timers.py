@@ -1,0 +1,405 @@
+"""Approval timers (service/timers.py): reminders, escalation, expiry, with a controlled clock.
+
+The service runs in-process with its real wiring (service/app.py) and a clock the test
+moves; runs with timer policies are created through its `Runs` (the settings file's timer
+keys are another part of issue 12), decisions arrive over HTTP or through `Decisions`.
+One restart test uses real, short durations with a real `countersign serve` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+
+from service.api.deps import SERVICES
+from service.decisions import Decisions
+from service.domain import Channel, DecisionKind, DecisionRequest, EmailAction, Reviewer
+from service.jobs import Job, JobHandler, JobQueue, Worker
+from service.policy import ExpiryOutcome, Policy, PolicyMode, Timers
+from service.runs import NewRun, Runs
+from service.store import tables as t
+from service.store.db import Store, Tx, utcnow
+from service.store.migrate import upgrade
+from service.teams.conversations import Member
+from service.teams.notices import mention_activity
+from service.timers import EXPIRE_JOB, REMIND_JOB, TIMER_JOBS, ApprovalTimers
+
+from .conftest import API_TOKEN, AUDIT_KEY, Service, StartService, email_action, free_port
+from .peers.smtp import SmtpServer
+from .processes import ServiceProcess
+
+RITA, SAM, LEE = "rita@example.com", "sam@example.com", "lee@example.com"
+HOUR = timedelta(hours=1)
+
+
+class Clock:
+    """What the service takes for now; only the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def timed(mode: PolicyMode = PolicyMode.FIRST, reviewers: tuple[str, ...] = (RITA, SAM), **timers: Any) -> Policy:
+    return Policy(name="timed", reviewers=reviewers, mode=mode, timers=Timers(**timers))
+
+
+async def create(service: Service, policy: Policy, **action: Any) -> tuple[str, str]:
+    created = await service.app[SERVICES].runs.create(
+        NewRun(policy=policy, action=EmailAction.from_dict(email_action(**action))))
+    run = await service.run(created.run_id)
+    return created.run_id, run["approvals"][0]["id"]
+
+
+async def advance(clock: Clock, delta: timedelta, *services: Service) -> None:
+    clock.now += delta
+    for service in services:  # a worker asleep until its poll would see it anyway; sooner is quicker
+        service.app[SERVICES].jobs.wakeup.set()
+
+
+async def events(service: Service, run_id: str, kind: str) -> list[dict[str, Any]]:
+    run = await service.run(run_id)
+    return [e["data"] for e in run["timeline"] if e["event"] == kind]
+
+
+async def wait_events(service: Service, run_id: str, kind: str, count: int, timeout: float = 15) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await events(service, run_id, kind)
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"{kind}: {len(found)} of {count} in run {run_id}"
+        await asyncio.sleep(0.05)
+
+
+async def approval_row(service: Service, approval_id: str) -> Any:
+    async def q(conn: Any) -> Any:
+        return (await conn.execute(sa.select(t.approvals).where(t.approvals.c.id == approval_id))).one()
+
+    return await service.app[SERVICES].store.read(q)
+
+
+async def timer_jobs(service: Service, run_id: str) -> Counter[tuple[str, str]]:
+    async def q(conn: Any) -> list[Any]:
+        return (await conn.execute(sa.select(t.jobs.c.kind, t.jobs.c.status)
+                                   .where(t.jobs.c.run_id == run_id, t.jobs.c.kind.in_(TIMER_JOBS)))).all()
+
+    return Counter((r.kind, r.status) for r in await service.app[SERVICES].store.read(q))
+
+
+async def settle() -> None:
+    await asyncio.sleep(0.4)  # several poll intervals (0.05 s): anything left to fire would have
+
+
+async def test_reminders_repeat_every_interval_to_those_still_asked_and_stop_at_the_cap(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(PolicyMode.ALL, remind_after=HOUR, max_reminders=2))
+    row = await approval_row(service, approval_id)
+    assert row.remind_at == clock.now + HOUR and row.expire_at is None and row.escalate_at is None
+
+    await advance(clock, 59 * timedelta(minutes=1), service)
+    await settle()
+    assert await events(service, run_id, "approval.reminded") == []  # not due yet
+
+    await advance(clock, timedelta(minutes=1), service)
+    [first] = await wait_events(service, run_id, "approval.reminded", 1)
+    assert first["number"] == 1 and sorted(first["asked"]) == [RITA, SAM]
+
+    status, _ = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": RITA}})
+    assert status == 200
+    await advance(clock, HOUR, service)
+    _, second = await wait_events(service, run_id, "approval.reminded", 2)
+    assert second["number"] == 2 and second["asked"] == [SAM]  # Rita voted: no longer asked
+
+    await advance(clock, 10 * HOUR, service)
+    await settle()
+    assert len(await events(service, run_id, "approval.reminded")) == 2  # capped at max_reminders
+    row = await approval_row(service, approval_id)
+    assert row.reminders_sent == 2 and row.remind_at is None and row.status == "pending"
+    assert await timer_jobs(service, run_id) == {(REMIND_JOB, "done"): 2}
+
+
+async def test_escalation_adds_the_escalate_to_reviewers_once_and_they_can_decide(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(escalate_after=2 * HOUR, escalate_to=(LEE,)))
+    status, problem = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}})
+    assert status == 403, problem  # not a reviewer before the escalation
+    before = await approval_row(service, approval_id)
+
+    await advance(clock, 2 * HOUR, service)
+    [escalated] = await wait_events(service, run_id, "approval.escalated", 1)
+    assert escalated == {"approval_id": approval_id, "added": [LEE], "stage": 0}
+    row = await approval_row(service, approval_id)
+    assert row.version == before.version + 1 and row.escalated_at == clock.now and row.escalate_at is None
+    assert row.added_reviewers == [{"identity": LEE, "slot": LEE, "via": "escalation", "stage": 0,
+                                    "at": clock.now.isoformat()}]
+    await advance(clock, 48 * HOUR, service)
+    await settle()
+    assert len(await events(service, run_id, "approval.escalated")) == 1
+
+    status, payload = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}})
+    assert status == 200, payload
+    await service.wait_status(run_id, "completed")
+
+
+async def test_expiry_rejects_the_run_once_and_cancels_the_other_timers(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(remind_after=HOUR, max_reminders=5, escalate_after=5 * HOUR,
+                                                      escalate_to=(LEE,), expire_after=3 * HOUR))
+    await advance(clock, 3 * HOUR, service)
+    run = await service.wait_status(run_id, "expired")
+    assert run["approvals"][0]["status"] == "expired"
+    await advance(clock, 10 * HOUR, service)
+    await settle()
+    assert len(await events(service, run_id, "approval.expired")) == 1
+    assert await events(service, run_id, "approval.escalated") == []  # it was due after the expiry
+    # Each reminder that fell due before the expiry fired (the worker may run them in the
+    # same pass as the expiry, in due order); none after it.
+    assert len(await events(service, run_id, "approval.reminded")) <= 3
+    jobs = await timer_jobs(service, run_id)
+    assert jobs[(EXPIRE_JOB, "done")] == 1 and not any(status == "queued" for _, status in jobs)
+    row = await approval_row(service, approval_id)
+    assert row.remind_at is None and row.escalate_at is None
+    assert smtp_server.messages() == []
+    status, payload = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": RITA}})
+    assert status == 409, payload
+
+
+async def test_expiry_with_on_expiry_approve_sends_the_email_as_an_automatic_decision(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, _ = await create(service, timed(expire_after=HOUR, on_expiry=ExpiryOutcome.APPROVE))
+    await advance(clock, HOUR, service)
+    run = await service.wait_status(run_id, "completed")
+    [decision] = run["decisions"]
+    assert decision["channel"] == "system" and decision["kind"] == "approve"
+    [approve] = await events(service, run_id, "decision.approve")
+    assert approve["automatic"] is True
+    assert len(smtp_server.messages()) == 1
+
+
+async def test_a_timer_overdue_while_the_service_was_down_fires_at_start(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    first = await start_service(smtp_server, clock=clock)
+    run_id, _ = await create(first, timed(remind_after=HOUR, max_reminders=1, expire_after=2 * HOUR))
+    assert first.stop is not None
+    await first.stop()
+    clock.now += 5 * HOUR  # while nothing runs
+    second = await start_service(smtp_server, clock=clock)
+    await second.wait_status(run_id, "expired", timeout=10)
+    await settle()
+    assert len(await events(second, run_id, "approval.reminded")) == 1
+    assert len(await events(second, run_id, "approval.expired")) == 1
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL: one serve per SQLite file
+async def test_timers_fire_once_with_several_services_on_one_database(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    services = [await start_service(smtp_server, clock=clock) for _ in range(3)]
+    policy = timed(remind_after=HOUR, max_reminders=2, escalate_after=2 * HOUR, escalate_to=(LEE,),
+                   expire_after=3 * HOUR)
+    runs = [await create(services[i % 3], policy, subject=f"Reply {i}") for i in range(12)]
+    for _ in range(3):
+        await advance(clock, HOUR, *services)
+        await asyncio.sleep(0.3)
+    for run_id, _ in runs:
+        await services[0].wait_status(run_id, "expired")
+    await advance(clock, 10 * HOUR, *services)
+    await settle()
+    for run_id, _ in runs:
+        assert [e["number"] for e in await events(services[0], run_id, "approval.reminded")] == [1, 2]
+        assert len(await events(services[0], run_id, "approval.escalated")) == 1
+        assert len(await events(services[0], run_id, "approval.expired")) == 1
+
+
+@pytest.mark.parametrize("on_expiry", [ExpiryOutcome.REJECT, ExpiryOutcome.APPROVE])
+async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
+    start_service: StartService, smtp_server: SmtpServer, on_expiry: ExpiryOutcome,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    services = service.app[SERVICES]
+    decisions: Decisions = services.decisions
+    policy = timed(reviewers=(RITA,), expire_after=HOUR, on_expiry=on_expiry)
+    runs = [await create(service, policy, subject=f"Reply {i}", to=[f"c{i}@example.com"]) for i in range(200)]
+    clock.now += HOUR  # every expiry is due: the worker starts on them at its next look
+
+    async def vote(approval_id: str) -> bool:
+        await asyncio.sleep(random.uniform(0, 0.6))
+        outcome = await decisions.decide(DecisionRequest(
+            approval_id=approval_id, kind=DecisionKind.APPROVE, reviewer=Reviewer(RITA, email=RITA), channel=Channel.API))
+        return outcome.decided
+
+    decided = dict(zip([a for _, a in runs], await asyncio.gather(*(vote(a) for _, a in runs)), strict=True))
+
+    async def q(conn: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        audit = (await conn.execute(sa.select(t.audit_events.c.run_id, t.audit_events.c.kind, t.audit_events.c.actor)
+                                    .where(t.audit_events.c.kind.in_(["approval.expired", "decision.approve"])))).all()
+        deliveries = (await conn.execute(sa.select(t.deliveries.c.approval_id))).all()
+        approvals = (await conn.execute(sa.select(t.approvals.c.id, t.approvals.c.status))).all()
+        return audit, deliveries, approvals
+
+    deadline = time.monotonic() + 60
+    while True:  # every expiry job has run (fired, or found the approval decided)
+        jobs = Counter()
+        for run_id, _ in runs[:: 20]:
+            jobs.update(await timer_jobs(service, run_id))
+        if not any(s == "queued" for _, s in jobs):
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    for run_id, _ in runs:
+        await service.wait_for(run_id, lambda r: r["status"] in ("expired", "completed") and not any(
+            j["kind"] == EXPIRE_JOB and j["status"] == "queued" for j in r["jobs"]), timeout=60)
+    audit, deliveries, approvals = await services.store.read(q)
+    by_run = Counter((e.run_id, e.kind, e.actor) for e in audit)
+    status = {a.id: a.status for a in approvals}
+    delivered = Counter(d.approval_id for d in deliveries)
+    for run_id, approval_id in runs:
+        expired = by_run[(run_id, "approval.expired", "system")]
+        voted = by_run[(run_id, "decision.approve", RITA)]
+        assert expired + voted == 1, (run_id, expired, voted)  # exactly one outcome
+        assert voted == int(decided[approval_id])
+        if on_expiry is ExpiryOutcome.REJECT:
+            assert status[approval_id] == ("approved" if voted else "expired")
+            assert delivered[approval_id] == voted  # one email or none
+        else:
+            assert status[approval_id] == "approved" and delivered[approval_id] == 1
+    emails = Counter(m["To"] for m in smtp_server.messages())
+    assert all(n == 1 for n in emails.values())
+    assert sum(emails.values()) == sum(delivered.values())
+    print(f"on_expiry={on_expiry.value}: {sum(decided.values())} decided first, "
+          f"{200 - sum(decided.values())} expired first")
+
+
+async def test_the_idle_worker_sleeps_until_the_next_due_job(store: Store) -> None:
+    """Polls every 30 s; a job enqueued here due in 0.3 s runs at 0.3 s, not at the poll."""
+    offset = [timedelta(0)]
+    store.clock = lambda: utcnow() + offset[0]
+    queue = JobQueue(store)
+    ran: list[float] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(time.monotonic())
+
+    queue.register("tick", JobHandler(run=handler))
+    looks = [0]
+    next_due = queue.next_due
+
+    async def counted() -> datetime | None:
+        looks[0] += 1
+        return await next_due()
+
+    queue.next_due = counted  # type: ignore[method-assign]
+    worker = Worker(queue, poll_seconds=30)
+    worker.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert looks[0] == 1  # asleep for the poll interval
+
+        async def enqueue(tx: Tx) -> None:
+            await queue.enqueue(tx, "tick", {}, due_at=tx.now + timedelta(seconds=0.3))
+
+        started = time.monotonic()
+        await store.write(enqueue)  # earlier than the worker's wake-up: it wakes and sleeps 0.3 s
+        while not ran:
+            assert time.monotonic() - started < 5
+            await asyncio.sleep(0.01)
+        assert 0.25 <= ran[0] - started < 2
+        assert looks[0] <= 4  # woken, slept until due: no busy polling
+
+        # A job due in an hour of the clock: asleep (capped by the poll), never busy.
+        async def later(tx: Tx) -> None:
+            await queue.enqueue(tx, "tick", {}, due_at=tx.now + HOUR)
+
+        await store.write(later)
+        seen = looks[0]
+        await asyncio.sleep(0.5)
+        assert looks[0] - seen <= 2 and len(ran) == 1
+        offset[0] = HOUR  # the clock moves on; the next look finds it due
+        queue.wakeup.set()
+        deadline = time.monotonic() + 5
+        while len(ran) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop()
+
+
+def test_a_reminder_mentions_the_people_the_bot_knows() -> None:
+    rita = Member("aad-rita", "29:rita", "tenant", "https://smba.example", RITA, RITA, "Rita Reviewer")
+    activity = mention_activity("Waiting for {people}.", [(RITA, rita), (SAM, None)])
+    assert activity.text == f"Waiting for <at>Rita Reviewer</at>, {SAM}."
+    [entity] = activity.entities
+    assert entity.type == "mention" and entity.text == "<at>Rita Reviewer</at>"
+    assert entity.mentioned.id == "29:rita" and entity.mentioned.name == "Rita Reviewer"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # one serve per SQLite file; PostgreSQL: above
+async def test_real_service_restart_fires_timers_that_fell_due_while_it_was_down(
+    tmp_path: Path, db_url: str, smtp_server: SmtpServer,
+) -> None:
+    """Real, short durations: the approval is created (with its timers) while no service
+    runs, both timers fall due, then `countersign serve` starts and fires them."""
+    store = Store.from_url(db_url, audit_key=AUDIT_KEY)
+    await upgrade(store.writer_engine)
+    await store.start()
+    await store.key_audit_chain()
+    jobs = JobQueue(store)
+    runs = Runs(store, jobs, mail_from="Support Team <support@example.com>")
+    ApprovalTimers(jobs, runs, Decisions(store, jobs, runs, "countersign.example.com",
+                                          mail_from="support@example.com", mail_reply_to=None)).register()
+    policy = timed(remind_after=timedelta(seconds=1), max_reminders=1, expire_after=timedelta(seconds=2))
+    created = await runs.create(NewRun(policy=policy, action=EmailAction.from_dict(email_action())))
+    await store.close()
+    await asyncio.sleep(2.5)  # both timers fall due with nothing running
+
+    port = free_port()
+    env = {"COUNTERSIGN_DATA_DIR": str(tmp_path / "data"), "COUNTERSIGN_DATABASE_URL": db_url,
+           "COUNTERSIGN_API_TOKEN": API_TOKEN, "COUNTERSIGN_PORT": str(port), "COUNTERSIGN_LOG_LEVEL": "WARNING",
+           **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in smtp_server.settings().items()}}
+    service = ServiceProcess(env, port, tmp_path / "service.log")
+    await service.start()
+    try:
+        ready = time.monotonic()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_TOKEN}"}) as http:
+            while True:
+                async with http.get(f"{service.url}/api/runs/{created.run_id}") as r:
+                    run = await r.json()
+                if run["status"] == "expired":
+                    break
+                assert time.monotonic() - ready < 10, run
+                await asyncio.sleep(0.1)
+        kinds = Counter(e["event"] for e in run["timeline"])
+        assert kinds["approval.reminded"] == 1 and kinds["approval.expired"] == 1 and kinds["run.expired"] == 1
+    finally:
+        service.kill()
+        await service.wait_dead()
+    assert os.path.exists(tmp_path / "service.log")
