@@ -232,5 +232,30 @@ async def test_the_card_shows_the_votes_and_hands_a_vote_over(start_service: Sta
         assert status == 200 and f"Still asked: {DANA}, {LEE}" in " ".join(_texts(answer["value"]))
         status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="dana"))
         assert status == 200
-        await teams.service.wait_status(run_id, "completed")
+        run = await teams.service.wait_status(run_id, "completed")
+        # Dana was not yet known to the bot when she got the vote: the log says she was not notified.
+        [skipped] = [e for e in run["timeline"] if e["event"] == "teams.not_notified"]
+        assert skipped["data"]["identity"] == DANA and skipped["data"]["via"] == "delegation"
         assert len(smtp_server.messages()) == 1
+
+
+async def test_a_delegate_the_bot_knows_gets_the_card_in_a_personal_chat(start_service: StartService,
+                                                                         smtp_server: SmtpServer) -> None:
+    policies = {"teamrefunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2,
+                                "teams_channel": CHANNEL, "delegates": [DANA]}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        run_id, approval_id = await pending(teams.service, "teamrefunds")
+        # Dana is met in the channel first: her click is refused (she holds no vote yet).
+        status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="dana"))
+        assert status == 200 and "not among the reviewers" in " ".join(_texts(answer["value"]))
+        status, _ = await teams.post(teams.click(approval_id, "countersign.delegate", sender="sam", delegate_to=DANA))
+        assert status == 200
+        creates = await teams.wait_calls("POST", 2, "/v3/conversations")
+        [chat] = [c for c in creates if c.path == "/v3/conversations"
+                  and not c.body.get("channelData", {}).get("channel")]
+        assert chat.body["members"] == [{"id": "29:dana"}]
+        [card] = await teams.wait_calls("POST", 1, f"/v3/conversations/{chat.conversation_id}/activities")
+        assert card.body["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
+        run = await teams.service.run(run_id)
+        assert "teams.not_notified" not in [e["event"] for e in run["timeline"]]
