@@ -122,6 +122,22 @@ def _pending_actions(view: ApprovalView, editable: bool, approvable: bool = True
                 [execute_action("Approve edited email", VERB_EDIT, data, style="positive")],
             )
         )
+    if view.delegable:
+        actions.append(
+            show_card_action(
+                "Hand over my vote",
+                [
+                    input_text(
+                        INPUT_DELEGATE_TO,
+                        label="Who votes instead of you (email)",
+                        required=True,
+                        error_message="Enter the email of the person.",
+                        regex=NOT_BLANK,
+                    )
+                ],
+                [execute_action("Hand over", VERB_DELEGATE, data)],
+            )
+        )
     actions.append(
         show_card_action(
             "Reject",
@@ -140,22 +156,6 @@ def _pending_actions(view: ApprovalView, editable: bool, approvable: bool = True
             style="destructive",
         )
     )
-    if view.delegable:
-        actions.append(
-            show_card_action(
-                "Hand over my vote",
-                [
-                    input_text(
-                        INPUT_DELEGATE_TO,
-                        label="Who votes instead of you (email)",
-                        required=True,
-                        error_message="Enter the email of the person.",
-                        regex=NOT_BLANK,
-                    )
-                ],
-                [execute_action("Hand over", VERB_DELEGATE, data)],
-            )
-        )
     return actions
 
 
