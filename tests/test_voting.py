@@ -259,3 +259,27 @@ async def test_a_delegate_the_bot_knows_gets_the_card_in_a_personal_chat(start_s
         assert card.body["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
         run = await teams.service.run(run_id)
         assert "teams.not_notified" not in [e["event"] for e in run["timeline"]]
+
+
+async def test_a_second_click_and_a_stale_card_are_told_why(start_service: StartService,
+                                                            smtp_server: SmtpServer) -> None:
+    policies = {"teamrefunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2,
+                                "teams_channel": CHANNEL}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        run_id, approval_id = await pending(teams.service, "teamrefunds")
+        assert (await teams.post(teams.click(approval_id, "countersign.approve", sender="rita")))[0] == 200
+        _, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="rita"))
+        assert "already voted" in " ".join(_texts(answer["value"]))
+        # Lee edits: Sam's card still shows the first text (no draft_version in its data).
+        _, answer = await teams.post(teams.click(approval_id, "countersign.edit", sender="lee", body="New text"))
+        assert "2 of 2" not in " ".join(_texts(answer["value"]))
+        _, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="sam"))
+        assert "was edited since" in " ".join(_texts(answer["value"]))
+        run = await teams.service.run(run_id)
+        assert run["status"] == "awaiting_approval" and smtp_server.messages() == []
+        # With the current card's data, Sam approves the new text.
+        _, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="sam", draft_version=2))
+        await teams.service.wait_status(run_id, "completed")
+        [message] = smtp_server.messages()
+        assert "New text" in message.get_body(("plain",)).get_content()
