@@ -18,8 +18,10 @@ How a duration is counted (`Calendar.add`):
   counts from the next opening, and a deadline that falls exactly on closing time is that
   closing time (not the next opening).
 - Local times that a DST change skips or repeats are read the way `zoneinfo` reads them
-  with `fold=0` (a skipped time as if the change had not happened yet, a repeated one as
-  its first occurrence), so a working window inside the skipped hour is empty.
+  with `fold=0` (and java.time does): a skipped time is shifted forward by the change
+  (02:30 on the spring-forward night is 03:30 summer time, so hours "02:00-03:00" are
+  empty that night), a repeated one is its first occurrence. Opening and closing times
+  are normally far from the change; this only says what happens when they are not.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class Calendar:
         while True:
             opens = datetime.combine(day, self.start, zone).astimezone(timezone.utc)
             closes = datetime.combine(day, self.end, zone).astimezone(timezone.utc)
-            if opens < closes:  # empty only for a window inside an hour that DST skips
+            if opens < closes:  # empty only for hours that a DST change skips entirely
                 yield opens, closes
             day = self._next_business_day(day)
 
