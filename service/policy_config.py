@@ -510,6 +510,9 @@ def check_references(policies: Mapping[str, PolicyConfig], calendars: Mapping[st
 # ---- one line per error -------------------------------------------------------------------
 
 _SECTIONS = ("policies", "calendars", "routes")
+# Names people reach for that difflib would not find.
+_SYNONYMS = {"calendar": "business_hours", "hours": "business_hours", "escalate": "escalate_to",
+             "timeout": "expire_after", "expire": "expire_after", "remind": "remind_after"}
 _MODELS: dict[str, type[BaseModel]] = {
     "policy": PolicyConfig, "stage": StageConfig, "calendar": CalendarConfig, "route": RouteConfig}
 
@@ -556,7 +559,8 @@ def _line(source: str, loc: Loc, err_type: str, message: str, missing: bool = Fa
     key = _key(rest)
     if err_type == "extra_forbidden":
         fields = list(_MODELS[kind].model_fields)
-        close = difflib.get_close_matches(str(rest[0]), fields, n=1)
+        synonym = _SYNONYMS.get(str(rest[0]))
+        close = [synonym] if synonym in fields else difflib.get_close_matches(str(rest[0]), fields, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(fields)})"
         return f'{where}: unknown key "{key}"{hint}'
     if err_type == "missing":
