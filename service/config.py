@@ -10,7 +10,6 @@ import enum
 import json
 import os
 import tomllib
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -206,11 +205,11 @@ class Settings(BaseSettings):
             return self.policies[name].to_policy(name, self.configured_calendars)
         return DEFAULT_POLICY if name == DEFAULT_POLICY.name else None
 
-    @cached_property
+    @property
     def configured_calendars(self) -> dict[str, Calendar]:
         return {name: c.to_calendar(name) for name, c in self.calendars.items()}
 
-    @cached_property
+    @property
     def policy_routes(self) -> tuple[Route, ...]:
         return tuple(r.to_route() for r in self.routes)
 
