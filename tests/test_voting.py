@@ -22,7 +22,7 @@ RITA, SAM, LEE, DANA = "rita@example.com", "sam@example.com", "lee@example.com",
 POLICIES: dict[str, Any] = {
     "refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]},
     "everyone": {"reviewers": [RITA, SAM], "mode": "all"},
-    "staged": {"mode": "sequential", "reviewers": [RITA, SAM, LEE],
+    "staged": {"mode": "sequential",
                "stages": [{"reviewers": [RITA], "mode": "first"}, {"reviewers": [SAM, LEE], "mode": "all"}]},
 }
 
