@@ -69,6 +69,10 @@ INPUT_SUBJECT = "subject"
 INPUT_BODY = "body"
 INPUT_REASON = "reason"
 INPUT_DELEGATE_TO = "delegate_to"
+# The votes notice is bounded, so that whether a card can show a whole email can be judged
+# without knowing the votes (views.CardFit assumes the largest notice).
+PROGRESS_LINES = 3
+PROGRESS_LINE_CHARS = 300
 
 # Some text that is not only whitespace; the same under "search" (JavaScript renderer) and
 # "full match" regex semantics.
@@ -122,6 +126,22 @@ def _pending_actions(view: ApprovalView, editable: bool, approvable: bool = True
                 [execute_action("Approve edited email", VERB_EDIT, data, style="positive")],
             )
         )
+    if view.delegable:
+        actions.append(
+            show_card_action(
+                "Hand over my vote",
+                [
+                    input_text(
+                        INPUT_DELEGATE_TO,
+                        label="Who votes instead of you (email)",
+                        required=True,
+                        error_message="Enter the email of the person.",
+                        regex=NOT_BLANK,
+                    )
+                ],
+                [execute_action("Hand over", VERB_DELEGATE, data)],
+            )
+        )
     actions.append(
         show_card_action(
             "Reject",
@@ -140,22 +160,6 @@ def _pending_actions(view: ApprovalView, editable: bool, approvable: bool = True
             style="destructive",
         )
     )
-    if view.delegable:
-        actions.append(
-            show_card_action(
-                "Hand over my vote",
-                [
-                    input_text(
-                        INPUT_DELEGATE_TO,
-                        label="Who votes instead of you (email)",
-                        required=True,
-                        error_message="Enter the email of the person.",
-                        regex=NOT_BLANK,
-                    )
-                ],
-                [execute_action("Hand over", VERB_DELEGATE, data)],
-            )
-        )
     return actions
 
 
@@ -196,7 +200,8 @@ _DRAFT_TITLES = {
 def _progress(view: ApprovalView, limits: Limits) -> list[Element]:
     if not view.progress:
         return []
-    lines = [escape_inline(clip(line, limits.field_chars)[0]) for line in view.progress]
+    lines = [escape_inline(clip(line, min(limits.field_chars, PROGRESS_LINE_CHARS))[0])
+             for line in view.progress[:PROGRESS_LINES]]
     return [notice("Votes", lines, style="emphasis")]
 
 

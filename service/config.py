@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,8 +23,10 @@ from pydantic_settings import (
 )
 
 from .agent.knowledge import BUILTIN_CORPUS, RetrievalMode
+from .business_hours import Calendar
 from .policy import DEFAULT_POLICY, Policy
-from .policy_config import PolicyConfig, describe_error
+from .policy_config import CalendarConfig, PolicyConfig, RouteConfig, check_references, describe_error
+from .policy_routes import Route
 
 
 class SmtpSecurity(str, enum.Enum):
@@ -170,6 +172,11 @@ class Settings(BaseSettings):
     # Named approval policies, from the TOML file's [policies.NAME] tables, checked strictly
     # (service/policy_config.py). Without a "default" table, runs get DEFAULT_POLICY (anyone).
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    # Business-hours calendars ([calendars.NAME]) that policies count their timers in.
+    calendars: dict[str, CalendarConfig] = Field(default_factory=dict)
+    # [[routes]]: which policy a run gets from what it says about itself, first match wins
+    # (service/policy_routes.py); a route's policy wins over the one the run names.
+    routes: list[RouteConfig] = Field(default_factory=list)
 
     @field_validator("teams_allowed_tenants", mode="before")
     @classmethod
@@ -186,11 +193,25 @@ class Settings(BaseSettings):
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        check_references(self.policies, self.calendars, self.routes)
+        return self
+
     def configured_policy(self, name: str) -> Policy | None:
-        """The configured policy `name` (the embedded default for "default"), or None."""
+        """The configured policy `name` (the embedded default for "default"), or None; with
+        its calendar, if it counts business hours."""
         if name in self.policies:
-            return self.policies[name].to_policy(name)
+            return self.policies[name].to_policy(name, self.configured_calendars)
         return DEFAULT_POLICY if name == DEFAULT_POLICY.name else None
+
+    @property
+    def configured_calendars(self) -> dict[str, Calendar]:
+        return {name: c.to_calendar(name) for name, c in self.calendars.items()}
+
+    @property
+    def policy_routes(self) -> tuple[Route, ...]:
+        return tuple(r.to_route() for r in self.routes)
 
     @property
     def effective_knowledge_dir(self) -> Path:
@@ -257,10 +278,12 @@ class SettingsError(Exception):
         self.lines = lines
 
 
-def _policies_source() -> str:
-    # Where [policies.*] came from, for the error message: the environment wins over the file.
-    if any(k.casefold() == "countersign_policies" for k in os.environ):
-        return "COUNTERSIGN_POLICIES"
+def _section_source(section: str) -> str:
+    # Where [policies.*] (or calendars, routes) came from, for the error message: the
+    # environment wins over the file.
+    variable = f"COUNTERSIGN_{section.upper()}"
+    if any(k.casefold() == variable.casefold() for k in os.environ):
+        return variable
     return os.environ.get("COUNTERSIGN_CONFIG") or "settings"
 
 
@@ -274,12 +297,14 @@ def load_settings(**values: Any) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError([f"{os.environ.get('COUNTERSIGN_CONFIG')}: not valid TOML: {exc}"]) from None
     except ValidationError as exc:
-        source = _policies_source() if "policies" not in values else "settings"
+        def source(section: str) -> str:
+            return "settings" if section in values else _section_source(section)
+
         lines = []
         for err in exc.errors(include_url=False):
-            line = describe_error(source, err)
-            if line is None:
+            described = describe_error(source, err)
+            if described is None:
                 where = ".".join(str(p) for p in err["loc"]) or "settings"
-                line = f"setting {where}: {err['msg']}"
-            lines.append(line)
+                described = [f"setting {where}: {err['msg']}"]
+            lines.extend(described)
         raise SettingsError(lines) from None

@@ -54,6 +54,7 @@ class NewRun:
     idempotency_key: str | None = None
     created_by: str = "api"  # the credential that triggered the run (audit actor)
     request_sha256: str | None = None
+    route: int | None = None  # the [[routes]] table (1 = the first) that chose the policy, if one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +210,8 @@ class Runs:
             # The actor is the credential; `requested_by` is only what the caller says.
             tx.audit("run.created", run_id=run_id, actor=new.created_by,
                      data={"kind": kind, "policy": new.policy.name, "metadata": new.metadata,
-                           "requested_by": new.requested_by})
+                           "requested_by": new.requested_by,
+                           **({"route": new.route} if new.route is not None else {})})
             if new.action:
                 await self.add_approval(tx, run_id, 1, new.action, new.policy, new.requested_by)
             else:

@@ -33,6 +33,7 @@ from adaptive_cards import (
     INPUT_REASON,
     INPUT_SUBJECT,
     VERB_APPROVE,
+    VERB_DELEGATE,
     VERB_EDIT,
     VERB_REJECT,
     ApprovalView,
@@ -218,6 +219,9 @@ CARD_CASES: dict[str, Callable[[], dict[str, Any]]] = {
     "pending-too-long-to-edit": lambda: build_pending_card(pending(**{**FULL, "body": LONG_BODY[:14_000]})),
     "pending-hostile": lambda: build_pending_card(pending(**{**FULL, **HOSTILE})),
     "pending-worst-case": lambda: build_pending_card(pending(**WORST)),
+    "pending-votes": lambda: build_pending_card(pending(**FULL, draft_version=2, delegable=True, progress=(
+        "1 of 2 approvals: Rita at 10:42 UTC; stage 1 of 2", "Still asked: sam@example.com, *lee*@example.com",
+        "Due: next reminder 2026-12-02 14:42 UTC; expires 2026-12-05 10:42 UTC"))),
     # final
     "approved": lambda: build_final_card(decided("approved")),
     "approved-edited": lambda: build_final_card(decided("approved", edited=True)),
@@ -236,6 +240,8 @@ CARD_CASES: dict[str, Callable[[], dict[str, Any]]] = {
         decided("cancelled", decided_by=None, reason="Customer withdrew the request.")
     ),
     "expired": lambda: build_final_card(decided("expired", decided_by=None)),
+    "approved-votes": lambda: build_final_card(decided("approved", progress=(
+        "2 of 2 approvals: Rita at 10:42 UTC, Sam at 10:50 UTC",))),
     "expired-no-deadline": lambda: build_final_card(decided("expired", decided_by=None, deadline=None)),
     "final-long-body-many-sources": lambda: build_final_card(
         decided("approved", body=LONG_BODY, sources=MANY_SOURCES, delivery=sent())
@@ -584,9 +590,11 @@ def _actions_by_title(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("name", PENDING_CASES)
 def test_pending_card_actions(name: str, cards: dict[str, Any]) -> None:
     card = cards[name]
-    view_id = (
+    view_id: dict[str, Any] = (
         {"approval_id": "a" * 200, "revision": 3} if "worst" in name else {"approval_id": "apr_01HQZX3", "revision": 3}
     )
+    if name == "pending-votes":  # the text's version, so that a stale card cannot approve a newer text
+        view_id["draft_version"] = 2
     actions = _actions_by_title(card)
     assert list(actions)[-1] == "Reject" and actions["Reject"]["type"] == "Action.ShowCard"
     executes = of_type(card, "Action.Execute")
@@ -597,9 +605,11 @@ def test_pending_card_actions(name: str, cards: dict[str, Any]) -> None:
     else:
         assert next(iter(actions)) == "Approve"
         assert actions["Approve"]["type"] == "Action.Execute" and actions["Approve"]["verb"] == VERB_APPROVE
-        assert verbs == (
+        delegate = {VERB_DELEGATE} if "Hand over my vote" in actions else set()
+        assert verbs == delegate | (
             {VERB_APPROVE, VERB_EDIT, VERB_REJECT} if "Edit and approve" in actions else {VERB_APPROVE, VERB_REJECT}
         )
+        assert bool(delegate) == (name == "pending-votes")
     for action in executes:
         assert action["data"] == view_id  # identity never comes from the card
         fallback = action["fallback"]

@@ -20,7 +20,7 @@ from referencing.jsonschema import DRAFT202012
 from service.api.openapi import openapi_document
 from service.api.routes import ROUTES, add_routes
 
-from .conftest import Service, email_action, free_port
+from .conftest import Service, StartService, email_action, free_port
 from .peers.smtp import SmtpServer
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -197,8 +197,11 @@ def test_strict_copy_refuses_undeclared_properties() -> None:
 
 # ---- real answers ---------------------------------------------------------------------------
 
-async def test_answers_match_the_document(service: Service, smtp_server: SmtpServer,
-                                          document: dict[str, Any]) -> None:
+async def test_answers_match_the_document(start_service: StartService, smtp_server: SmtpServer) -> None:
+    service = await start_service(smtp_server, policies={"pair": {
+        "reviewers": ["rita@example.com", "sam@example.com"], "mode": "quorum", "required": 2,
+        "delegates": ["dana@example.com"]}})
+    _, document, _ = await service.request("GET", "/api/openapi.json", auth="none")
     api = Client(service, Contract(document))
 
     # Create: pre-drafted (with an idempotent replay), and one for the agent.
@@ -244,6 +247,26 @@ async def test_answers_match_the_document(service: Service, smtp_server: SmtpSer
     completed = await service.wait_status(run_id, "completed")
     assert completed["deliveries"] and completed["decisions"] and completed["approvals"][0]["approved_action"]
     await api.call("GET", "/api/runs/{run_id}", f"/api/runs/{run_id}", expect=200)
+
+    # A policy with two votes: progress in the answer, a second vote refused, a vote handed over.
+    pair, _ = await api.call("POST", "/api/runs", body={"action": email_action(), "policy": "pair"}, expect=202)
+    pair_approval = (await service.run(pair["id"]))["approvals"][0]["id"]
+    delegations = "/api/approvals/{approval_id}/delegations"
+    rita = {"decision": "approve", "reviewer": {"id": "rita@example.com", "email": "rita@example.com"}}
+    voted, _ = await api.call("POST", decisions, f"/api/approvals/{pair_approval}/decisions", body=rita,
+                              auth="decider", expect=200)
+    assert voted["status"] == "pending" and voted["progress"]["required"] == 2
+    await api.call("POST", decisions, f"/api/approvals/{pair_approval}/decisions", body=rita, auth="decider",
+                   expect=409)
+    await api.call("POST", delegations, f"/api/approvals/{pair_approval}/delegations",
+                   body={"to": "eve@example.com", "reviewer": {"id": "sam@example.com"}}, auth="decider", expect=422)
+    await api.call("POST", delegations, f"/api/approvals/{pair_approval}/delegations",
+                   body={"to": "dana@example.com", "reviewer": {"id": "sam@example.com"}}, auth="decider", expect=201)
+    await api.call("POST", delegations, f"/api/approvals/{pair_approval}/delegations",
+                   body={"to": "dana@example.com"}, expect=403)
+    await api.call("POST", delegations, "/api/approvals/nope/delegations",
+                   body={"to": "dana@example.com", "reviewer": {"id": "sam@example.com"}}, auth="decider", expect=404)
+    await api.call("GET", "/api/runs/{run_id}", f"/api/runs/{pair['id']}", expect=200)
 
     # Cancel another run; its callback is refused (loopback) and ends in the dead letters; retry it.
     await api.call("POST", "/api/runs/{run_id}/cancel", f"/api/runs/{other['id']}/cancel",

@@ -5,6 +5,7 @@ emails reach the real SMTP server. No test skips authentication."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -94,6 +95,14 @@ class Teams:
 
 @pytest.fixture
 async def teams(start_service: StartService, smtp_server: SmtpServer) -> AsyncIterator[Teams]:
+    async with teams_service(start_service, smtp_server) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def teams_service(start_service: StartService, smtp_server: SmtpServer,
+                        policies: dict[str, Any] | None = None) -> AsyncIterator[Teams]:
+    """The service with Teams, its key server and a Bot Connector; `policies` besides "team"."""
     keys = BotKeyServer()
     keys.add_key("key-1", endorsements=["msteams"])
     key_server = TestServer(keys.app(), host="127.0.0.1", port=free_port())
@@ -107,7 +116,7 @@ async def teams(start_service: StartService, smtp_server: SmtpServer) -> AsyncIt
             smtp_server, microsoft_app_id=APP_ID, microsoft_app_password="test-app-password",
             bot_openid_metadata_url=str(key_server.make_url(METADATA_PATH)),
             bot_token_url=f"{connector_url}/oauth2/v2.0/token", bot_key_refresh_min_seconds=0.5,
-            policies={"team": {"reviewers": "anyone", "teams_channel": CHANNEL}},
+            policies={"team": {"reviewers": "anyone", "teams_channel": CHANNEL}, **(policies or {})},
             teams_allowed_tenants=[TENANT, OTHER_ALLOWED])
         yield Teams(service, connector, keys, TokenFactory(keys, app_id=APP_ID, service_url=connector_url),
                     connector_url)

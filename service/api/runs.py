@@ -13,6 +13,7 @@ from aiohttp import web
 from ..callback_policy import CallbackRefused
 from ..domain import EmailAction, RunStatus
 from ..policy import DEFAULT_POLICY, Narrowing, NarrowingRefused, Policy, PolicyMode, narrow
+from ..policy_routes import RouteMatch, RunFacts, match_route
 from ..redact import redact_url
 from ..runs import Customer, NewRun, RunDetail, RunSummary
 from ..scopes import Scope
@@ -25,27 +26,43 @@ from .schemas import CancelIn, PolicyIn, RunCreate
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def _resolve_policy(services: Services, given: str | PolicyIn | None) -> Policy:
-    """The policy a run gets: a configured one by name (default: "default"), or an inline
-    policy narrowing one (`base`). Anything that would widen its base is a 422."""
-    settings = services.settings
-    if given is None or isinstance(given, str):
+def run_facts(data: RunCreate) -> RunFacts:
+    """What routes look at: the run as it is created (an agent run has no action yet)."""
+    return RunFacts(
+        metadata=data.metadata,
+        recipients=(*data.action.to, *data.action.cc) if data.action is not None else None,
+        requested_by=data.requested_by,
+        customer_email=data.customer.email if data.customer is not None else None,
+    )
+
+
+def _resolve_policy(services: Services, data: RunCreate) -> tuple[Policy, RouteMatch | None]:
+    """The policy a run gets, and the route that chose it. The first matching route's
+    policy wins over the one the run names (a requester cannot pick a weaker policy than
+    its route); without one, a configured policy by name (default: "default"). An inline
+    policy narrows the route's policy, else its `base`. Anything that would widen the
+    policy it narrows is a 422."""
+    settings, given = services.settings, data.policy
+    route = match_route(settings.policy_routes, run_facts(data))
+    if route is not None:
+        name, field = route.policy, "policy"
+    elif given is None or isinstance(given, str):
         name, field = given or DEFAULT_POLICY.name, "policy"
     else:
         name, field = given.base or DEFAULT_POLICY.name, "policy.base"
     base = settings.configured_policy(name)
-    if base is None:
+    if base is None:  # never for a route's policy: start-up checks that it is configured
         known = ", ".join(sorted({*settings.policies, DEFAULT_POLICY.name}))
         raise ApiError(422, "validation_error", f"unknown policy {name!r}",
                        [{"field": field, "message": f"no policy named {name!r} (known: {known})"}])
     if not isinstance(given, PolicyIn):
-        return base
+        return base, route
     try:
         return narrow(base, Narrowing(
             reviewers=tuple(given.reviewers) if given.reviewers is not None else None,
             allow_self_approval=given.allow_self_approval,
             mode=PolicyMode(given.mode) if given.mode is not None else None,
-            teams_channel=given.teams_channel, teams_chat=tuple(given.teams_chat)))
+            teams_channel=given.teams_channel, teams_chat=tuple(given.teams_chat))), route
     except NarrowingRefused as refused:
         raise ApiError(422, "policy_not_narrowed", f"the inline policy would widen policy {base.name!r}",
                        [{"field": f"policy.{v.field}", "message": v.message} for v in refused.violations]) from None
@@ -84,7 +101,7 @@ async def create_run(request: web.Request) -> web.Response:
     data = parse(RunCreate, body, request)
     callback_url = str(data.callback_url) if data.callback_url else None
     _check_callback_url(services, callback_url)
-    policy = _resolve_policy(services, data.policy)
+    policy, route = _resolve_policy(services, data)
     action = None
     if data.action is not None:
         a = data.action
@@ -96,6 +113,7 @@ async def create_run(request: web.Request) -> web.Response:
         requested_by=data.requested_by, callback_url=callback_url,
         metadata=data.metadata, idempotency_key=key, created_by=principal.actor,
         request_sha256=hashlib.sha256(data.model_dump_json().encode()).hexdigest() if key else None,
+        route=route.index if route is not None else None,
     ))
     status = RunStatus.AWAITING_APPROVAL if action else RunStatus.DRAFTING
     if created.replayed:

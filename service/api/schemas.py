@@ -501,6 +501,14 @@ class FieldError(BaseModel):
     message: str
 
 
+class FirstVoteOut(BaseModel):
+    reviewer: str
+    approve: bool
+    at: Timestamp
+    draft_version: int
+    stage: int = Field(description="From 1")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details, with `errors` naming each bad field."""
 
@@ -511,6 +519,7 @@ class Problem(BaseModel):
     request_id: str | None = None
     errors: list[FieldError] | None = None
     scope: str | None = Field(default=None, description="403 missing_scope: the scope the credential lacks")
+    first_vote: FirstVoteOut | None = Field(default=None, description="409 already_voted: the vote already cast")
 
 
 class Health(BaseModel):

@@ -217,7 +217,7 @@ class ApprovalBot(JsonInvokeHandler):
         if outcome.decided:  # the common case: the new state is known without reading it back
             return ClickResult.card(build_card(decided_view(outcome, self.links)))
         view = await load_view(self.store, approval_id, self.links)
-        if outcome.detail.get("reason") == "not_allowed":
+        if outcome.detail.get("reason") in ("not_allowed", "already_voted", "draft_changed"):
             return ClickResult.card(build_not_allowed_card(view, outcome.detail["message"]), outcome.detail["message"])
         return ClickResult.card(build_card(view))
 

@@ -99,6 +99,7 @@ class TeamsChannel:
         self.notices.register()
         runs.on_approval_created.append(self.cards.on_approval_created)
         runs.on_approval_changed.append(self.cards.on_approval_changed)
+        runs.on_reviewers_added.append(self.cards.on_reviewers_added)
         self.endpoint = MessagesEndpoint(self.adapter, self.bot, validator=self.validator, foreground=foreground,
                                          tenants=self.tenants, max_body_bytes=settings.bot_max_body_bytes)
         if self.validator is None:

@@ -9,7 +9,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adaptive_cards import ApprovalView, DeliveryView, SourceView, approvable_on_card
+from adaptive_cards import (
+    PROGRESS_LINE_CHARS,
+    PROGRESS_LINES,
+    ApprovalView,
+    DeliveryView,
+    SourceView,
+    approvable_on_card,
+)
 
 from ..domain import Approval, ApprovalRefusal, DecisionKind, DecisionOutcome, NotFound
 from ..policy import Policy
@@ -127,12 +134,14 @@ def decided_view(outcome: DecisionOutcome, links: ApiLinks) -> ApprovalView:
 
 
 def pending_view(approval: Approval, links: ApiLinks) -> ApprovalView:
-    """The pending card's view of a stored approval, as `load_view` reads it."""
+    """The pending card's view of a stored approval, as `load_view` reads it (for `CardFit`)."""
     policy = Policy.from_dict(approval.policy)
     action = approval.action
     return ApprovalView(
         approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status="pending",
         draft_version=approval.draft_version, delegable=_delegable(policy),
+        # The votes are not known here: judged with the largest notice a card can carry.
+        progress=(("x" * PROGRESS_LINE_CHARS,) * PROGRESS_LINES) if multi_vote(policy) or policy.timers.any else (),
         to=action.to, cc=action.cc, subject=action.subject, body=action.body, in_reply_to=action.in_reply_to,
         requested_by=approval.requested_by, policy=policy.name, reviewers=policy.reviewers,
         anyone=policy.anyone, sources=_sources(approval.sources),
