@@ -46,10 +46,7 @@ SYSTEM_ACTOR = "system"
 def deadline(timers: Timers, start: datetime, duration: timedelta) -> datetime:
     """When `duration` after `start` falls due under the policy's timers. The one place
     that knows about calendars: with one, working time counts (service/business_hours.py)."""
-    calendar: Any = timers.calendar
-    if calendar is not None and hasattr(calendar, "add"):
-        return calendar.add(start, duration)
-    return start + duration
+    return timers.calendar.add(start, duration) if timers.calendar else start + duration
 
 
 @dataclass(frozen=True, slots=True)
