@@ -9,6 +9,7 @@ One restart test uses real, short durations with a real `countersign serve` proc
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import time
@@ -431,3 +432,34 @@ async def test_real_service_restart_fires_timers_that_fell_due_while_it_was_down
         service.kill()
         await service.wait_dead()
     assert os.path.exists(tmp_path / "service.log")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the Teams peers are the point here
+async def test_teams_reminder_and_escalation_are_replies_in_the_card_thread(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    from .test_teams import CHANNEL, teams_service
+
+    clock = Clock()
+    policy = {"reviewers": [RITA, SAM], "teams_channel": CHANNEL, "remind_after": "1h", "max_reminders": 1,
+              "escalate_after": "2h", "escalate_to": [LEE]}
+    async with teams_service(functools.partial(start_service, clock=clock), smtp_server,
+                             policies={"timed": policy}) as teams:
+        await teams.install()
+        accepted = await teams.service.create_run({"action": email_action(), "policy": "timed"})
+        [posted] = await teams.wait_calls("POST", 1, "/v3/conversations")
+        assert posted.path == "/v3/conversations"
+        thread = teams.connector.calls[-1].conversation_id
+        assert thread and thread.startswith(CHANNEL)
+
+        await advance(clock, HOUR, teams.service)
+        [reminder] = await teams.wait_calls("POST", 1, f"/v3/conversations/{thread}/activities")
+        assert "Reminder 1" in reminder.body["text"] and RITA in reminder.body["text"] and SAM in reminder.body["text"]
+
+        await advance(clock, HOUR, teams.service)
+        replies = await teams.wait_calls("POST", 2, f"/v3/conversations/{thread}/activities")
+        assert "Escalated" in replies[1].body["text"] and LEE in replies[1].body["text"]
+        await wait_events(teams.service, accepted["id"], "approval.escalated", 1)
+        await advance(clock, 10 * HOUR, teams.service)
+        await settle()
+        assert len(teams.connector.of("POST", f"/v3/conversations/{thread}/activities")) == 2  # once each
