@@ -133,7 +133,11 @@ class ApprovalTimers:
             values["expire_at"] = deadline(timers, start, timers.expire_after)
         if not values:
             return
-        await tx.execute(t.approvals.update().where(t.approvals.c.id == approval.id).values(**values))
+        queued = tx.queued(t.approvals, approval.id)
+        if queued is not None:  # the usual case: the approval's insert is still queued
+            queued.update(values)
+        else:
+            await tx.execute(t.approvals.update().where(t.approvals.c.id == approval.id).values(**values))
         kinds = {"remind_at": REMIND_JOB, "escalate_at": ESCALATE_JOB, "expire_at": EXPIRE_JOB}
         for column, due in values.items():
             assert due is not None

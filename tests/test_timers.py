@@ -447,13 +447,14 @@ async def test_teams_reminder_and_escalation_are_replies_in_the_card_thread(
                              policies={"timed": policy}) as teams:
         await teams.install()
         accepted = await teams.service.create_run({"action": email_action(), "policy": "timed"})
-        [posted] = await teams.wait_calls("POST", 1, "/v3/conversations")
-        assert posted.path == "/v3/conversations"
-        thread = teams.connector.calls[-1].conversation_id
+        await teams.wait_calls("POST", 1, "/v3/conversations")
+        [posted] = [c for c in teams.connector.of("POST") if c.path == "/v3/conversations"]
+        thread = posted.conversation_id
         assert thread and thread.startswith(CHANNEL)
+        await wait_events(teams.service, accepted["id"], "teams.card_posted", 1)  # the notice needs the posted card
 
         await advance(clock, HOUR, teams.service)
-        [reminder] = await teams.wait_calls("POST", 1, f"/v3/conversations/{thread}/activities")
+        reminder = (await teams.wait_calls("POST", 1, f"/v3/conversations/{thread}/activities"))[0]
         assert "Reminder 1" in reminder.body["text"] and RITA in reminder.body["text"] and SAM in reminder.body["text"]
 
         await advance(clock, HOUR, teams.service)

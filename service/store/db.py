@@ -143,6 +143,14 @@ class Tx:
     def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
         self._inserts.setdefault(table, []).append(row)
 
+    def queued(self, table: sa.Table, row_id: str) -> dict[str, Any] | None:
+        """The row with `id` this transaction queued and has not written yet (to amend in
+        place: an UPDATE would write every queued row first), or None."""
+        for row in reversed(self._inserts.get(table, ())):
+            if row.get("id") == row_id:
+                return row
+        return None
+
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         if self._inserts:
             needed = _tables_needed(statement)
