@@ -189,6 +189,23 @@ async def test_expiry_rejects_the_run_once_and_cancels_the_other_timers(
     assert status == 409, payload
 
 
+async def test_a_cancelled_run_cancels_its_timers(start_service: StartService, smtp_server: SmtpServer) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(remind_after=HOUR, escalate_after=2 * HOUR,
+                                                      escalate_to=(LEE,), expire_after=3 * HOUR))
+    status, payload, _ = await service.request("POST", f"/api/runs/{run_id}/cancel", body={"reason": "not needed"})
+    assert status == 200, payload
+    assert await timer_jobs(service, run_id) == {(kind, "cancelled"): 1 for kind in TIMER_JOBS}
+    row = await approval_row(service, approval_id)
+    assert (row.remind_at, row.escalate_at, row.expire_at) == (None, None, None)
+    await advance(clock, 10 * HOUR, service)
+    await settle()
+    run = await service.run(run_id)
+    assert run["status"] == "cancelled"
+    assert not [e for e in run["timeline"] if e["event"].startswith("approval.") and e["event"] != "approval.requested"]
+
+
 async def test_expiry_with_on_expiry_approve_sends_the_email_as_an_automatic_decision(
     start_service: StartService, smtp_server: SmtpServer,
 ) -> None:
