@@ -165,11 +165,14 @@ async def test_a_delegation_racing_the_delegators_vote_counts_one_of_them(start_
         assert all(status in (200, 201, 403, 409) for status, _ in results), results
         run = await first.run(run_id)
         votes = [d for d in run["decisions"] if d["kind"] != "delegate"]
-        # Rita's slot is filled once, by Rita or by Dana, never both; nothing settles on one slot.
-        assert len(votes) == 1, run["decisions"]
+        # Rita's slot is filled at most once, by Rita or (after the hand-over) by Dana, never
+        # both; nothing settles on one slot. Dana's votes may all have come before she held it.
+        assert len(votes) <= 1, run["decisions"]
         assert run["status"] == "awaiting_approval"
         delegated = [d for d in run["decisions"] if d["kind"] == "delegate"]
-        assert (votes[0]["reviewer"]["id"] == DANA) == bool(delegated), run["decisions"]
+        assert {v["reviewer"]["id"] for v in votes} <= ({DANA} if delegated else {RITA}), run["decisions"]
+        if not delegated:  # the hand-over lost to Rita's vote, and was refused for it
+            assert any(status == 409 and body["type"].endswith("already_voted") for status, body in results[1:2])
     await asyncio.sleep(0.2)
     assert smtp_server.messages() == []
 
