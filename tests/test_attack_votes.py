@@ -177,6 +177,32 @@ async def test_a_delegation_racing_the_delegators_vote_counts_one_of_them(start_
     assert smtp_server.messages() == []
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL
+async def test_two_votes_handed_to_one_person_at_once_one_is_refused(start_service: StartService,
+                                                                    smtp_server: SmtpServer) -> None:
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}
+    first = await start_service(smtp_server, policies=policies)
+    second = await start_service(smtp_server, policies=policies)
+    one, two = Reviewers(first), Reviewers(second)
+    for who in (RITA, SAM, DANA):
+        two.keys[who] = await one.key(who)
+    for _ in range(10):
+        run_id, approval_id = await pending(first, "refunds")
+        # Rita and Sam both hand their votes to Dana, on two processes: Dana would hold two.
+        results = await asyncio.gather(one.delegate(approval_id, RITA, DANA), two.delegate(approval_id, SAM, DANA))
+        assert sorted(status for status, _ in results) == [201, 422], results
+        [(_, refused)] = [r for r in results if r[0] == 422]
+        assert refused["type"].endswith("invalid_delegate") and "already holds a vote" in refused["detail"]
+        assert (await two.vote(approval_id, DANA))[1]["status"] == "pending"  # one slot: not a quorum
+        status, problem = await one.vote(approval_id, DANA)
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        run = await first.run(run_id)
+        assert run["status"] == "awaiting_approval"
+        assert [d["kind"] for d in run["decisions"]] == ["delegate", "approve"]
+    await asyncio.sleep(0.2)
+    assert smtp_server.messages() == []
+
+
 async def test_the_key_making_helper_binds_keys_to_distinct_reviewers(start_service: StartService,
                                                                       smtp_server: SmtpServer) -> None:
     # A guard for the attack tests above: a key bound to Rita cannot vote as Sam.
