@@ -94,7 +94,8 @@ async def read_votes(conn: Any, approval_id: str, draft_version: int) -> list[Vo
     rows = (await conn.execute(_VOTES, {"approval_id": approval_id, "draft_version": draft_version})).all()
     return [Vote(slot=r.slot, approve=r.kind != DecisionKind.REJECT.value, stage=r.stage or 0,
                  draft_version=r.draft_version, reviewer_id=r.reviewer_id,
-                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at) for r in rows]
+                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at,
+                 reviewer_email=r.reviewer_email) for r in rows]
 
 
 async def current_tally(conn: Any, approval: Approval) -> Tally:
@@ -182,14 +183,20 @@ class Decisions:
         before = tally(policy, votes, draft_version=approval.draft_version, added=added)
         try:
             new_status, final_action = apply_decision(approval, request)
-            if (request.draft_version is not None and request.draft_version != approval.draft_version
-                    and request.kind is not DecisionKind.REJECT):
+            # Not saying which text one read is fine only while there was one text: after an
+            # edit, an Approve or Edit must name the version it is about (a reject fails closed).
+            if (request.draft_version != approval.draft_version and request.kind is not DecisionKind.REJECT
+                    and (request.draft_version is not None or approval.draft_version > 1)):
                 raise DraftChanged(
                     f"the text of approval {approval.id} was edited since (now version {approval.draft_version}, "
-                    f"you saw version {request.draft_version}); read it again before approving",
+                    + (f"you saw version {request.draft_version}); " if request.draft_version is not None
+                       else "you did not say which you read: send `draft_version`); ")
+                    + "read it again before approving",
                     draft_version=approval.draft_version)
             slot = check_vote(policy, before, added, reviewer, approval.requested_by)
-            first = next((v for v in votes if v.slot == slot), None)
+            # The same slot, or the same person holding another slot under another of their
+            # identities (a policy naming them by object id and email, or a delegation to one).
+            first = next((v for v in votes if v.slot == slot or v.cast_by(reviewer.identities())), None)
             if first is not None:
                 raise AlreadyVoted(
                     f"{first.reviewer_name or first.reviewer_id} already voted "
@@ -315,13 +322,21 @@ class Decisions:
                     return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
                                                  f"{approval.id}")
                 slot = next(s for s, h in holders(policy, stage, added).items() if h in request.reviewer.identities())
-                if any(v.slot == slot for v in votes):
+                if (not policy.allow_self_approval and approval.requested_by
+                        and approval.requested_by.casefold() in request.reviewer.identities()):
+                    # The requester's vote never counts: handing it over would let them pick who
+                    # approves in their place.
+                    return refuse("not_allowed", f"{request.reviewer.id} requested this action and policy "
+                                                 f"{policy.name!r} forbids self-approval: their vote cannot be "
+                                                 "handed over")
+                if any(v.slot == slot or v.cast_by(request.reviewer.identities()) for v in votes):
                     return refuse("already_voted", f"{request.reviewer.id} already voted on this text; a vote cast "
                                                    "cannot be handed over")
                 folded = to.casefold()
                 allowed = {d.casefold() for d in (*policy.delegates, *policy.timers.escalate_to)}
                 holders_now = {h for i in range(len(stages_of(policy))) for h in holders(policy, i, added).values()}
-                voters = {v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
+                voters = ({v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
+                          | {v.reviewer_email.casefold() for v in votes if v.reviewer_email})
                 if folded in request.reviewer.identities():
                     return refuse("invalid_delegate", "a vote cannot be handed to oneself")
                 if approval.requested_by and folded == approval.requested_by.casefold():
