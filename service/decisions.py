@@ -82,6 +82,7 @@ def added_of(approval: Approval) -> list[Added]:
 # The votes on one text of an approval (delegations are not votes).
 _VOTES = (sa.select(t.decisions.c.slot, t.decisions.c.kind, t.decisions.c.stage, t.decisions.c.draft_version,
                     t.decisions.c.reviewer_id, t.decisions.c.reviewer_name, t.decisions.c.reviewer_email,
+                    t.decisions.c.reviewer_upn,
                     t.decisions.c.created_at, t.decisions.c.channel, t.decisions.c.id)
           .where(t.decisions.c.approval_id == sa.bindparam("approval_id"),
                  t.decisions.c.draft_version == sa.bindparam("draft_version"),
@@ -95,7 +96,7 @@ async def read_votes(conn: Any, approval_id: str, draft_version: int) -> list[Vo
     return [Vote(slot=r.slot, approve=r.kind != DecisionKind.REJECT.value, stage=r.stage or 0,
                  draft_version=r.draft_version, reviewer_id=r.reviewer_id,
                  reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at,
-                 reviewer_email=r.reviewer_email) for r in rows]
+                 reviewer_email=r.reviewer_email, reviewer_upn=r.reviewer_upn) for r in rows]
 
 
 async def current_tally(conn: Any, approval: Approval) -> Tally:
@@ -253,7 +254,8 @@ class Decisions:
         tx.insert(t.decisions, dict(
             id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
             reviewer_id=reviewer.id, reviewer_name=reviewer.name,
-            reviewer_email=reviewer.email, channel=request.channel.value, reason=request.reason,
+            reviewer_email=reviewer.email, reviewer_upn=reviewer.upn, channel=request.channel.value,
+            reason=request.reason,
             final_action=recorded.to_dict() if recorded else None,
             created_at=tx.now, actor=request.on_behalf_by, draft_version=draft_version, stage=before.stage, slot=slot,
             delegate_to=None, replaced_action=approval.action.to_dict() if new_text else None,
@@ -336,7 +338,8 @@ class Decisions:
                 allowed = {d.casefold() for d in (*policy.delegates, *policy.timers.escalate_to)}
                 holders_now = {h for i in range(len(stages_of(policy))) for h in holders(policy, i, added).values()}
                 voters = ({v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
-                          | {v.reviewer_email.casefold() for v in votes if v.reviewer_email})
+                          | {v.reviewer_email.casefold() for v in votes if v.reviewer_email}
+                          | {v.reviewer_upn.casefold() for v in votes if v.reviewer_upn})
                 if folded in request.reviewer.identities():
                     return refuse("invalid_delegate", "a vote cannot be handed to oneself")
                 if approval.requested_by and folded == approval.requested_by.casefold():
@@ -362,6 +365,7 @@ class Decisions:
                     id=str(uuid.uuid4()), approval_id=approval.id, run_id=approval.run_id,
                     kind=DecisionKind.DELEGATE.value, reviewer_id=request.reviewer.id,
                     reviewer_name=request.reviewer.name, reviewer_email=request.reviewer.email,
+                    reviewer_upn=request.reviewer.upn,
                     channel=request.channel.value, reason=None, final_action=None, created_at=tx.now,
                     actor=request.on_behalf_by, draft_version=approval.draft_version, stage=stage, slot=slot,
                     delegate_to=to, replaced_action=None,
@@ -468,7 +472,7 @@ class Decisions:
                                 channel=Channel.SYSTEM, created_at=tx.now, final_action=final_action)
             tx.insert(t.decisions, dict(
                 id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=DecisionKind.APPROVE.value,
-                reviewer_id=SYSTEM_ACTOR, reviewer_name=decision.reviewer.name, reviewer_email=None,
+                reviewer_id=SYSTEM_ACTOR, reviewer_name=decision.reviewer.name, reviewer_email=None, reviewer_upn=None,
                 channel=Channel.SYSTEM.value, reason="approved automatically: nobody decided before the expiry",
                 final_action=approval.action.to_dict(), created_at=tx.now, actor=None,
                 draft_version=approval.draft_version, stage=approval.stage, slot=None, delegate_to=None,

@@ -219,8 +219,6 @@ async def test_the_key_making_helper_binds_keys_to_distinct_reviewers(start_serv
     await _only_voters(voters, run_id, smtp_server, [RITA])
 
 
-@pytest.mark.xfail(strict=True, reason="open hole: a Teams vote stores the email, not the UPN (no decisions column "
-                                       "for it), so a later vote through a key bound to the UPN is not known as hers")
 async def test_one_person_named_by_email_and_upn_counts_once_teams_then_api(start_service: StartService,
                                                                            smtp_server: SmtpServer) -> None:
     upn = "rita.s@corp.example.com"
