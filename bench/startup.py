@@ -29,72 +29,34 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import BENCH, PYTHON, ROOT, clean_env, free_port, header, median_range, verdict
+from _common import (
+    BENCH,
+    PYTHON,
+    ROOT,
+    clean_env,
+    free_port,
+    git_commit,
+    header,
+    log_count,
+    median_range,
+    migrate,
+    rss_mib,
+    serve,
+    spawn_until_ready,
+    stop,
+    verdict,
+)
 
 TOKEN = "bench-api-token-0123456789"
 READY_TARGET_S = 2.0
 CONFIGS = ("offline", "llm")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def git_commit(directory: Path) -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "service"], cwd=directory, capture_output=True,
-                           text=True).stdout.strip()
-    commit = out.stdout.strip() or "not a git checkout"
-    return commit + (" with uncommitted changes in service/" if dirty else "")
-
-
-def get(url: str, timeout: float = 1.0) -> int | None:
-    """The status of a GET, or None when nothing answers yet."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-def spawn_until_ready(argv: list[str], *, cwd: Path, env: dict[str, str], url: str, log: Path,
-                      timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], float]:
-    with log.open("ab") as out:
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    while True:
-        if get(url, timeout=2.0) == 200:
-            return proc, time.monotonic() - started
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() - started > timeout:
-            stop(proc)
-            raise RuntimeError(f"{argv} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.01)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def api(url: str, method: str = "GET", body: object | None = None) -> dict[str, object]:
@@ -144,15 +106,13 @@ class Target:
         return clean_env(values)
 
     def migrate(self) -> None:
-        subprocess.run([PYTHON, "-m", "service", "migrate"], cwd=self.code, env=self.env(free_port()), check=True,
-                       capture_output=True)
+        migrate(self.code, self.env(free_port()))
 
     def measure(self, settle: float, log: Path) -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         offset = log.stat().st_size if log.exists() else 0
-        proc, seconds = spawn_until_ready([PYTHON, "-m", "service", "serve"], cwd=self.code, env=self.env(port),
-                                          url=base + "/readyz", log=log)
+        proc, seconds = serve(self.code, self.env(port), port, log)
         try:
             self.ready.append(seconds)
             self.rss_ready.append(rss_mib(proc.pid))
@@ -164,9 +124,7 @@ class Target:
                 self.rss_after_draft.append(rss_mib(proc.pid))
         finally:
             stop(proc)
-        with log.open("rb") as f:
-            f.seek(offset)
-            self.blocked += f.read().decode(errors="replace").count("event loop was blocked")
+        self.blocked += log_count(log, offset, "event loop was blocked")
         print(f"  {self.label}/{self.config}: ready {seconds:.2f} s, RSS {self.rss_ready[-1]:.0f} -> "
               f"{self.rss_idle[-1]:.0f} MiB" + (f", first draft {self.draft[-1]:.2f} s" if self.draft else ""),
               file=sys.stderr)
