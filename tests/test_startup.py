@@ -12,7 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .conftest import API_TOKEN, AUDIT_KEY, free_port
+import pytest
+
+from .conftest import API_TOKEN, AUDIT_KEY, StartService, free_port
+from .peers.smtp import SmtpServer
 
 HEAVY = ("llama_index.core", "workflows", "openai", "httpcore", "botbuilder.core", "alembic", "mako")
 
@@ -80,3 +83,21 @@ def test_serve_is_ready_without_the_agent_stack_and_the_first_step_loads_it_in_a
     assert {"llama_index.core", "workflows", "openai"} <= set(loaded), loaded
     assert all(thread != "MainThread" for thread in loaded.values()), loaded
     assert "botbuilder.core" not in loaded and "alembic" not in loaded
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_an_agent_that_cannot_be_built_fails_its_runs_with_the_reason(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    """The model check used to stop `serve`; it now runs when the agent is loaded: every agent
+    run fails with the reason, and the service keeps serving the rest."""
+    service = await start_service(smtp_server, openai_api_key="sk-test", openai_base_url="", llm_model="no-such-model")
+    for _ in range(2):  # the failed load is kept: the second run fails the same way
+        accepted = await service.create_run({"request": "Can I return my jacket?",
+                                             "customer": {"email": "ann@example.com"}})
+        run = await service.wait_status(accepted["id"], "failed", timeout=60)
+        assert "the agent could not be loaded" in run["failure_reason"]
+        assert "OpenAI does not know the model 'no-such-model'" in run["failure_reason"]
+    accepted = await service.create_run({"action": {"type": "send_email", "to": ["ann@example.com"],
+                                                    "subject": "Your refund", "body": "Dear Ann,\n\nDone."}})
+    assert (await service.run(accepted["id"]))["status"] == "awaiting_approval"
