@@ -338,6 +338,23 @@ def log_count(log: Path, offset: int, needle: str) -> int:
         return f.read().decode(errors="replace").count(needle)
 
 
+def log_warnings(log: Path, offset: int) -> dict[str, int]:
+    """The service's WARNING and ERROR messages (its JSON log, service/logs.py) after byte
+    `offset`, each with how often it was logged (the first 80 characters)."""
+    found: dict[str, int] = {}
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("level") in ("warning", "error"):
+                message = str(record.get("message") or record.get("msg") or line)[:80]
+                found[message] = found.get(message, 0) + 1
+    return found
+
+
 # ---- waiting approvals written straight into a migrated database ------------------------
 
 TIMER_COLUMNS = {"approval.remind": "remind_at", "approval.escalate": "escalate_at", "approval.expire": "expire_at"}

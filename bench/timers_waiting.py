@@ -48,7 +48,7 @@ from _common import (
     git_commit,
     header,
     insert_waiting_approvals,
-    log_count,
+    log_warnings,
     median_range,
     migrate,
     rss_mib,
@@ -60,6 +60,7 @@ from _common import (
 
 TOKEN = "bench-api-token-0123456789"
 AUDIT_KEY = "bench-audit-key-0123456789abcdef0123456789"
+CALLBACK_SECRET = "bench-callback-secret-0123456789abcdef"
 TARGET_MB = 10.0  # the "10 MB": 10**6 bytes, compared as such
 MIB = 1024 * 1024
 
@@ -73,11 +74,12 @@ class Database:
     ready: list[float] = field(default_factory=list)
     rss_last: list[float] = field(default_factory=list)
     rss_max: list[float] = field(default_factory=list)
-    warnings: int = 0
+    warnings: dict[str, int] = field(default_factory=dict)
 
     def env(self, port: int) -> dict[str, str]:
         return clean_env({"COUNTERSIGN_DATABASE_URL": self.url, "COUNTERSIGN_DATA_DIR": str(self.data_dir),
                           "COUNTERSIGN_API_TOKEN": TOKEN, "COUNTERSIGN_AUDIT_KEY": AUDIT_KEY,
+                          "COUNTERSIGN_CALLBACK_SIGNING_SECRET": CALLBACK_SECRET,
                           "COUNTERSIGN_PORT": str(port), "COUNTERSIGN_LOG_LEVEL": "WARNING",
                           "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
 
@@ -96,7 +98,8 @@ class Database:
         self.ready.append(seconds)
         self.rss_last.append(samples[-1])
         self.rss_max.append(max(samples))
-        self.warnings += log_count(log, offset, '"WARNING"') + log_count(log, offset, '"ERROR"')
+        for message, n in log_warnings(log, offset).items():
+            self.warnings[message] = self.warnings.get(message, 0) + n
         print(f"  {self.backend} {self.label}: ready {seconds:.2f} s, RSS {samples[-1]:.1f} MiB "
               f"(max {max(samples):.1f})", file=sys.stderr)
 
@@ -139,7 +142,8 @@ def report(databases: list[Database], args: argparse.Namespace, jobs_after: dict
     print("|---|---|---|---|---|---|")
     for db in databases:
         print(f"| {db.backend} | {db.label} | {median_range(db.ready, '{:.2f}')} | "
-              f"{median_range(db.rss_last, '{:.1f}')} | {median_range(db.rss_max, '{:.1f}')} | {db.warnings} |")
+              f"{median_range(db.rss_last, '{:.1f}')} | {median_range(db.rss_max, '{:.1f}')} | "
+              f"{sum(db.warnings.values())} |")
     print("\n| backend | RSS above idle (median of last samples) | target | verdict | start-up to ready, waiting | "
           "< 2 s | timer jobs afterwards |")
     print("|---|---|---|---|---|---|---|")
@@ -150,6 +154,9 @@ def report(databases: list[Database], args: argparse.Namespace, jobs_after: dict
         print(f"| {empty.backend} | {delta_mib:+.1f} MiB ({delta_mb:+.1f} MB) | < {TARGET_MB:g} MB | "
               f"{verdict(delta_mb < TARGET_MB)} | {ready:.2f} s | {verdict(ready < 2.0)} | "
               f"{jobs_after[empty.backend]} |")
+    warned = {m: n for db in databases for m, n in db.warnings.items()}
+    if warned:
+        print("\nWarnings and errors logged: " + "; ".join(f"`{m}` ({n}x)" for m, n in warned.items()))
 
 
 async def run(args: argparse.Namespace) -> None:
