@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -338,9 +339,12 @@ def log_count(log: Path, offset: int, needle: str) -> int:
         return f.read().decode(errors="replace").count(needle)
 
 
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+(?:\.\d+)?")
+
+
 def log_warnings(log: Path, offset: int) -> dict[str, int]:
     """The service's WARNING and ERROR messages (its JSON log, service/logs.py) after byte
-    `offset`, each with how often it was logged (the first 80 characters)."""
+    `offset`, each with how often it was logged (ids and numbers as #, 100 characters)."""
     found: dict[str, int] = {}
     with log.open("rb") as f:
         f.seek(offset)
@@ -350,7 +354,8 @@ def log_warnings(log: Path, offset: int) -> dict[str, int]:
             except ValueError:
                 continue
             if isinstance(record, dict) and record.get("level") in ("warning", "error"):
-                message = str(record.get("message") or record.get("msg") or line)[:80]
+                # Ids and numbers vary: "job <id> (approval.expire) was taken over" counts as one.
+                message = _VARYING.sub("#", str(record.get("message") or line))[:100]
                 found[message] = found.get(message, 0) + 1
     return found
 
