@@ -1,5 +1,7 @@
 """Shared helpers for the benchmarks: tools, ports, server processes, CPU time, statistics,
-and the real SMTP peer (tests/peers/smtp.py) run as its own process."""
+the real SMTP peer (tests/peers/smtp.py) run as its own process, and `python -m service
+serve` of a given checkout (its working directory, so that checkout's `service/` is
+imported, not the editable install's) timed from spawn to ready, with its VmRSS."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -262,3 +265,189 @@ async def stop_by_stdin(proc: asyncio.subprocess.Process, timeout: float = 15) -
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+# ---- `countersign serve` from a checkout, timed to ready ---------------------------------
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def git_commit(directory: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "service"], cwd=directory, capture_output=True,
+                           text=True).stdout.strip()
+    commit = out.stdout.strip() or "not a git checkout"
+    return commit + (" with uncommitted changes in service/" if dirty else "")
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The status of a GET, or None when nothing answers yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def spawn_until_ready(argv: list[str], *, cwd: Path, env: dict[str, str], url: str, log: Path,
+                      timeout: float = 120.0) -> tuple[subprocess.Popen[bytes], float]:
+    """Spawn, poll `url` every 10 ms: (the process, seconds from just before the spawn to a 200)."""
+    with log.open("ab") as out:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    while True:
+        if http_status(url, timeout=2.0) == 200:
+            return proc, time.monotonic() - started
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() - started > timeout:
+            stop(proc)
+            raise RuntimeError(f"{argv} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.01)
+
+
+def serve(code: Path, env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """`countersign serve` of the checkout `code`, ready (GET /readyz 200)."""
+    return spawn_until_ready([PYTHON, "-m", "service", "serve"], cwd=code, env=env,
+                             url=f"http://127.0.0.1:{port}/readyz", log=log)
+
+
+def migrate(code: Path, env: dict[str, str]) -> None:
+    subprocess.run([PYTHON, "-m", "service", "migrate"], cwd=code, env=env, check=True, capture_output=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # aiohttp's run_app shuts down gracefully
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def log_count(log: Path, offset: int, needle: str) -> int:
+    """How often `needle` occurs in `log` after byte `offset`."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace").count(needle)
+
+
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+(?:\.\d+)?")
+
+
+def log_warnings(log: Path, offset: int) -> dict[str, int]:
+    """The service's WARNING and ERROR messages (its JSON log, service/logs.py) after byte
+    `offset`, each with how often it was logged (ids and numbers as #, 100 characters)."""
+    found: dict[str, int] = {}
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("level") in ("warning", "error"):
+                # Ids and numbers vary: "job <id> (approval.expire) was taken over" counts as one.
+                message = _VARYING.sub("#", str(record.get("message") or line))[:100]
+                found[message] = found.get(message, 0) + 1
+    return found
+
+
+# ---- waiting approvals written straight into a migrated database ------------------------
+
+TIMER_COLUMNS = {"approval.remind": "remind_at", "approval.escalate": "escalate_at", "approval.expire": "expire_at"}
+
+
+@dataclass(frozen=True)
+class WaitingApproval:
+    run_id: str
+    approval_id: str
+    timers: dict[str, datetime]  # job kind -> due_at
+
+
+def timer_policy(**timers: Any) -> dict[str, Any]:
+    """A stored policy (service.policy.Policy.to_dict) with the given Timers fields."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from service.policy import Policy, Timers
+
+    return Policy(name="bench", reviewers=("rita@example.com", "sam@example.com"), timers=Timers(**timers)).to_dict()
+
+
+async def insert_waiting_approvals(url: str, schedule: Sequence[dict[str, datetime]], policy: dict[str, Any], *,
+                                   chunk: int = 2_000, progress: bool = True) -> list[WaitingApproval]:
+    """One action run awaiting approval per entry of `schedule`, with its approval pending under
+    `policy`, and per timer kind in the entry one queued job (payload `approval_id` and
+    `due_at`, as service/timers.py enqueues them) and the approval's `remind_at` /
+    `escalate_at` / `expire_at` set to its due time. Written with the store's own tables
+    (service/store/tables.py, executemany per chunk), not through the HTTP API: 100,000 in
+    minutes instead of hours. No audit events (nothing at start-up reads them)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import uuid
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from service.domain import EmailAction
+    from service.store import tables as t
+
+    now = datetime.now(timezone.utc)
+    engine = create_async_engine(url)
+    waiting: list[WaitingApproval] = []
+    try:
+        for start in range(0, len(schedule), chunk):
+            runs: list[dict[str, Any]] = []
+            approvals: list[dict[str, Any]] = []
+            jobs: list[dict[str, Any]] = []
+            for i in range(start, min(start + chunk, len(schedule))):
+                run_id, approval_id, due = str(uuid.uuid4()), str(uuid.uuid4()), schedule[i]
+                runs.append(dict(
+                    id=run_id, kind="action", status="awaiting_approval", request=None, customer=None,
+                    requested_by=None, callback_url=None, metadata={"bench": i}, policy=policy, summary=None,
+                    failure_reason=None, created_at=now, updated_at=now))
+                action = EmailAction(to=(f"customer{i}@example.com",), subject=f"Your refund #{i}",
+                                     body=f"Dear customer {i},\n\nYour refund was issued today.\n\nSupport")
+                approvals.append(dict(
+                    id=approval_id, run_id=run_id, revision=1, status="pending", action=action.to_dict(),
+                    policy=policy, requested_by=None, version=0, created_at=now, decided_at=None, decided_by=None,
+                    approved_action=None, approved_sha256=None, sources=None, tool_call_id=None, mail_from=None,
+                    mail_reply_to=None, content_hash_version=None, draft_version=1, stage=0, added_reviewers=None,
+                    reminders_sent=0, escalated_at=None,
+                    **{column: due.get(kind) for kind, column in TIMER_COLUMNS.items()}))
+                for kind, due_at in due.items():
+                    jobs.append(dict(
+                        id=str(uuid.uuid4()), kind=kind, run_id=run_id,
+                        payload={"approval_id": approval_id, "due_at": due_at.isoformat()}, status="queued",
+                        attempts=0, max_attempts=5, due_at=due_at, leased_until=None, lease_token=None,
+                        last_error=None, created_at=now, updated_at=now, finished_at=None))
+                waiting.append(WaitingApproval(run_id, approval_id, dict(due)))
+            async with engine.begin() as conn:
+                await conn.execute(t.runs.insert(), runs)
+                await conn.execute(t.approvals.insert(), approvals)
+                if jobs:
+                    await conn.execute(t.jobs.insert(), jobs)
+            if progress and (len(waiting) % 20_000 < chunk or len(waiting) == len(schedule)):
+                print(f"  {len(waiting):,} of {len(schedule):,} approvals written", file=sys.stderr)
+    finally:
+        await engine.dispose()
+    return waiting
+
+
+async def count_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of one read-only statement (bench bookkeeping: counts by status, lateness)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(text(sql))]
+    finally:
+        await engine.dispose()

@@ -8,15 +8,15 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from .agent.knowledge import EmbeddingSettings, KnowledgeError, LazyKnowledgeBase, RetrievalMode
-from .agent.llm import LlmSettings, build_llm, describe
-from .agent.runner import AgentRunner
+from .agent.llm import LlmSettings, describe
+from .agent.loader import AgentConfig, LazyAgent
 from .agent.tools import ToolRegistry, load_plugins
-from .agent.workflow import AgentWorkflow
 from .api.auth import ApiAuth, AuthSettings
 from .api.deps import SERVICES, Services
 from .api.errors import ApiError, error_middleware
@@ -45,8 +45,12 @@ from .startup import (
     sqlite_file,
 )
 from .store.db import Store, utcnow
-from .teams.channel import TeamsChannel, TeamsNotConfigured
+from .teams import TeamsNotConfigured
 from .timers import ApprovalTimers
+
+if TYPE_CHECKING:
+    from .agent.workflow import AgentWorkflow  # LlamaIndex: loaded by the first agent step (agent/loader.py)
+    from .teams.channel import TeamsChannel  # the Bot Framework SDK: loaded only when Teams is configured
 
 TEAMS: web.AppKey[TeamsChannel | None] = web.AppKey("teams")
 CALLBACKS: web.AppKey[Callbacks] = web.AppKey("callbacks", Callbacks)
@@ -73,10 +77,10 @@ def create_app(settings: Settings, *, run_workers: bool = True,
     settings = ensure_audit_key(ensure_callback_secret(ensure_api_token(settings)))
     check_teams_settings(settings)
     callbacks_allowed = callback_policy(settings)
-    workflow = build_workflow(settings)
+    agent = agent_config(settings)
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[error_middleware, body_deadline(settings.http_body_timeout_seconds)])
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, workflow, callbacks_allowed, run_workers, clock))
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, agent, callbacks_allowed, run_workers, clock))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
     return app
@@ -115,8 +119,9 @@ def embedding_settings(settings: Settings) -> EmbeddingSettings | None:
     )
 
 
-def build_workflow(settings: Settings) -> AgentWorkflow:
-    """The agent, checked at start: a bad tool list, plugin or knowledge setting stops `serve`."""
+def agent_config(settings: Settings) -> AgentConfig:
+    """The agent, checked at start: a bad tool list, plugin or knowledge setting stops `serve`.
+    Nothing of LlamaIndex is imported: the first agent step builds the agent in a thread."""
     if not settings.effective_knowledge_dir.is_dir():
         raise KnowledgeError(f"COUNTERSIGN_KNOWLEDGE_DIR {settings.effective_knowledge_dir} is not a directory")
     embedding_settings(settings)  # fail at start, not at the first draft
@@ -127,17 +132,21 @@ def build_workflow(settings: Settings) -> AgentWorkflow:
              settings.retrieval.value)
     knowledge = LazyKnowledgeBase(settings.effective_knowledge_dir, settings.index_dir, settings.retrieval,
                                   embedding=embedding_settings(settings))
-    return AgentWorkflow(build_llm(llm), registry, knowledge,
-                         max_revisions=settings.agent_max_revisions, max_llm_calls=settings.agent_max_llm_calls,
-                         llm_concurrency=settings.llm_concurrency)
+    return AgentConfig(tools=registry, llm=llm, knowledge=knowledge, max_revisions=settings.agent_max_revisions,
+                       max_llm_calls=settings.agent_max_llm_calls, llm_concurrency=settings.llm_concurrency)
 
 
-def build_agent(settings: Settings, store: Store, runs: Runs, workflow: AgentWorkflow) -> AgentRunner:
+def build_workflow(settings: Settings) -> AgentWorkflow:
+    """The agent's workflow, built now (blocking: seconds of imports; benchmarks and tools)."""
+    return agent_config(settings).build_workflow()
+
+
+def build_agent(settings: Settings, store: Store, runs: Runs, agent: AgentConfig) -> LazyAgent:
     # One step may make every LLM call of the run's budget (a model that keeps searching);
     # the worker renews the step's lease while it runs, so it is never taken over and
     # repeated while alive, and is taken over one lease after its process dies.
-    return AgentRunner(store, runs, workflow,
-                       timeout_seconds=settings.llm_timeout_seconds * settings.agent_max_llm_calls + 60)
+    return LazyAgent(store, runs, agent,
+                     timeout_seconds=settings.llm_timeout_seconds * settings.agent_max_llm_calls + 60)
 
 
 def check_teams_settings(settings: Settings) -> None:
@@ -170,7 +179,7 @@ async def _bot_messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _lifecycle(
-    app: web.Application, settings: Settings, workflow: AgentWorkflow, callbacks_allowed: CallbackPolicy,
+    app: web.Application, settings: Settings, agent_settings: AgentConfig, callbacks_allowed: CallbackPolicy,
     run_workers: bool, clock: Callable[[], datetime],
 ) -> AsyncIterator[None]:
     database = sqlite_file(settings.effective_database_url) if settings.is_sqlite else None
@@ -202,7 +211,7 @@ async def _lifecycle(
     http = aiohttp.ClientSession()
     jobs.register(SEND_EMAIL_JOB, EmailDelivery(store, runs, transport, sender=settings.mail_from,
                                                 reply_to=settings.mail_reply_to).handler())
-    agent = build_agent(settings, store, runs, workflow)
+    agent = build_agent(settings, store, runs, agent_settings)
     jobs.register(AGENT_JOB, agent.handler())
     runs.on_gated_outcome = agent.on_gated_outcome
     assert settings.callback_signing_secret is not None  # ensure_callback_secret
@@ -216,8 +225,13 @@ async def _lifecycle(
         auth=ApiAuth(auth_settings(settings), keys, ReplayGuard(store)),
         keys=keys, foreground=foreground, callback_policy=callbacks_allowed,
     )
-    teams = (TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)
-             if settings.teams_enabled else None)
+    teams = None
+    if settings.teams_enabled:
+        # The SDK's imports (~0.5 s) run here, on the loop but before the worker starts: no
+        # lease is held yet.
+        from .teams.channel import TeamsChannel
+
+        teams = TeamsChannel(settings, store, jobs, runs, decisions, http, foreground=foreground)
     app[TEAMS] = teams
     if teams is not None:
         timers.on_reminder.append(teams.notices.on_reminder)

@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .env_check import unknown_variable_warnings
     from .sqlite_lock import DatabaseInUse
     from .store.migrate import NotMigrated
-    from .teams.channel import TeamsNotConfigured
+    from .teams import TeamsNotConfigured
 
     settings = _settings()
     logs.configure(settings.log_level)

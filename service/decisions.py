@@ -82,6 +82,7 @@ def added_of(approval: Approval) -> list[Added]:
 # The votes on one text of an approval (delegations are not votes).
 _VOTES = (sa.select(t.decisions.c.slot, t.decisions.c.kind, t.decisions.c.stage, t.decisions.c.draft_version,
                     t.decisions.c.reviewer_id, t.decisions.c.reviewer_name, t.decisions.c.reviewer_email,
+                    t.decisions.c.reviewer_upn,
                     t.decisions.c.created_at, t.decisions.c.channel, t.decisions.c.id)
           .where(t.decisions.c.approval_id == sa.bindparam("approval_id"),
                  t.decisions.c.draft_version == sa.bindparam("draft_version"),
@@ -94,7 +95,8 @@ async def read_votes(conn: Any, approval_id: str, draft_version: int) -> list[Vo
     rows = (await conn.execute(_VOTES, {"approval_id": approval_id, "draft_version": draft_version})).all()
     return [Vote(slot=r.slot, approve=r.kind != DecisionKind.REJECT.value, stage=r.stage or 0,
                  draft_version=r.draft_version, reviewer_id=r.reviewer_id,
-                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at) for r in rows]
+                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at,
+                 reviewer_email=r.reviewer_email, reviewer_upn=r.reviewer_upn) for r in rows]
 
 
 async def current_tally(conn: Any, approval: Approval) -> Tally:
@@ -182,14 +184,20 @@ class Decisions:
         before = tally(policy, votes, draft_version=approval.draft_version, added=added)
         try:
             new_status, final_action = apply_decision(approval, request)
-            if (request.draft_version is not None and request.draft_version != approval.draft_version
-                    and request.kind is not DecisionKind.REJECT):
+            # Not saying which text one read is fine only while there was one text: after an
+            # edit, an Approve or Edit must name the version it is about (a reject fails closed).
+            if (request.draft_version != approval.draft_version and request.kind is not DecisionKind.REJECT
+                    and (request.draft_version is not None or approval.draft_version > 1)):
                 raise DraftChanged(
                     f"the text of approval {approval.id} was edited since (now version {approval.draft_version}, "
-                    f"you saw version {request.draft_version}); read it again before approving",
+                    + (f"you saw version {request.draft_version}); " if request.draft_version is not None
+                       else "you did not say which you read: send `draft_version`); ")
+                    + "read it again before approving",
                     draft_version=approval.draft_version)
             slot = check_vote(policy, before, added, reviewer, approval.requested_by)
-            first = next((v for v in votes if v.slot == slot), None)
+            # The same slot, or the same person holding another slot under another of their
+            # identities (a policy naming them by object id and email, or a delegation to one).
+            first = next((v for v in votes if v.slot == slot or v.cast_by(reviewer.identities())), None)
             if first is not None:
                 raise AlreadyVoted(
                     f"{first.reviewer_name or first.reviewer_id} already voted "
@@ -246,7 +254,8 @@ class Decisions:
         tx.insert(t.decisions, dict(
             id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=request.kind.value,
             reviewer_id=reviewer.id, reviewer_name=reviewer.name,
-            reviewer_email=reviewer.email, channel=request.channel.value, reason=request.reason,
+            reviewer_email=reviewer.email, reviewer_upn=reviewer.upn, channel=request.channel.value,
+            reason=request.reason,
             final_action=recorded.to_dict() if recorded else None,
             created_at=tx.now, actor=request.on_behalf_by, draft_version=draft_version, stage=before.stage, slot=slot,
             delegate_to=None, replaced_action=approval.action.to_dict() if new_text else None,
@@ -315,13 +324,22 @@ class Decisions:
                     return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
                                                  f"{approval.id}")
                 slot = next(s for s, h in holders(policy, stage, added).items() if h in request.reviewer.identities())
-                if any(v.slot == slot for v in votes):
+                if (not policy.allow_self_approval and approval.requested_by
+                        and approval.requested_by.casefold() in request.reviewer.identities()):
+                    # The requester's vote never counts: handing it over would let them pick who
+                    # approves in their place.
+                    return refuse("not_allowed", f"{request.reviewer.id} requested this action and policy "
+                                                 f"{policy.name!r} forbids self-approval: their vote cannot be "
+                                                 "handed over")
+                if any(v.slot == slot or v.cast_by(request.reviewer.identities()) for v in votes):
                     return refuse("already_voted", f"{request.reviewer.id} already voted on this text; a vote cast "
                                                    "cannot be handed over")
                 folded = to.casefold()
                 allowed = {d.casefold() for d in (*policy.delegates, *policy.timers.escalate_to)}
                 holders_now = {h for i in range(len(stages_of(policy))) for h in holders(policy, i, added).values()}
-                voters = {v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
+                voters = ({v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
+                          | {v.reviewer_email.casefold() for v in votes if v.reviewer_email}
+                          | {v.reviewer_upn.casefold() for v in votes if v.reviewer_upn})
                 if folded in request.reviewer.identities():
                     return refuse("invalid_delegate", "a vote cannot be handed to oneself")
                 if approval.requested_by and folded == approval.requested_by.casefold():
@@ -347,6 +365,7 @@ class Decisions:
                     id=str(uuid.uuid4()), approval_id=approval.id, run_id=approval.run_id,
                     kind=DecisionKind.DELEGATE.value, reviewer_id=request.reviewer.id,
                     reviewer_name=request.reviewer.name, reviewer_email=request.reviewer.email,
+                    reviewer_upn=request.reviewer.upn,
                     channel=request.channel.value, reason=None, final_action=None, created_at=tx.now,
                     actor=request.on_behalf_by, draft_version=approval.draft_version, stage=stage, slot=slot,
                     delegate_to=to, replaced_action=None,
@@ -453,7 +472,7 @@ class Decisions:
                                 channel=Channel.SYSTEM, created_at=tx.now, final_action=final_action)
             tx.insert(t.decisions, dict(
                 id=decision.id, approval_id=approval.id, run_id=approval.run_id, kind=DecisionKind.APPROVE.value,
-                reviewer_id=SYSTEM_ACTOR, reviewer_name=decision.reviewer.name, reviewer_email=None,
+                reviewer_id=SYSTEM_ACTOR, reviewer_name=decision.reviewer.name, reviewer_email=None, reviewer_upn=None,
                 channel=Channel.SYSTEM.value, reason="approved automatically: nobody decided before the expiry",
                 final_action=approval.action.to_dict(), created_at=tx.now, actor=None,
                 draft_version=approval.draft_version, stage=approval.stage, slot=None, delegate_to=None,

@@ -253,7 +253,11 @@ def narrow(base: Policy, ask: Narrowing) -> Policy:
     names its reviewers (with "anyone", where a card appears would decide who decides)."""
     violations: list[Violation] = []
     reviewers, anyone = base.reviewers, base.anyone
-    if ask.reviewers is not None:
+    if ask.reviewers is not None and (base.mode is not PolicyMode.FIRST or base.stages):
+        violations.append(Violation("reviewers", (
+            f"policy {base.name!r} counts the votes of its reviewers ({base.mode.value}); an inline policy cannot "
+            "change who they are")))
+    elif ask.reviewers is not None:
         if not base.anyone:
             allowed = {r.casefold() for r in base.reviewers}
             outside = [r for r in ask.reviewers if r.casefold() not in allowed]

@@ -19,7 +19,7 @@ from .callback_policy import CallbackConfigError
 from .config import Settings
 from .private_files import ensure_private_dir, ensure_private_sqlite
 from .store.db import Store
-from .store.migrate import check_migrated, upgrade
+from .store.migrate import check_migrated, is_migrated, upgrade
 
 log = logging.getLogger("service.app")
 
@@ -103,8 +103,8 @@ async def prepare_database(settings: Settings, store: Store) -> None:
         database = sqlite_file(settings.effective_database_url)
         if database is not None:
             ensure_private_sqlite(database)  # before SQLite makes it (and its -wal/-shm) 0644
-        if settings.auto_migrate:
-            await upgrade(store.writer_engine)
+        if settings.auto_migrate and not await is_migrated(store.writer_engine):
+            await upgrade(store.writer_engine)  # imports Alembic: only when there is something to do
     await check_migrated(store.writer_engine)
 
 

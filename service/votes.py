@@ -41,6 +41,13 @@ class Vote:
     reviewer_id: str
     reviewer_name: str | None
     at: datetime
+    reviewer_email: str | None = None  # with reviewer_id: who voted, to know them under another slot
+    reviewer_upn: str | None = None
+
+    def cast_by(self, identities: set[str]) -> bool:
+        """Whether this vote was cast by someone with one of `identities` (casefolded)."""
+        return bool({i.casefold() for i in (self.reviewer_id, self.reviewer_email, self.reviewer_upn) if i}
+                    & identities)
 
 
 def votes_of(rows: Sequence[Any]) -> list[Vote]:
@@ -48,7 +55,8 @@ def votes_of(rows: Sequence[Any]) -> list[Vote]:
     migration 0007 (no slot) was a first-responder vote on the first text."""
     return [Vote(slot=r.slot or (r.reviewer_email or r.reviewer_id).casefold(), approve=r.kind != "reject",
                  stage=r.stage or 0, draft_version=r.draft_version or 1, reviewer_id=r.reviewer_id,
-                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at)
+                 reviewer_name=r.reviewer_name or r.reviewer_email, at=r.created_at, reviewer_email=r.reviewer_email,
+                 reviewer_upn=r.reviewer_upn)
             for r in rows if r.kind != "delegate"]
 
 

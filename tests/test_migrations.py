@@ -42,3 +42,45 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     migrated = subprocess.run([sys.executable, "-m", "service", "migrate"], env=env, capture_output=True, text=True,
                               timeout=60)
     assert migrated.returncode == 0 and f"migrated to {head_revision()}" in migrated.stdout
+
+
+def test_the_head_read_from_the_files_is_alembics() -> None:
+    """`serve` and `/readyz` read the head without Alembic (service/store/migrate.py); it must be
+    the one Alembic migrates to."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from service.store.migrate import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_checking_a_migrated_database_imports_no_alembic(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from service.store.db import Store\n"
+        "from service.store.migrate import upgrade\n"
+        f"url = 'sqlite+aiosqlite:///{tmp_path / 'c.db'}'\n"
+        "async def main():\n"
+        "    store = Store.from_url(url)\n"
+        "    await upgrade(store.writer_engine)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    check = (
+        "import asyncio, sys\n"
+        "from service.store.db import Store\n"
+        "from service.store.migrate import check_migrated\n"
+        f"url = 'sqlite+aiosqlite:///{tmp_path / 'c.db'}'\n"
+        "async def main():\n"
+        "    store = Store.from_url(url)\n"
+        "    await check_migrated(store.writer_engine)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('alembic', 'mako') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

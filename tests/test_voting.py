@@ -283,3 +283,13 @@ async def test_a_second_click_and_a_stale_card_are_told_why(start_service: Start
         await teams.service.wait_status(run_id, "completed")
         [message] = smtp_server.messages()
         assert "New text" in message.get_body(("plain",)).get_content()
+
+
+async def test_an_inline_policy_cannot_change_who_votes_under_a_multi_vote_policy(voting: Reviewers) -> None:
+    for base in ("refunds", "everyone", "staged"):
+        status, problem, _ = await voting.service.request("POST", "/api/runs", body={
+            "action": email_action(), "policy": {"base": base, "reviewers": [RITA]}})
+        assert status == 422 and problem["type"].endswith("policy_not_narrowed"), problem
+        assert problem["errors"][0]["field"] == "policy.reviewers"
+    status, page, _ = await voting.service.request("GET", "/api/runs")
+    assert page["items"] == []

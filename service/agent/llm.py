@@ -8,19 +8,23 @@
 
 The client's own retries are off: an LLM call is a job, and the job queue retries it with
 backoff (honouring Retry-After), durably, and ends the run with the reason when it gives up.
+
+Importing this module is cheap: LlamaIndex and the OpenAI client are imported by `build_llm`,
+which the agent's loader runs in a thread (service/agent/loader.py).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
-from typing import Any
-
-import openai
-from llama_index.core.llms.function_calling import FunctionCallingLLM
+from typing import TYPE_CHECKING, Any
 
 from ..jobs import PermanentError, TransientError
-from .offline import OfflineDrafter
+
+if TYPE_CHECKING:
+    import openai
+    from llama_index.core.llms.function_calling import FunctionCallingLLM
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +46,17 @@ def describe(settings: LlmSettings) -> str:
 
 
 def build_llm(settings: LlmSettings) -> FunctionCallingLLM:
+    """Blocking (seconds of imports): call it in a thread, never on the event loop."""
     from llama_index.llms.openai import OpenAI
     from llama_index.llms.openai.utils import openai_modelname_to_contextsize
+
+    from .offline import OfflineDrafter
 
     if not settings.base_url and not settings.api_key:
         return OfflineDrafter()
     # The OpenAI client imports its API resources and its HTTP transport at the first
     # request (about 1.5 s of imports on the event loop, where job leases are renewed):
-    # import them now, while `serve` is starting, before the loop runs.
+    # import them now, in the loader's thread.
     for module in ("openai.resources", "httpcore"):
         importlib.import_module(module)
     common: dict[str, Any] = dict(model=settings.model, timeout=settings.timeout_seconds, max_retries=0,
@@ -74,6 +81,11 @@ def build_llm(settings: LlmSettings) -> FunctionCallingLLM:
 
 def job_error(exc: BaseException) -> BaseException:
     """The job outcome an LLM client error stands for: retry later, or give up now."""
+    # Never imports the client on the loop: an error of a client never loaded is not its own.
+    if "openai" not in sys.modules:
+        return exc
+    import openai  # loaded already: a lookup in sys.modules
+
     if isinstance(exc, openai.RateLimitError):
         return TransientError(f"the LLM is rate limiting (429): {_message(exc)}", retry_after=_retry_after(exc))
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):

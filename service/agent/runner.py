@@ -20,13 +20,14 @@ from workflows.events import StopEvent, WorkflowIdleEvent
 from workflows.handler import WorkflowHandler
 
 from .. import metrics
-from ..domain import DeliveryStatus, EmailAction, RunStatus
+from ..domain import EmailAction, RunStatus
 from ..jobs import Job, JobHandler, PermanentError
 from ..policy import Policy
-from ..runs import AGENT_JOB, GatedOutcome, Runs, lock_run
+from ..runs import Runs, lock_run
 from ..store import tables as t
 from ..store.db import Op, Store, Tx
 from .events import AgentStart, AgentState, AgentStopped, ApprovalRequested, ToolOutcome
+from .hooks import AgentHooks
 from .llm import job_error
 from .workflow import AgentWorkflow
 
@@ -47,10 +48,10 @@ class StepResult:
     stopped: AgentStopped | None = None
 
 
-class AgentRunner:
+class AgentRunner(AgentHooks):
     def __init__(self, store: Store, runs: Runs, workflow: AgentWorkflow, *, timeout_seconds: float) -> None:
+        super().__init__(runs)
         self.store = store
-        self.runs = runs
         self.workflow = workflow
         self.serializer = JsonSerializer()
         self.timeout_seconds = timeout_seconds
@@ -58,14 +59,6 @@ class AgentRunner:
     def handler(self) -> JobHandler:
         return JobHandler(run=self.run, on_dead=self.on_dead, on_retry=self.on_retry,
                           timeout_seconds=self.timeout_seconds)
-
-    async def on_gated_outcome(self, tx: Tx, outcome: GatedOutcome) -> None:
-        """Called in the transaction that decided (rejected) or delivered (sent): queue the resume."""
-        await self.runs.jobs.enqueue(tx, AGENT_JOB, {"run_id": outcome.run_id, "outcome": outcome.to_dict()},
-                                     run_id=outcome.run_id)
-        if outcome.status == "rejected":
-            await self.runs.set_status(tx, outcome.run_id, RunStatus.DRAFTING, actor="system",
-                                       approval_id=outcome.approval_id, reason="the agent may draft again")
 
     async def _load(self, run_id: str) -> tuple[Any, Any]:
         async def q(conn: Any) -> tuple[Any, Any]:
@@ -184,24 +177,3 @@ class AgentRunner:
                                    failure_reason="rejected by the reviewer")
         else:
             await self.runs.finish(tx, run.id, RunStatus.FAILED, actor="agent", failure_reason=stopped.summary)
-
-    async def on_dead(self, tx: Tx, job: Job, error: str) -> None:
-        """The agent gave up (LLM refused, or retries ran out): end the run with the reason."""
-        run_id = job.payload["run_id"]
-        status = RunStatus((await tx.execute(sa.select(t.runs.c.status).where(t.runs.c.id == run_id))).scalar_one())
-        if status.is_terminal:
-            return
-        sent = (await tx.execute(sa.select(t.deliveries.c.id).where(
-            t.deliveries.c.run_id == run_id, t.deliveries.c.status == DeliveryStatus.SENT.value))).first()
-        if sent is not None:  # the email went out; only the agent's closing summary failed
-            await self.runs.finish(tx, run_id, RunStatus.COMPLETED, actor="system",
-                                   summary=f"The approved email was sent; the agent could not summarise it: {error}")
-        else:
-            await self.runs.finish(tx, run_id, RunStatus.FAILED, actor="system", failure_reason=f"drafting failed: {error}")
-
-    async def on_retry(self, tx: Tx, job: Job) -> None:
-        """An operator retries a dead agent step: the run is open again until it settles."""
-        run_id = job.payload["run_id"]
-        status = (await tx.execute(sa.select(t.runs.c.status).where(t.runs.c.id == run_id))).scalar_one()
-        if status == RunStatus.FAILED.value:
-            await self.runs.set_status(tx, run_id, RunStatus.DRAFTING, actor="system", job_id=job.id)

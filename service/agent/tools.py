@@ -13,14 +13,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llama_index.core.tools import FunctionTool, ToolMetadata
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..domain import EmailAction
 from ..mail.fields import BodyText, HeaderText
 from .knowledge import Retriever
+
+if TYPE_CHECKING:  # LlamaIndex loads with the agent, not with the service (service/agent/loader.py)
+    from llama_index.core.tools import FunctionTool
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +135,19 @@ class ToolRegistry:
             if name not in gated and spec.run is None:
                 raise ToolConfigError(f"tool {name!r} can only be proposed for review: list it in "
                                       "tools_requiring_human_confirmation")
-        registry = cls({n: available[n] for n in names}, gated)
-        registry._llm_tools = [
-            FunctionTool(fn=_never_called, metadata=ToolMetadata(name=s.name, description=s.description, fn_schema=s.parameters))
-            for s in registry.specs.values()
-        ]
-        return registry
+        return cls({n: available[n] for n in names}, gated)
 
     def llm_tools(self) -> list[FunctionTool]:
-        """The tools as the LLM sees them (name, description, JSON schema)."""
+        """The tools as the LLM sees them (name, description, JSON schema). Built once, by the
+        agent's loader in its thread (this imports LlamaIndex), before any step asks for them."""
+        if not self._llm_tools:
+            from llama_index.core.tools import FunctionTool, ToolMetadata
+
+            self._llm_tools = [
+                FunctionTool(fn=_never_called,
+                             metadata=ToolMetadata(name=s.name, description=s.description, fn_schema=s.parameters))
+                for s in self.specs.values()
+            ]
         return self._llm_tools
 
     def is_gated(self, name: str) -> bool:

@@ -88,5 +88,5 @@ async def delegate(request: web.Request) -> web.Response:
         reason = outcome.detail["reason"]
         errors = [{"field": "to", "message": outcome.detail["message"]}] if reason == "invalid_delegate" else None
         raise ApiError(_DELEGATION_STATUS[reason], reason, outcome.detail["message"], errors)
-    return web.json_response({"approval_id": outcome.approval_id, "run_id": outcome.run_id, "delegate_to": data.to,
+    return web.json_response({"approval_id": outcome.approval_id, "run_id": outcome.run_id, "delegate_to": data.to.strip(),
                               "slot": outcome.slot}, status=201)

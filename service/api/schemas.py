@@ -204,7 +204,7 @@ class DecisionIn(Strict):
     draft_version: int | None = Field(
         default=None, ge=1, le=1_000_000,
         description="The text version you read (approvals[].draft_version): an approve or edit is refused with 409 "
-                    "draft_changed if an edit has replaced it since")
+                    "draft_changed if an edit has replaced it since, or if it is absent once the text was edited")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> DecisionIn:

@@ -116,6 +116,7 @@ decisions = sa.Table(
     sa.Column("reviewer_id", sa.String(320), nullable=False),
     sa.Column("reviewer_name", sa.String(320)),
     sa.Column("reviewer_email", sa.String(320)),
+    sa.Column("reviewer_upn", sa.String(320)),  # 0007: a person named by UPN counts once too
     sa.Column("channel", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("final_action", sa.JSON),

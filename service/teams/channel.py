@@ -21,6 +21,7 @@ from ..foreground import Foreground
 from ..jobs import JobQueue
 from ..runs import Runs
 from ..store.db import Store
+from . import TeamsNotConfigured as TeamsNotConfigured  # raised here, defined without the SDK
 from .auth import CountersignBotAuthentication
 from .bot import ApprovalBot
 from .cards import TeamsCards
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 # load (bench/RESULTS.md). The same codes as a frozenset make it ~100x cheaper.
 # msrest declares the attribute a list; it is only ever tested with `in`.
 ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)  # type: ignore[assignment]
-
-
-class TeamsNotConfigured(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)

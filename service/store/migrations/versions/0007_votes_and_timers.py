@@ -35,6 +35,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('slot', sa.String(length=320), nullable=True))
         batch.add_column(sa.Column('delegate_to', sa.String(length=320), nullable=True))
         batch.add_column(sa.Column('replaced_action', sa.JSON(), nullable=True))
+        batch.add_column(sa.Column('reviewer_upn', sa.String(length=320), nullable=True))
     op.create_index('uq_decisions_vote', 'decisions', ['approval_id', 'draft_version', 'slot'], unique=True,
                     sqlite_where=sa.text(_VOTE), postgresql_where=sa.text(_VOTE))
 
@@ -42,7 +43,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('uq_decisions_vote', table_name='decisions')
     with op.batch_alter_table('decisions') as batch:
-        for column in ('replaced_action', 'delegate_to', 'slot', 'stage', 'draft_version'):
+        for column in ('reviewer_upn', 'replaced_action', 'delegate_to', 'slot', 'stage', 'draft_version'):
             batch.drop_column(column)
     with op.batch_alter_table('approvals') as batch:
         for column in ('expire_at', 'escalated_at', 'escalate_at', 'reminders_sent', 'remind_at', 'added_reviewers',

@@ -1,0 +1,236 @@
+"""Attacks on vote counting, tried over real HTTP: one person counted twice, a requester
+choosing a proxy for their own vote, an approval of a text the caller never read, odd
+inputs on the delegations route, and a delegation racing a vote across two processes.
+
+Each test asserts the status, the problem body, and that nothing was decided or sent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from service.scopes import Scope
+
+from .conftest import StartService
+from .peers.smtp import SmtpServer
+from .test_teams import CHANNEL, TENANT, _texts, teams_service
+from .test_voting import DANA, LEE, RITA, SAM, Reviewers, pending
+
+# Rita is named twice, by her AAD object id (as the test Bot Connector gives it) and by email:
+# an integrator mixing how people are named. One person must still count once.
+TWICE: dict[str, Any] = {"twice": {"reviewers": ["aad-rita", RITA, SAM], "mode": "quorum", "required": 2,
+                                   "teams_channel": CHANNEL}}
+
+
+async def _only_voters(voters: Reviewers, run_id: str, smtp_server: SmtpServer, expected: list[str]) -> None:
+    run = await voters.service.run(run_id)
+    assert run["status"] == "awaiting_approval" and run["approvals"][0]["status"] == "pending", run["status"]
+    assert [d["reviewer"]["id"] for d in run["decisions"] if d["kind"] != "delegate"] == expected
+    await asyncio.sleep(0.2)
+    assert smtp_server.messages() == []
+
+
+async def test_one_person_named_twice_counts_once_teams_then_api(start_service: StartService,
+                                                                 smtp_server: SmtpServer) -> None:
+    async with teams_service(start_service, smtp_server, TWICE) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "twice")
+        status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="rita"))
+        assert status == 200 and "1 of 2 approvals" in " ".join(_texts(answer["value"]))
+        # The same Rita through the API, with a key bound to her email: her second vote.
+        status, problem = await voters.vote(approval_id, RITA)
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        assert problem["first_vote"]["reviewer"] == "aad-rita"
+        await _only_voters(voters, run_id, smtp_server, ["aad-rita"])
+
+
+async def test_one_person_named_twice_counts_once_api_then_teams(start_service: StartService,
+                                                                 smtp_server: SmtpServer) -> None:
+    async with teams_service(start_service, smtp_server, TWICE) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "twice")
+        assert (await voters.vote(approval_id, RITA))[1]["status"] == "pending"
+        status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="rita"))
+        assert status == 200 and "already voted" in " ".join(_texts(answer["value"]))
+        await _only_voters(voters, run_id, smtp_server, [RITA])
+
+
+async def test_a_delegate_holding_a_second_identity_counts_once(start_service: StartService,
+                                                               smtp_server: SmtpServer) -> None:
+    # Sam holds his own vote by email; the policy allows handing votes to his object id.
+    policies = {"handover": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2,
+                             "teams_channel": CHANNEL, "delegates": ["aad-sam"]}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "handover")
+        status, _ = await voters.delegate(approval_id, RITA, "aad-sam")
+        assert status == 201
+        # Sam votes on the card (his identities hold Rita's slot and his own)...
+        status, _ = await teams.post(teams.click(approval_id, "countersign.approve", sender="sam"))
+        assert status == 200
+        # ...and again through the API as sam@example.com: the same person, counted once.
+        status, problem = await voters.vote(approval_id, SAM)
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        await _only_voters(voters, run_id, smtp_server, ["aad-sam"])
+
+
+async def test_the_requester_cannot_hand_their_own_vote_to_a_proxy(start_service: StartService,
+                                                                   smtp_server: SmtpServer) -> None:
+    # Rita asks for the refund and is a reviewer: self-approval is forbidden, so it needs Sam and
+    # Lee. Handing her vote to Dana would let the requester pick who approves in her place.
+    voters = Reviewers(await start_service(smtp_server, policies={
+        "refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}))
+    run_id, approval_id = await pending(voters.service, "refunds", requested_by=RITA)
+    status, problem = await voters.delegate(approval_id, RITA, DANA)
+    assert status == 403 and problem["type"].endswith("not_allowed"), problem
+    assert "requested this action" in problem["detail"]
+    status, problem = await voters.vote(approval_id, DANA)
+    assert status == 403 and "not among the reviewers" in problem["detail"]
+    assert (await voters.vote(approval_id, SAM))[1]["status"] == "pending"
+    run = await voters.service.run(run_id)
+    assert [d["kind"] for d in run["decisions"]] == ["approve"]
+    assert "approval.delegated" not in [e["event"] for e in run["timeline"]]
+    assert "delegation.refused" in [e["event"] for e in run["timeline"]]
+    await _only_voters(voters, run_id, smtp_server, [SAM])
+
+
+async def test_an_api_approval_without_draft_version_after_an_edit_is_refused(start_service: StartService,
+                                                                              smtp_server: SmtpServer) -> None:
+    # Sam's integration read the first text; Rita's edit replaced it. An approve that does not
+    # say which text it read must not approve the new one unseen.
+    voters = Reviewers(await start_service(smtp_server, policies={
+        "refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2}}))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    status, answer = await voters.vote(approval_id, RITA, "edit", body="Dear Ann,\n\nNo refund after all.\n\nSupport")
+    assert status == 200 and answer["status"] == "pending"
+    for body in ({}, {"draft_version": 1}):
+        status, problem = await voters.vote(approval_id, SAM, **body)
+        assert status == 409 and problem["type"].endswith("draft_changed"), problem
+        assert "version 2" in problem["detail"]
+    await _only_voters(voters, run_id, smtp_server, [RITA])
+    # Rejecting needs no version (it fails closed); approving the text read does.
+    assert (await voters.vote(approval_id, SAM, draft_version=2))[1]["status"] == "approved"
+    await voters.service.wait_status(run_id, "completed")
+    [message] = smtp_server.messages()
+    assert "No refund after all." in message.get_body(("plain",)).get_content()
+
+
+async def test_odd_delegation_inputs_get_a_problem_and_change_nothing(start_service: StartService,
+                                                                      smtp_server: SmtpServer) -> None:
+    voters = Reviewers(await start_service(smtp_server, policies={
+        "refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    key = await voters.key(RITA)
+    path = f"/api/approvals/{approval_id}/delegations"
+    for body, status_expected, field in (
+            ({}, 422, "to"), ({"to": 7}, 422, "to"), ({"to": None}, 422, "to"), ({"to": ["x"]}, 422, "to"),
+            ({"to": "   "}, 422, "to"), ({"to": "x" * 100_000}, None, None), ({"to": DANA, "extra": 1}, 422, None),
+            ({"to": DANA, "reviewer": {"id": SAM}}, 403, None), ({"to": "dana@example.com\u0000"}, 422, None),
+            ({"to": "\u212a@example.com"}, 422, "to")):
+        status, problem, _ = await voters.service.request("POST", path, body=body, auth=key)
+        assert 400 <= status < 500, (body, status, problem)
+        if status_expected is not None:
+            assert status == status_expected, (body, problem)
+        assert problem["type"] and problem["detail"], problem
+        if field is not None:
+            assert any(e["field"].startswith(field) for e in problem.get("errors", [])), (body, problem)
+    for raw in (b"", b"not json", b"[]", b"\"to\""):
+        status, problem, _ = await voters.service.request("POST", path, raw=raw, auth=key)
+        assert 400 <= status < 500 and problem["detail"], (raw, status, problem)
+    status, problem, _ = await voters.service.request("POST", "/api/approvals/nope/delegations", body={"to": DANA},
+                                                      auth=key)
+    assert status == 404, problem
+    await _only_voters(voters, run_id, smtp_server, [])
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL
+async def test_a_delegation_racing_the_delegators_vote_counts_one_of_them(start_service: StartService,
+                                                                          smtp_server: SmtpServer) -> None:
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}
+    first = await start_service(smtp_server, policies=policies)
+    second = await start_service(smtp_server, policies=policies)
+    one, two = Reviewers(first), Reviewers(second)
+    for who in (RITA, DANA):  # one key each, known to both processes (one database)
+        two.keys[who] = await one.key(who)
+    for _ in range(15):
+        run_id, approval_id = await pending(first, "refunds")
+        # Rita votes on one process while handing her vote to Dana on the other, and Dana votes.
+        results = await asyncio.gather(one.vote(approval_id, RITA), two.delegate(approval_id, RITA, DANA),
+                                       one.vote(approval_id, DANA), two.vote(approval_id, DANA))
+        assert all(status in (200, 201, 403, 409) for status, _ in results), results
+        run = await first.run(run_id)
+        votes = [d for d in run["decisions"] if d["kind"] != "delegate"]
+        # Rita's slot is filled at most once, by Rita or (after the hand-over) by Dana, never
+        # both; nothing settles on one slot. Dana's votes may all have come before she held it.
+        assert len(votes) <= 1, run["decisions"]
+        assert run["status"] == "awaiting_approval"
+        delegated = [d for d in run["decisions"] if d["kind"] == "delegate"]
+        assert {v["reviewer"]["id"] for v in votes} <= ({DANA} if delegated else {RITA}), run["decisions"]
+        if not delegated:  # the hand-over lost to Rita's vote, and was refused for it
+            assert any(status == 409 and body["type"].endswith("already_voted") for status, body in results[1:2])
+    await asyncio.sleep(0.2)
+    assert smtp_server.messages() == []
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # replicas need PostgreSQL
+async def test_two_votes_handed_to_one_person_at_once_one_is_refused(start_service: StartService,
+                                                                    smtp_server: SmtpServer) -> None:
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}
+    first = await start_service(smtp_server, policies=policies)
+    second = await start_service(smtp_server, policies=policies)
+    one, two = Reviewers(first), Reviewers(second)
+    for who in (RITA, SAM, DANA):
+        two.keys[who] = await one.key(who)
+    for _ in range(10):
+        run_id, approval_id = await pending(first, "refunds")
+        # Rita and Sam both hand their votes to Dana, on two processes: Dana would hold two.
+        results = await asyncio.gather(one.delegate(approval_id, RITA, DANA), two.delegate(approval_id, SAM, DANA))
+        assert sorted(status for status, _ in results) == [201, 422], results
+        [(_, refused)] = [r for r in results if r[0] == 422]
+        assert refused["type"].endswith("invalid_delegate") and "already holds a vote" in refused["detail"]
+        assert (await two.vote(approval_id, DANA))[1]["status"] == "pending"  # one slot: not a quorum
+        status, problem = await one.vote(approval_id, DANA)
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        run = await first.run(run_id)
+        assert run["status"] == "awaiting_approval"
+        assert [d["kind"] for d in run["decisions"]] == ["delegate", "approve"]
+    await asyncio.sleep(0.2)
+    assert smtp_server.messages() == []
+
+
+async def test_the_key_making_helper_binds_keys_to_distinct_reviewers(start_service: StartService,
+                                                                      smtp_server: SmtpServer) -> None:
+    # A guard for the attack tests above: a key bound to Rita cannot vote as Sam.
+    voters = Reviewers(await start_service(smtp_server, policies={
+        "refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2}}))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    status, problem = await voters.service.decide(approval_id, {"decision": "approve", "reviewer": {"id": SAM}},
+                                                  auth=await voters.key(RITA))
+    assert status == 403 and problem["type"].endswith("reviewer_mismatch")
+    other = await voters.service.make_key("rita-spaced", Scope.DECIDE, reviewer=f" {RITA} ")
+    assert (await voters.vote(approval_id, RITA))[0] == 200
+    status, problem = await voters.service.decide(approval_id, {"decision": "approve"}, auth=other)
+    assert status in (403, 409), problem  # a padded spelling is either Rita (409) or nobody (403), never a 2nd vote
+    await _only_voters(voters, run_id, smtp_server, [RITA])
+
+
+async def test_one_person_named_by_email_and_upn_counts_once_teams_then_api(start_service: StartService,
+                                                                           smtp_server: SmtpServer) -> None:
+    upn = "rita.s@corp.example.com"
+    policies = {"twice": {"reviewers": [RITA, upn, SAM], "mode": "quorum", "required": 2, "teams_channel": CHANNEL}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        teams.connector.members["29:rita"] = {"id": "29:rita", "name": "Rita", "aadObjectId": "aad-rita",
+                                              "email": RITA, "userPrincipalName": upn, "tenantId": TENANT}
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "twice")
+        status, _ = await teams.post(teams.click(approval_id, "countersign.approve", sender="rita"))
+        assert status == 200
+        status, problem = await voters.vote(approval_id, upn)
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        await _only_voters(voters, run_id, smtp_server, ["aad-rita"])
