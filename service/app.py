@@ -46,7 +46,7 @@ from .startup import (
 )
 from .store.db import Store, utcnow
 from .teams import TeamsNotConfigured
-from .timers import ApprovalTimers
+from .timers import TIMER_LANE, TIMER_LANE_SLOTS, ApprovalTimers
 
 if TYPE_CHECKING:
     from .agent.workflow import AgentWorkflow  # LlamaIndex: loaded by the first agent step (agent/loader.py)
@@ -238,6 +238,7 @@ async def _lifecycle(
         timers.on_escalation.append(teams.notices.on_escalation)
     # The email channel (next issue) subscribes its reminders to `timers.on_reminder` here.
     worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
+                    lanes={TIMER_LANE: TIMER_LANE_SLOTS},
                     timeout_seconds=settings.job_timeout_seconds, foreground=foreground)
     if run_workers and settings.worker_concurrency > 0:
         worker.start()

@@ -106,6 +106,9 @@ DeadHook = Callable[[Tx, Job, str], Awaitable[None]]
 RetryHook = Callable[[Tx, Job], Awaitable[None]]
 
 
+DEFAULT_LANE = "default"
+
+
 @dataclass(frozen=True, slots=True)
 class JobHandler:
     run: RunHandler
@@ -118,6 +121,10 @@ class JobHandler:
     # Read what the job works on in the transaction that leases it (`job.prefetched`):
     # one store round trip fewer between a decision and its side effect.
     prefetch: Callable[[Tx, Job], Awaitable[Any]] | None = None
+    # Jobs of a lane share its slots (`Worker(lanes=)`); the default lane has `concurrency`.
+    # Timers, which only read and write the store, have their own wide lane: ten thousand
+    # falling due in a minute must not wait for eight slots meant for SMTP and Teams calls.
+    lane: str = DEFAULT_LANE
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -345,10 +352,13 @@ class Worker:
     SMTP send) is never taken over. An idle worker renews nothing."""
 
     def __init__(self, queue: JobQueue, *, concurrency: int = 8, poll_seconds: float = 1.0, timeout_seconds: float = 60.0,
-                 foreground: Foreground | None = None) -> None:
+                 foreground: Foreground | None = None, lanes: dict[str, int] | None = None) -> None:
         self.queue = queue
         self.foreground = foreground or Foreground(max_defer_seconds=0.0)
         self.concurrency = concurrency
+        # lane -> slots; a kind whose handler names a lane not listed runs in the default one.
+        self.lanes = {DEFAULT_LANE: concurrency, **(lanes or {})}
+        self._lane_tasks: dict[str, set[asyncio.Task[None]]] = {lane: set() for lane in self.lanes}
         self.poll_seconds = poll_seconds
         self.timeout_seconds = timeout_seconds
         self._tasks: set[asyncio.Task[None]] = set()
@@ -373,39 +383,68 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _lane_of(self, kind: str) -> str:
+        lane = self.queue.handlers[kind].lane
+        return lane if lane in self.lanes else DEFAULT_LANE
+
+    def _leasable(self) -> dict[str, int]:
+        """Free slots per lane worth a lease: in a wide lane, wait for a few to free up
+        rather than take a write transaction per finished job."""
+        out = {}
+        for lane, size in self.lanes.items():
+            running = len(self._lane_tasks[lane])
+            free = size - running
+            if free > 0 and (free >= max(1, size // 8) or running == 0):
+                out[lane] = free
+        return out
+
+    async def _lease(self, leasable: dict[str, int]) -> list[Job]:
+        if len(self.lanes) == 1:
+            return await self.queue.lease(leasable[DEFAULT_LANE])
+        jobs: list[Job] = []
+        for lane, free in leasable.items():
+            kinds = [k for k in self.queue.handlers if self._lane_of(k) == lane]
+            if kinds:
+                jobs += await self.queue.lease(free, kinds)
+        return jobs
+
     async def _loop(self) -> None:
         woken = False
         while True:
             try:
-                free = self.concurrency - len(self._tasks)
+                leasable = self._leasable()
                 jobs: list[Job] = []
                 # Idle, it sleeps until the next job falls due (a timer), at most the poll
                 # interval: other processes' new jobs are seen within it, as before timers.
                 sleep = self.poll_seconds
-                if free > 0:
+                if leasable:
                     await self.foreground.wait_clear()
                     self.queue.wakeup.clear()
                     # A local commit that enqueued work: lease at once. A poll: look first
                     # (a cheap read) so an idle worker takes no write transaction.
                     if woken:
-                        jobs = await self.queue.lease(free)
+                        jobs = await self._lease(leasable)
                     if not jobs:
                         next_due = await self.queue.next_due()
                         if next_due is not None:
                             wait = (next_due - self.queue.store.clock()).total_seconds()
                             if wait <= 0:
-                                jobs = await self.queue.lease(free)
+                                jobs = await self._lease(leasable)
                             else:
                                 sleep = min(sleep, wait)
                 for job in jobs:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.kind}-{job.id}")
                     self._tasks.add(task)
+                    self._lane_tasks[self._lane_of(job.kind)].add(task)
                     self._running[job.id] = (job, task)
                     self._jobs_running.set()
                     task.add_done_callback(functools.partial(self._done, job.id))
                 woken = False
-                if jobs and len(jobs) == free:
+                if jobs and not self._leasable():
                     await self._wait(self._slot_free)
+                elif not jobs and self._tasks and not leasable:
+                    # Every lane is full: a freed slot, or new work, wakes it.
+                    await self._wait(self._slot_free, sleep)
                 elif not jobs:
                     self.queue.sleeping_until = self.queue.store.clock() + timedelta(seconds=sleep)
                     try:
@@ -420,8 +459,11 @@ class Worker:
 
     async def _wait(self, event: asyncio.Event, timeout: float | None = None) -> bool:
         """True when `event` fired, False when `timeout` (the poll interval) ran out."""
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the worker's own
+        # cancellation (Worker.stop) when the event fires at the same moment.
         try:
-            await asyncio.wait_for(event.wait(), timeout=self.poll_seconds if timeout is None else timeout)
+            async with asyncio.timeout(self.poll_seconds if timeout is None else timeout):
+                await event.wait()
         except TimeoutError:
             return False
         finally:
@@ -430,6 +472,8 @@ class Worker:
 
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        for tasks in self._lane_tasks.values():
+            tasks.discard(task)
         self._running.pop(job_id, None)
         self._recording.discard(job_id)
         if not self._running:
@@ -452,8 +496,11 @@ class Worker:
                 log.exception("could not renew the leases of %d running jobs", len(running))
                 continue
             metrics.LEASES_RENEWED.inc(len(running) - len(lost))
-            for job_id in lost - self._recording:
+            # A job that finished while the renewal ran is gone from `_running`: not lost.
+            for job_id in (lost - self._recording) & self._running.keys():
                 job, task = running[job_id]
+                if self._running[job_id][1] is not task:
+                    continue
                 # Another worker runs it now; what this one would still do would be done twice.
                 log.warning("job %s (%s) was taken over by another worker; stopping it here", job.id, job.kind)
                 metrics.LEASES_LOST.inc()

@@ -43,6 +43,12 @@ TIMER_JOBS = (REMIND_JOB, ESCALATE_JOB, EXPIRE_JOB)
 SYSTEM_ACTOR = "system"
 
 
+# Timer jobs only read and write the store (their notices are jobs of their own), so many
+# may run at once: a wide lane of the worker's, apart from the slots of SMTP and Teams jobs.
+TIMER_LANE = "timers"
+TIMER_LANE_SLOTS = 64
+
+
 def deadline(timers: Timers, start: datetime, duration: timedelta) -> datetime:
     """When `duration` after `start` falls due under the policy's timers. The one place
     that knows about calendars: with one, working time counts (service/business_hours.py)."""
@@ -97,9 +103,9 @@ class ApprovalTimers:
 
     def register(self) -> None:
         # cancel_with_run (the default): a cancelled run cancels its timers.
-        self.jobs.register(REMIND_JOB, JobHandler(run=self._handler(self._remind)))
-        self.jobs.register(ESCALATE_JOB, JobHandler(run=self._handler(self._escalate)))
-        self.jobs.register(EXPIRE_JOB, JobHandler(run=self._handler(self._expire)))
+        self.jobs.register(REMIND_JOB, JobHandler(run=self._handler(self._remind), lane=TIMER_LANE))
+        self.jobs.register(ESCALATE_JOB, JobHandler(run=self._handler(self._escalate), lane=TIMER_LANE))
+        self.jobs.register(EXPIRE_JOB, JobHandler(run=self._handler(self._expire), lane=TIMER_LANE))
         self.runs.on_approval_created.append(self.schedule)
         self.runs.on_approval_changed.append(self.on_approval_changed)
 

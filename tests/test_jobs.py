@@ -363,3 +363,42 @@ async def test_a_job_taken_over_by_another_worker_is_stopped_here(store: Store) 
         await worker.stop()
     [job] = await _jobs(store)
     assert job.status is JobStatus.QUEUED and job.lease_token == "another-worker"  # its outcome is the new holder's
+
+
+async def test_a_wide_lane_runs_many_jobs_beside_the_default_slots(store: Store) -> None:
+    """Timers have a lane of their own: ten of them run at once while the default lane's one
+    slot is busy with a slow job."""
+    queue = _queue(store)
+    running, release = set(), asyncio.Event()
+    slow_started = asyncio.Event()
+
+    async def wide(job: Job) -> None:
+        running.add(job.payload["n"])
+        await release.wait()
+
+    async def slow(job: Job) -> None:
+        slow_started.set()
+        await release.wait()
+
+    queue.register("wide", JobHandler(run=wide, lane="timers"))  # type: ignore[arg-type]
+    queue.register("slow", JobHandler(run=slow))  # type: ignore[arg-type]
+    await _enqueue(queue, "slow", 2)
+    await _enqueue(queue, "wide", 10)
+    worker = Worker(queue, concurrency=1, poll_seconds=0.02, lanes={"timers": 10})
+    worker.start()
+    try:
+        await asyncio.wait_for(slow_started.wait(), 10)
+
+        async def all_wide_running() -> bool:
+            return len(running) == 10
+
+        await _wait_until(all_wide_running)
+        assert len(worker._lane_tasks["default"]) == 1  # the second slow job waits for the one slot
+        release.set()
+
+        async def all_done() -> bool:
+            return all(j.status is JobStatus.DONE for j in await _jobs(store))
+
+        await _wait_until(all_done)
+    finally:
+        await worker.stop()
