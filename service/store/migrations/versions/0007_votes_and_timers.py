@@ -36,12 +36,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column('delegate_to', sa.String(length=320), nullable=True))
         batch.add_column(sa.Column('replaced_action', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('reviewer_upn', sa.String(length=320), nullable=True))
+    op.create_index(op.f('ix_jobs_run_id_status'), 'jobs', ['run_id', 'status'])
     op.create_index('uq_decisions_vote', 'decisions', ['approval_id', 'draft_version', 'slot'], unique=True,
                     sqlite_where=sa.text(_VOTE), postgresql_where=sa.text(_VOTE))
 
 
 def downgrade() -> None:
     op.drop_index('uq_decisions_vote', table_name='decisions')
+    op.drop_index(op.f('ix_jobs_run_id_status'), table_name='jobs')
     with op.batch_alter_table('decisions') as batch:
         for column in ('reviewer_upn', 'replaced_action', 'delegate_to', 'slot', 'stage', 'draft_version'):
             batch.drop_column(column)
