@@ -28,7 +28,7 @@ bench says so and exits with status 3.
 Target (issue 12): lateness p99 < 1 s, on SQLite and on PostgreSQL.
 
 Usage: .venv/bin/python bench/timer_lateness.py [--timers 10000] [--lead 20] [--spread 60]
-       [--grace 60] [--poll 0.25] [--code DIR] [--no-postgres]
+       [--grace 60] [--poll 0.25] [--code DIR] [--no-postgres] [--no-sqlite]
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ async def run(args: argparse.Namespace) -> int:
     results: list[Result] = []
     try:
         (tmp / "sqlite").mkdir(mode=0o700)
-        targets = [("sqlite", f"sqlite+aiosqlite:///{tmp / 'sqlite' / 'countersign.db'}")]
+        targets = [("sqlite", f"sqlite+aiosqlite:///{tmp / 'sqlite' / 'countersign.db'}")] if args.sqlite else []
         if args.postgres:
             sys.path.insert(0, str(ROOT))
             from tests.peers.postgres import PostgresServer, find_bindir
@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.25, help="seconds between reads of the decided approvals")
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose service/ is run")
     parser.add_argument("--no-postgres", dest="postgres", action="store_false")
+    parser.add_argument("--no-sqlite", dest="sqlite", action="store_false")
     os.umask(0o077)
     raise SystemExit(asyncio.run(run(parser.parse_args())))
 

@@ -113,6 +113,9 @@ _CLAIM = (t.approvals.update()
                   **{name: sa.bindparam(name, type_=t.approvals.c[name].type)
                      for name in ("status", "decided_at", "decided_by", "approved_action", "approved_sha256",
                                   "content_hash_version", "draft_version", "stage", "action")}))
+# An expiry that fails closed ends the approval with its timers: the columns go in the
+# same statement, the queued timer jobs with the run's other jobs (cancel_for_run).
+_CLAIM_ENDING_TIMERS = _CLAIM.values(remind_at=None, escalate_at=None, expire_at=None)
 _STATUS = sa.select(t.approvals.c.status).where(t.approvals.c.id == sa.bindparam("approval_id"))
 
 
@@ -455,7 +458,7 @@ class Decisions:
         final_action = approval.action if approve else None
         approved_sha256 = visible_sha256(final_action, sender=sender, reply_to=reply_to) if final_action else None
         status = ApprovalStatus.APPROVED if approve else ApprovalStatus.EXPIRED
-        won = await tx.execute(_CLAIM, {
+        won = await tx.execute(_CLAIM if approve else _CLAIM_ENDING_TIMERS, {
             "approval_id": approval.id, "seen": approval.version, "status": status.value,
             "decided_at": tx.now, "decided_by": SYSTEM_ACTOR,
             "approved_action": final_action.to_dict() if final_action else None, "approved_sha256": approved_sha256,

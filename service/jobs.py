@@ -133,6 +133,22 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+_FINISH = (t.jobs.update()
+           .where(t.jobs.c.id == sa.bindparam("job_id"), t.jobs.c.lease_token == sa.bindparam("token"))
+           .values(status=JobStatus.DONE.value, finished_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
+                   leased_until=None, lease_token=None, last_error=None))
+
+
+@functools.lru_cache(maxsize=8)
+def _cancel_for_run(keep: tuple[str, ...]) -> sa.Update:
+    # Built once per set of kinds kept (fixed once handlers are registered): expiring
+    # thousands of runs a minute is bound by the Python that builds each statement.
+    return (t.jobs.update()
+            .where(t.jobs.c.run_id == sa.bindparam("for_run"), t.jobs.c.status == JobStatus.QUEUED.value,
+                   t.jobs.c.kind.not_in(keep))
+            .values(status=JobStatus.CANCELLED.value, finished_at=sa.bindparam("now"), updated_at=sa.bindparam("now")))
+
+
 class JobQueue:
     def __init__(
         self,
@@ -182,12 +198,8 @@ class JobQueue:
     async def cancel_for_run(self, tx: Tx, run_id: str) -> int:
         # Everything queued for the run goes, except kinds that must outlive it (the
         # callback announcing the cancellation, a delivery already under way).
-        keep = [k for k, h in self.handlers.items() if not h.cancel_with_run]
-        result = await tx.execute(
-            t.jobs.update()
-            .where(t.jobs.c.run_id == run_id, t.jobs.c.status == JobStatus.QUEUED.value, t.jobs.c.kind.not_in(keep))
-            .values(status=JobStatus.CANCELLED.value, finished_at=tx.now, updated_at=tx.now)
-        )
+        keep = tuple(k for k, h in self.handlers.items() if not h.cancel_with_run)
+        result = await tx.execute(_cancel_for_run(keep), {"for_run": run_id, "now": tx.now})
         return result.rowcount
 
     async def next_due(self) -> datetime | None:
@@ -276,7 +288,9 @@ class JobQueue:
 
     async def finish(self, job: Job, outcome: Op[None] | None) -> None:
         async def op(tx: Tx) -> None:
-            await self._guard(tx, job, status=JobStatus.DONE.value, finished_at=tx.now, last_error=None)
+            done = await tx.execute(_FINISH, {"job_id": job.id, "token": job.lease_token, "now": tx.now})
+            if done.rowcount != 1:
+                raise LeaseLost(f"job {job.id} ({job.kind}) was taken over by another worker")
             if outcome is not None:
                 await outcome(tx)
 

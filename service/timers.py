@@ -80,9 +80,21 @@ ReminderListener = Callable[[Tx, Reminder], Awaitable[None]]
 EscalationListener = Callable[[Tx, Escalation], Awaitable[None]]
 
 _APPROVAL = sa.select(t.approvals).where(t.approvals.c.id == sa.bindparam("approval_id"))
-_TIMER_STATE = (sa.select(t.approvals.c.run_id, t.approvals.c.status, t.approvals.c.remind_at,
-                          t.approvals.c.escalate_at, t.approvals.c.expire_at)
-                .where(t.approvals.c.id == sa.bindparam("approval_id")))
+# Built once: 10,000 expiries a minute on PostgreSQL are bound by statements per expiry
+# and the Python that builds each one.
+_CLEAR_TIMERS = (t.approvals.update()
+                 .where(t.approvals.c.id == sa.bindparam("approval_id"),
+                        t.approvals.c.status != ApprovalStatus.PENDING.value,
+                        sa.or_(t.approvals.c.remind_at.is_not(None), t.approvals.c.escalate_at.is_not(None),
+                               t.approvals.c.expire_at.is_not(None)))
+                 .values(remind_at=None, escalate_at=None, expire_at=None)
+                 .returning(t.approvals.c.run_id))
+_CANCEL_TIMER_JOBS = (t.jobs.update()
+                      .where(t.jobs.c.run_id == sa.bindparam("for_run"), t.jobs.c.status == JobStatus.QUEUED.value,
+                             t.jobs.c.kind.in_(TIMER_JOBS),
+                             t.jobs.c.payload["approval_id"].as_string() == sa.bindparam("approval_id"))
+                      .values(status=JobStatus.CANCELLED.value, finished_at=sa.bindparam("now"),
+                              updated_at=sa.bindparam("now")))
 
 
 async def still_asked(tx: Tx, approval: Approval) -> tuple[str, ...]:
@@ -154,23 +166,12 @@ class ApprovalTimers:
                                 run_id=run_id, due_at=due)
 
     async def on_approval_changed(self, tx: Tx, approval_id: str) -> None:
-        """Decided, expired or cancelled: its timers are cancelled (one read by key when not)."""
-        row = (await tx.execute(_TIMER_STATE, {"approval_id": approval_id})).first()
-        if row is None or row.status == ApprovalStatus.PENDING.value:
-            return
-        if row.remind_at is None and row.escalate_at is None and row.expire_at is None:
-            return
-        queued = (await tx.execute(
-            sa.select(t.jobs.c.id, t.jobs.c.payload)
-            .where(t.jobs.c.run_id == row.run_id, t.jobs.c.status == JobStatus.QUEUED.value,
-                   t.jobs.c.kind.in_(TIMER_JOBS))
-        )).all()
-        ids = [j.id for j in queued if (j.payload or {}).get("approval_id") == approval_id]
-        if ids:
-            await tx.execute(t.jobs.update().where(t.jobs.c.id.in_(ids), t.jobs.c.status == JobStatus.QUEUED.value)
-                             .values(status=JobStatus.CANCELLED.value, finished_at=tx.now, updated_at=tx.now))
-        await tx.execute(t.approvals.update().where(t.approvals.c.id == approval_id)
-                         .values(remind_at=None, escalate_at=None, expire_at=None))
+        """Decided, expired or cancelled: its timers are cancelled and its timer columns
+        cleared. One statement when it is still pending or has no timers left (a vote that
+        counts, a reminder; an expiry clears them in its own compare-and-set)."""
+        row = (await tx.execute(_CLEAR_TIMERS, {"approval_id": approval_id})).first()
+        if row is not None:
+            await tx.execute(_CANCEL_TIMER_JOBS, {"approval_id": approval_id, "for_run": row.run_id, "now": tx.now})
 
     # ---- the timers (each in the transaction finishing its job) -----------------------
 
