@@ -237,6 +237,8 @@ class ApprovalTimers:
         escalation = Escalation(row.id, row.run_id, added, row.stage, policy)
         for listener in self.on_escalation:
             await listener(tx, escalation)
+        if added:  # channels reach the people added as they reach delegates
+            await self.runs.reviewers_added(tx, row.id, list(added), ESCALATION)
         await self.runs.approval_changed(tx, row.id)
         tx.after_commit(metrics.TIMERS_FIRED.labels(kind="escalate").inc)
 
