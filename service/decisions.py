@@ -441,29 +441,36 @@ class Decisions:
         agent run's snapshot dropped as by a cancel) or approve (an automatic decision,
         audited as such, and the delivery queued). The same compare-and-set as a vote, so a
         vote racing the expiry either wins (False here) or finds it settled. False too when
-        the approval is no longer pending, or this expiry is not the current one."""
-        row = (await tx.execute(_APPROVAL, {"approval_id": approval_id})).first()
-        if row is None or row.status != ApprovalStatus.PENDING.value:
-            return False
-        if row.expire_at is not None and row.expire_at != due_at:
-            return False  # rescheduled: another timer carries the current expiry
-        approval = _approval_from_row(row)
-        policy = Policy.from_dict(approval.policy)
-        approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE
-        sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
-                            else (self.mail_from, self.mail_reply_to))
-        final_action = approval.action if approve else None
-        approved_sha256 = visible_sha256(final_action, sender=sender, reply_to=reply_to) if final_action else None
-        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.EXPIRED
-        won = await tx.execute(_CLAIM, {
-            "approval_id": approval.id, "seen": approval.version, "status": status.value,
-            "decided_at": tx.now, "decided_by": SYSTEM_ACTOR,
-            "approved_action": final_action.to_dict() if final_action else None, "approved_sha256": approved_sha256,
-            "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
-            "draft_version": approval.draft_version, "stage": approval.stage, "action": approval.action.to_dict(),
-        })
-        if won.rowcount != 1:
-            return False
+        the approval is no longer pending, or this expiry is not the current one. A change
+        that leaves the approval pending (an escalation, a vote that did not settle it, on
+        PostgreSQL from another process) is read again, as `decide` counts a vote again."""
+        for _ in range(_CAS_ATTEMPTS):
+            row = (await tx.execute(_APPROVAL, {"approval_id": approval_id})).first()
+            if row is None or row.status != ApprovalStatus.PENDING.value:
+                return False
+            if row.expire_at is not None and row.expire_at != due_at:
+                return False  # rescheduled: another timer carries the current expiry
+            approval = _approval_from_row(row)
+            policy = Policy.from_dict(approval.policy)
+            approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE
+            sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
+                                else (self.mail_from, self.mail_reply_to))
+            final_action = approval.action if approve else None
+            approved_sha256 = visible_sha256(final_action, sender=sender, reply_to=reply_to) if final_action else None
+            status = ApprovalStatus.APPROVED if approve else ApprovalStatus.EXPIRED
+            won = await tx.execute(_CLAIM, {
+                "approval_id": approval.id, "seen": approval.version, "status": status.value,
+                "decided_at": tx.now, "decided_by": SYSTEM_ACTOR,
+                "approved_action": final_action.to_dict() if final_action else None,
+                "approved_sha256": approved_sha256,
+                "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
+                "draft_version": approval.draft_version, "stage": approval.stage, "action": approval.action.to_dict(),
+            })
+            if won.rowcount == 1:
+                break
+        else:
+            raise RuntimeError(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
+                               "the expiry job tries again")
         waited = {"approval_id": approval.id, "due_at": due_at.isoformat(), "on_expiry": policy.timers.on_expiry.value}
         tx.audit("approval.expired", run_id=approval.run_id, actor=SYSTEM_ACTOR, data=waited)
         if approve:

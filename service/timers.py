@@ -243,13 +243,7 @@ class ApprovalTimers:
         tx.after_commit(metrics.TIMERS_FIRED.labels(kind="escalate").inc)
 
     async def _expire(self, tx: Tx, job: Job, due: datetime) -> None:
-        for _ in range(5):
-            if await self.decisions.expire(tx, job.payload["approval_id"], due_at=due):
-                tx.after_commit(metrics.TIMERS_FIRED.labels(kind="expire").inc)
-                return
-            # False: a vote won, or only a change that left the approval pending (an
-            # escalation bumps its version, on PostgreSQL from another process): try again.
-            row = await self._pending(tx, job)
-            if row is None or (row.expire_at is not None and row.expire_at != due):
-                return
-        raise RuntimeError(f"expiry of approval {job.payload['approval_id']} kept losing its compare-and-set")
+        # Decisions.expire settles by compare-and-set, reading the approval again when a
+        # change that left it pending (an escalation, a vote) won in between.
+        if await self.decisions.expire(tx, job.payload["approval_id"], due_at=due):
+            tx.after_commit(metrics.TIMERS_FIRED.labels(kind="expire").inc)

@@ -346,6 +346,43 @@ async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
           f"{200 - sum(decided.values())} expired first")
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # a second writer committing in between
+async def test_an_expiry_that_loses_its_compare_and_set_to_a_pending_change_reads_again_and_settles(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    """Whoever calls `Decisions.expire` gets the retry: here an escalation-like change from
+    another connection commits between the expiry's read and its write."""
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    services = service.app[SERVICES]
+    run_id, approval_id = await create(service, timed(expire_after=HOUR))
+    before = await approval_row(service, approval_id)
+    engine = services.store.writer_engine
+    async with engine.connect() as other:
+        change = await other.begin()  # holds the approval's row lock until it commits
+        await other.execute(t.approvals.update().where(t.approvals.c.id == approval_id)
+                            .values(version=t.approvals.c.version + 1))
+        expiring = asyncio.create_task(services.store.write(
+            lambda tx: services.decisions.expire(tx, approval_id, due_at=before.expire_at)))
+        deadline = time.monotonic() + 15
+        async with engine.connect() as watch:  # the expiry read version 0 and now waits to write
+            while True:
+                waiting = (await watch.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"))).scalar_one()
+                await watch.rollback()  # pg_stat_activity is a snapshot per transaction
+                if waiting:
+                    break
+                assert time.monotonic() < deadline and not expiring.done()
+                await asyncio.sleep(0.02)
+        await change.commit()
+    assert await expiring is True
+    row = await approval_row(service, approval_id)
+    assert row.status == "expired" and row.version == before.version + 2
+    assert len(await events(service, run_id, "approval.expired")) == 1
+    assert (await service.wait_status(run_id, "expired"))["approvals"][0]["status"] == "expired"
+
+
 async def test_the_idle_worker_sleeps_until_the_next_due_job(store: Store) -> None:
     """Polls every 30 s; a job enqueued here due in 0.3 s runs at 0.3 s, not at the poll."""
     offset = [timedelta(0)]
