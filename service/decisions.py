@@ -277,6 +277,7 @@ class Decisions:
         if after.stage != before.stage and not final:
             tx.audit("approval.stage_started", run_id=approval.run_id, actor="system", data={
                 "approval_id": approval.id, "stage": after.stage + 1, "of": after.stages, "asked": list(after.asked)})
+            await self.runs.stage_started(tx, approval.id, after.stage)  # its timers start again
         delivery = None
         if final:
             delivery = await self._after_decision(tx, approval, new_status, final_action, decision,
