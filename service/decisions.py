@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
+from .audit_throttle import AuditThrottle
 from .domain import (
     EMAIL_NEEDED,
     AlreadyDecided,
@@ -128,8 +129,11 @@ def _identity(request: DecisionRequest) -> dict[str, str]:
 
 class Decisions:
     def __init__(self, store: Store, jobs: JobQueue, runs: Runs, message_id_domain: str, *,
-                 mail_from: str, mail_reply_to: str | None) -> None:
+                 mail_from: str, mail_reply_to: str | None, refusals: AuditThrottle | None = None) -> None:
         self.store = store
+        # Refused attempts are audited once per (approval, who, what, why) a minute: anyone
+        # with a credential could otherwise grow the audit log as fast as we answer.
+        self.refusals = refusals or AuditThrottle()
         # For approvals created before From/Reply-To were frozen on them (migration 0005):
         # the settings at the decision, frozen on the delivery from then on.
         self.mail_from = mail_from
@@ -142,6 +146,8 @@ class Decisions:
         """Take a decision. Refusals (not allowed, already decided) are outcomes, not errors,
         so that the attempt is audited in the same transaction."""
 
+        attempt = object()  # this call, however many times its op runs (AuditThrottle)
+
         async def op(tx: Tx) -> DecisionOutcome | None:
             # Expected conditions are results, not exceptions: an op that raises makes the
             # store run its whole batch again, one transaction per op.
@@ -149,7 +155,7 @@ class Decisions:
                 row = (await tx.execute(_APPROVAL, {"approval_id": request.approval_id})).first()
                 if row is None:
                     return None
-                result = await self._vote(tx, row, request)
+                result = await self._vote(tx, row, request, attempt)
                 if result is not _LOST_RACE:
                     assert not isinstance(result, _LostRace)
                     return result
@@ -161,7 +167,8 @@ class Decisions:
             raise NotFound("approval", request.approval_id)
         return outcome
 
-    async def _vote(self, tx: Tx, row: Any, request: DecisionRequest) -> DecisionOutcome | _LostRace:
+    async def _vote(self, tx: Tx, row: Any, request: DecisionRequest,
+                    attempt: object) -> DecisionOutcome | _LostRace:
         approval = _approval_from_row(row)
         policy = Policy.from_dict(approval.policy)
         reviewer = request.reviewer
@@ -174,7 +181,7 @@ class Decisions:
                 return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
                                        detail={"reason": EMAIL_NEEDED})
             elif request.email_unresolved:
-                return self._refused(tx, approval, request, NotAllowed(
+                return self._refused(tx, approval, request, attempt, NotAllowed(
                     "Countersign could not look up your email address, so it cannot check that you did not "
                     "request this yourself; nothing was decided. Try again later, or decide through the API.",
                     reviewer=reviewer.id, policy=policy.name))
@@ -210,7 +217,7 @@ class Decisions:
             if refusal_text:
                 raise NotAllowed(refusal_text, reviewer=reviewer.id, policy=policy.name)
         except (NotAllowed, AlreadyDecided, AlreadyVoted, DraftChanged) as refusal:
-            return self._refused(tx, approval, request, refusal)
+            return self._refused(tx, approval, request, attempt, refusal)
 
         # An edit under a multi-vote mode is a new text: the votes cast for the old one stay
         # on the record but do not count, so what is sent is what the counted votes approved.
@@ -297,6 +304,7 @@ class Decisions:
         person would count twice); only to whom the policy allows (`delegates`, `escalate_to`,
         anyone under "anyone"). Recorded (a decisions row of kind delegate) and audited."""
         to = request.to.strip()
+        attempt = object()  # this call, however many times its op runs (AuditThrottle)
 
         async def op(tx: Tx) -> DelegationOutcome | None:
             for _ in range(_CAS_ATTEMPTS):
@@ -309,9 +317,12 @@ class Decisions:
                 votes = await read_votes(tx, approval.id, approval.draft_version)
 
                 def refuse(reason: str, message: str, approval: Approval = approval) -> DelegationOutcome:
-                    tx.audit("delegation.refused", run_id=approval.run_id, actor=request.actor, data={
-                        "approval_id": approval.id, "to": to, "reason": reason, "message": message,
-                        "channel": request.channel.value})
+                    # Not keyed by `to`: a key holder could name another delegate each time.
+                    key = (approval.id, request.actor, request.reviewer.id, reason)
+                    self._audit_refusal(tx, "delegation.refused", key, attempt, run_id=approval.run_id,
+                                        actor=request.actor, data={
+                                            "approval_id": approval.id, "to": to, "reason": reason,
+                                            "message": message, "channel": request.channel.value})
                     return DelegationOutcome(approval.id, approval.run_id, delegated=False,
                                              detail={"reason": reason, "message": message})
 
@@ -388,14 +399,32 @@ class Decisions:
             raise NotFound("approval", request.approval_id)
         return outcome
 
+    def _audit_refusal(self, tx: Tx, kind: str, key: tuple[str, ...], attempt: object, *, run_id: str, actor: str,
+                       data: dict[str, Any]) -> None:
+        """Audit a refused attempt, unless the same one (`key`) was audited less than a
+        minute ago: then it is counted (`countersign_audit_suppressed_total`), and the
+        next one audited says how many were left out before it (`data.suppressed`)."""
+        left_out = self.refusals.admit((kind, *key), tx.now, attempt)
+        if left_out is None:
+            def count() -> None:
+                self.refusals.left_out((kind, *key))
+                metrics.AUDIT_SUPPRESSED.labels(kind=kind).inc()
+
+            tx.after_commit(count)
+            return
+        tx.audit(kind, run_id=run_id, actor=actor, data={**data, "suppressed": left_out} if left_out else data)
+
     def _refused(
-        self, tx: Tx, approval: Approval, request: DecisionRequest,
+        self, tx: Tx, approval: Approval, request: DecisionRequest, attempt: object,
         refusal: NotAllowed | AlreadyDecided | AlreadyVoted | DraftChanged,
     ) -> DecisionOutcome:
         reason = refusal.code
-        tx.audit("decision.refused", run_id=approval.run_id, actor=request.actor,
-                 data={"approval_id": approval.id, "attempted": request.kind.value, "channel": request.channel.value,
-                       "reason": reason, "message": refusal.message, **_identity(request)})
+        # Keyed by who asked (the key, and the reviewer an on-behalf key named), what and why.
+        self._audit_refusal(
+            tx, "decision.refused", (approval.id, request.actor, request.reviewer.id, request.kind.value, reason),
+            attempt, run_id=approval.run_id, actor=request.actor,
+            data={"approval_id": approval.id, "attempted": request.kind.value, "channel": request.channel.value,
+                  "reason": reason, "message": refusal.message, **_identity(request)})
         tx.after_commit(metrics.DECISIONS_REFUSED.labels(reason=reason, channel=request.channel.value).inc)
         status = ApprovalStatus(refusal.context.get("status", approval.status.value))
         detail: dict[str, Any] = {"reason": reason, "message": refusal.message}

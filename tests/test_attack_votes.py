@@ -323,3 +323,57 @@ async def test_an_escalation_to_someone_known_only_in_a_tenant_no_longer_allowed
         [skipped] = await wait_events(teams.service, run_id, "teams.not_notified", 1)
         assert skipped["identity"] == DANA and skipped["via"] == "escalation" and FOREIGN in skipped["reason"]
         await _no_card_reached(teams, "dana")
+
+
+# ---- flooding the audit log with refused attempts ----------------------------------------------
+
+
+async def _suppressed(voters: Reviewers, kind: str) -> float:
+    """countersign_audit_suppressed_total{kind} as GET /metrics shows it."""
+    status, text, _ = await voters.service.request("GET", "/metrics", auth="none")
+    assert status == 200
+    line = next((line for line in text.splitlines()
+                 if line.startswith(f'countersign_audit_suppressed_total{{kind="{kind}"}}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_a_flood_of_refused_attempts_is_audited_once_a_minute_and_counted(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    # Mallory holds a valid decide key but is no reviewer; Rita is one and cannot hand her vote to Eve.
+    clock = Clock()
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}
+    voters = Reviewers(await start_service(smtp_server, clock=clock, policies=policies))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    mallory = "mallory@example.com"
+    for who in (mallory, RITA):
+        await voters.key(who)
+    decisions_before = await _suppressed(voters, "decision.refused")
+    delegations_before = await _suppressed(voters, "delegation.refused")
+
+    answers = await asyncio.gather(*(voters.vote(approval_id, mallory) for _ in range(100)),
+                                   *(voters.delegate(approval_id, RITA, "eve@example.com") for _ in range(100)))
+    assert all(status in (403, 422) for status, _ in answers), {status for status, _ in answers}
+    run = await voters.service.run(run_id)
+    refused = [e for e in run["timeline"] if e["event"] == "decision.refused"]
+    delegations = [e for e in run["timeline"] if e["event"] == "delegation.refused"]
+    assert len(refused) == 1 and len(delegations) == 1
+    assert refused[0]["actor"] == mallory and "suppressed" not in refused[0]["data"]
+    assert await _suppressed(voters, "decision.refused") - decisions_before == 99
+    assert await _suppressed(voters, "delegation.refused") - delegations_before == 99
+
+    # Another reason, or another attempt, is another fact: audited at once.
+    assert (await voters.vote(approval_id, mallory, "reject"))[0] == 403
+    assert (await voters.vote(approval_id, RITA))[0] == 200
+    assert (await voters.vote(approval_id, RITA))[0] == 409  # already voted
+    run = await voters.service.run(run_id)
+    assert [e["data"]["attempted"] for e in run["timeline"] if e["event"] == "decision.refused"] == [
+        "approve", "reject", "approve"]
+
+    # A minute on, the same refusal is audited again and says how many were left out since.
+    await advance(clock, timedelta(minutes=1), voters.service)
+    assert (await voters.vote(approval_id, mallory))[0] == 403
+    run = await voters.service.run(run_id)
+    last = [e for e in run["timeline"] if e["event"] == "decision.refused"][-1]
+    assert last["actor"] == mallory and last["data"]["suppressed"] == 99
+    assert run["status"] == "awaiting_approval"
