@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
-from .decisions import Decisions, _approval_from_row, current_tally
+from .decisions import Decisions, _approval_from_row, current_tally, read_votes
 from .domain import Approval, ApprovalStatus
 from .jobs import Job, JobHandler, JobQueue, JobStatus
 from .policy import Policy, Timers
@@ -257,8 +257,13 @@ class ApprovalTimers:
             policy = Policy.from_dict(row.policy)
             existing = [Added.from_dict(a) for a in row.added_reviewers or ()]
             # Each stage of a sequential policy escalates on its own: people escalation added
-            # to an earlier stage are added again to this one.
+            # to an earlier stage are added again to this one, unless they voted on this text
+            # there (one vote a person: a slot they could not fill would only be waited for).
             taken = {a.slot for a in existing if a.via != ESCALATION or a.stage == row.stage}
+            if row.stage > 0:
+                votes = await read_votes(tx, row.id, row.draft_version)
+                taken |= {x.casefold() for x in policy.timers.escalate_to
+                          if any(v.slot == x.casefold() or v.cast_by({x.casefold()}) for v in votes)}
             new = [Added(identity=x, slot=x.casefold(), via=ESCALATION, stage=row.stage, at=tx.now)
                    for x in dict.fromkeys(policy.timers.escalate_to) if x.casefold() not in taken]
             won = await tx.execute(

@@ -235,6 +235,17 @@ async def test_each_stage_of_a_sequential_approval_gets_its_own_escalation(
     assert status == 200 and answer["status"] == "approved", answer
     await service.wait_status(run_id, "completed")
 
+    # Someone escalation added who settled stage 1 is not asked again in stage 2 (one vote a person).
+    run_id, approval_id = await create(service, policy, subject="Lee decides")
+    await advance(clock, 2 * HOUR, service)
+    await wait_events(service, run_id, "approval.escalated", 1)
+    assert (await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}}))[0] == 200
+    await advance(clock, 2 * HOUR, service)
+    _, again = await wait_events(service, run_id, "approval.escalated", 2)
+    assert again["stage"] == 1 and again["added"] == []
+    run = await service.run(run_id)
+    assert run["approvals"][0]["progress"]["asked"] == [SAM]
+
     # Stage 1 approved before its escalation: the escalation moves to the new stage's clock.
     run_id, approval_id = await create(service, policy, subject="Another")
     await advance(clock, HOUR, service)
