@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
+from .audit_throttle import AuditThrottle
 from .domain import (
     EMAIL_NEEDED,
     AlreadyDecided,
@@ -131,8 +132,11 @@ def _identity(request: DecisionRequest) -> dict[str, str]:
 
 class Decisions:
     def __init__(self, store: Store, jobs: JobQueue, runs: Runs, message_id_domain: str, *,
-                 mail_from: str, mail_reply_to: str | None) -> None:
+                 mail_from: str, mail_reply_to: str | None, refusals: AuditThrottle | None = None) -> None:
         self.store = store
+        # Refused attempts are audited once per (approval, who, what, why) a minute: anyone
+        # with a credential could otherwise grow the audit log as fast as we answer.
+        self.refusals = refusals or AuditThrottle()
         # For approvals created before From/Reply-To were frozen on them (migration 0005):
         # the settings at the decision, frozen on the delivery from then on.
         self.mail_from = mail_from
@@ -145,6 +149,8 @@ class Decisions:
         """Take a decision. Refusals (not allowed, already decided) are outcomes, not errors,
         so that the attempt is audited in the same transaction."""
 
+        attempt = object()  # this call, however many times its op runs (AuditThrottle)
+
         async def op(tx: Tx) -> DecisionOutcome | None:
             # Expected conditions are results, not exceptions: an op that raises makes the
             # store run its whole batch again, one transaction per op.
@@ -152,7 +158,7 @@ class Decisions:
                 row = (await tx.execute(_APPROVAL, {"approval_id": request.approval_id})).first()
                 if row is None:
                     return None
-                result = await self._vote(tx, row, request)
+                result = await self._vote(tx, row, request, attempt)
                 if result is not _LOST_RACE:
                     assert not isinstance(result, _LostRace)
                     return result
@@ -164,7 +170,8 @@ class Decisions:
             raise NotFound("approval", request.approval_id)
         return outcome
 
-    async def _vote(self, tx: Tx, row: Any, request: DecisionRequest) -> DecisionOutcome | _LostRace:
+    async def _vote(self, tx: Tx, row: Any, request: DecisionRequest,
+                    attempt: object) -> DecisionOutcome | _LostRace:
         approval = _approval_from_row(row)
         policy = Policy.from_dict(approval.policy)
         reviewer = request.reviewer
@@ -177,7 +184,7 @@ class Decisions:
                 return DecisionOutcome(approval.id, approval.run_id, decided=False, status=approval.status,
                                        detail={"reason": EMAIL_NEEDED})
             elif request.email_unresolved:
-                return self._refused(tx, approval, request, NotAllowed(
+                return self._refused(tx, approval, request, attempt, NotAllowed(
                     "Countersign could not look up your email address, so it cannot check that you did not "
                     "request this yourself; nothing was decided. Try again later, or decide through the API.",
                     reviewer=reviewer.id, policy=policy.name))
@@ -213,7 +220,7 @@ class Decisions:
             if refusal_text:
                 raise NotAllowed(refusal_text, reviewer=reviewer.id, policy=policy.name)
         except (NotAllowed, AlreadyDecided, AlreadyVoted, DraftChanged) as refusal:
-            return self._refused(tx, approval, request, refusal)
+            return self._refused(tx, approval, request, attempt, refusal)
 
         # An edit under a multi-vote mode is a new text: the votes cast for the old one stay
         # on the record but do not count, so what is sent is what the counted votes approved.
@@ -280,6 +287,7 @@ class Decisions:
         if after.stage != before.stage and not final:
             tx.audit("approval.stage_started", run_id=approval.run_id, actor="system", data={
                 "approval_id": approval.id, "stage": after.stage + 1, "of": after.stages, "asked": list(after.asked)})
+            await self.runs.stage_started(tx, approval.id, after.stage)  # its timers start again
         delivery = None
         if final:
             delivery = await self._after_decision(tx, approval, new_status, final_action, decision,
@@ -299,6 +307,7 @@ class Decisions:
         person would count twice); only to whom the policy allows (`delegates`, `escalate_to`,
         anyone under "anyone"). Recorded (a decisions row of kind delegate) and audited."""
         to = request.to.strip()
+        attempt = object()  # this call, however many times its op runs (AuditThrottle)
 
         async def op(tx: Tx) -> DelegationOutcome | None:
             for _ in range(_CAS_ATTEMPTS):
@@ -311,9 +320,12 @@ class Decisions:
                 votes = await read_votes(tx, approval.id, approval.draft_version)
 
                 def refuse(reason: str, message: str, approval: Approval = approval) -> DelegationOutcome:
-                    tx.audit("delegation.refused", run_id=approval.run_id, actor=request.actor, data={
-                        "approval_id": approval.id, "to": to, "reason": reason, "message": message,
-                        "channel": request.channel.value})
+                    # Not keyed by `to`: a key holder could name another delegate each time.
+                    key = (approval.id, request.actor, request.reviewer.id, reason)
+                    self._audit_refusal(tx, "delegation.refused", key, attempt, run_id=approval.run_id,
+                                        actor=request.actor, data={
+                                            "approval_id": approval.id, "to": to, "reason": reason,
+                                            "message": message, "channel": request.channel.value})
                     return DelegationOutcome(approval.id, approval.run_id, delegated=False,
                                              detail={"reason": reason, "message": message})
 
@@ -390,14 +402,32 @@ class Decisions:
             raise NotFound("approval", request.approval_id)
         return outcome
 
+    def _audit_refusal(self, tx: Tx, kind: str, key: tuple[str, ...], attempt: object, *, run_id: str, actor: str,
+                       data: dict[str, Any]) -> None:
+        """Audit a refused attempt, unless the same one (`key`) was audited less than a
+        minute ago: then it is counted (`countersign_audit_suppressed_total`), and the
+        next one audited says how many were left out before it (`data.suppressed`)."""
+        left_out = self.refusals.admit((kind, *key), tx.now, attempt)
+        if left_out is None:
+            def count() -> None:
+                self.refusals.left_out((kind, *key))
+                metrics.AUDIT_SUPPRESSED.labels(kind=kind).inc()
+
+            tx.after_commit(count)
+            return
+        tx.audit(kind, run_id=run_id, actor=actor, data={**data, "suppressed": left_out} if left_out else data)
+
     def _refused(
-        self, tx: Tx, approval: Approval, request: DecisionRequest,
+        self, tx: Tx, approval: Approval, request: DecisionRequest, attempt: object,
         refusal: NotAllowed | AlreadyDecided | AlreadyVoted | DraftChanged,
     ) -> DecisionOutcome:
         reason = refusal.code
-        tx.audit("decision.refused", run_id=approval.run_id, actor=request.actor,
-                 data={"approval_id": approval.id, "attempted": request.kind.value, "channel": request.channel.value,
-                       "reason": reason, "message": refusal.message, **_identity(request)})
+        # Keyed by who asked (the key, and the reviewer an on-behalf key named), what and why.
+        self._audit_refusal(
+            tx, "decision.refused", (approval.id, request.actor, request.reviewer.id, request.kind.value, reason),
+            attempt, run_id=approval.run_id, actor=request.actor,
+            data={"approval_id": approval.id, "attempted": request.kind.value, "channel": request.channel.value,
+                  "reason": reason, "message": refusal.message, **_identity(request)})
         tx.after_commit(metrics.DECISIONS_REFUSED.labels(reason=reason, channel=request.channel.value).inc)
         status = ApprovalStatus(refusal.context.get("status", approval.status.value))
         detail: dict[str, Any] = {"reason": reason, "message": refusal.message}
@@ -444,29 +474,36 @@ class Decisions:
         agent run's snapshot dropped as by a cancel) or approve (an automatic decision,
         audited as such, and the delivery queued). The same compare-and-set as a vote, so a
         vote racing the expiry either wins (False here) or finds it settled. False too when
-        the approval is no longer pending, or this expiry is not the current one."""
-        row = (await tx.execute(_APPROVAL, {"approval_id": approval_id})).first()
-        if row is None or row.status != ApprovalStatus.PENDING.value:
-            return False
-        if row.expire_at is not None and row.expire_at != due_at:
-            return False  # rescheduled: another timer carries the current expiry
-        approval = _approval_from_row(row)
-        policy = Policy.from_dict(approval.policy)
-        approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE
-        sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
-                            else (self.mail_from, self.mail_reply_to))
-        final_action = approval.action if approve else None
-        approved_sha256 = visible_sha256(final_action, sender=sender, reply_to=reply_to) if final_action else None
-        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.EXPIRED
-        won = await tx.execute(_CLAIM if approve else _CLAIM_ENDING_TIMERS, {
-            "approval_id": approval.id, "seen": approval.version, "status": status.value,
-            "decided_at": tx.now, "decided_by": SYSTEM_ACTOR,
-            "approved_action": final_action.to_dict() if final_action else None, "approved_sha256": approved_sha256,
-            "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
-            "draft_version": approval.draft_version, "stage": approval.stage, "action": approval.action.to_dict(),
-        })
-        if won.rowcount != 1:
-            return False
+        the approval is no longer pending, or this expiry is not the current one. A change
+        that leaves the approval pending (an escalation, a vote that did not settle it, on
+        PostgreSQL from another process) is read again, as `decide` counts a vote again."""
+        for _ in range(_CAS_ATTEMPTS):
+            row = (await tx.execute(_APPROVAL, {"approval_id": approval_id})).first()
+            if row is None or row.status != ApprovalStatus.PENDING.value:
+                return False
+            if row.expire_at is not None and row.expire_at != due_at:
+                return False  # rescheduled: another timer carries the current expiry
+            approval = _approval_from_row(row)
+            policy = Policy.from_dict(approval.policy)
+            approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE
+            sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
+                                else (self.mail_from, self.mail_reply_to))
+            final_action = approval.action if approve else None
+            approved_sha256 = visible_sha256(final_action, sender=sender, reply_to=reply_to) if final_action else None
+            status = ApprovalStatus.APPROVED if approve else ApprovalStatus.EXPIRED
+            won = await tx.execute(_CLAIM if approve else _CLAIM_ENDING_TIMERS, {
+                "approval_id": approval.id, "seen": approval.version, "status": status.value,
+                "decided_at": tx.now, "decided_by": SYSTEM_ACTOR,
+                "approved_action": final_action.to_dict() if final_action else None,
+                "approved_sha256": approved_sha256,
+                "content_hash_version": CONTENT_HASH_VERSION if final_action else None,
+                "draft_version": approval.draft_version, "stage": approval.stage, "action": approval.action.to_dict(),
+            })
+            if won.rowcount == 1:
+                break
+        else:
+            raise RuntimeError(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
+                               "the expiry job tries again")
         waited = {"approval_id": approval.id, "due_at": due_at.isoformat(), "on_expiry": policy.timers.on_expiry.value}
         tx.audit("approval.expired", run_id=approval.run_id, actor=SYSTEM_ACTOR, data=waited)
         if approve:

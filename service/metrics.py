@@ -15,6 +15,9 @@ HTTP_DURATION = Histogram(
 RUNS_CREATED = Counter("countersign_runs_created_total", "Runs accepted by the ops API", ["kind"])
 DECISIONS = Counter("countersign_decisions_total", "Decisions taken", ["kind", "channel"])
 DECISIONS_REFUSED = Counter("countersign_decisions_refused_total", "Decision attempts refused", ["reason", "channel"])
+AUDIT_SUPPRESSED = Counter(
+    "countersign_audit_suppressed_total",
+    "Refused attempts left out of the audit log: the same one was audited less than a minute before", ["kind"])
 JOBS = Counter("countersign_jobs_total", "Job attempts by outcome", ["kind", "outcome"])
 EMAILS_SENT = Counter("countersign_emails_sent_total", "Emails accepted by the SMTP server")
 AGENT_DRAFTS = Counter("countersign_agent_drafts_total", "Drafts the agent proposed for approval")

@@ -128,6 +128,8 @@ ApprovalListener = Callable[[Tx, str], Awaitable[None]]
 NewApprovalListener = Callable[[Tx, NewApproval], Awaitable[None]]
 # (tx, approval id, identities added, "escalation" | "delegation")
 ReviewersAddedListener = Callable[[Tx, str, list[str], str], Awaitable[None]]
+# (tx, approval id, the stage now asked, 0-based)
+StageListener = Callable[[Tx, str, int], Awaitable[None]]
 GatedOutcomeListener = Callable[[Tx, GatedOutcome], Awaitable[None]]
 
 
@@ -170,6 +172,9 @@ class Runs:
         self.on_approval_changed: list[ApprovalListener] = []
         # People added to a pending approval (escalation, delegation): channels notify them.
         self.on_reviewers_added: list[ReviewersAddedListener] = []
+        # A sequential approval moved to another stage (its reviewers are asked from now):
+        # the timers restart their reminders and escalation for it (service/timers.py).
+        self.on_stage_started: list[StageListener] = []
         # The agent (service.agent.runner) resumes on these; set where the app is wired.
         self.on_gated_outcome: GatedOutcomeListener | None = None
 
@@ -181,6 +186,10 @@ class Runs:
     async def reviewers_added(self, tx: Tx, approval_id: str, identities: list[str], via: str) -> None:
         for listener in self.on_reviewers_added:
             await listener(tx, approval_id, identities, via)
+
+    async def stage_started(self, tx: Tx, approval_id: str, stage: int) -> None:
+        for listener in self.on_stage_started:
+            await listener(tx, approval_id, stage)
 
     async def approval_changed(self, tx: Tx, approval_id: str) -> None:
         for listener in self.on_approval_changed:

@@ -9,6 +9,10 @@ that finishes its job, re-reading the approval there: it acts only while the app
 pending and the timer it carries (`payload["due_at"]`) is still the approval's current
 one, never judged by the moment it runs (the worker may have held it back for requests).
 When the approval leaves pending, its queued timers are cancelled and the columns cleared.
+When a sequential approval moves to another stage (`Runs.on_stage_started`), that stage's
+reviewers are asked from then: its reminders count again from zero and its escalation
+runs again from that moment (the expiry stays the approval's); the old jobs are cancelled.
+This module is the one place that computes when a timer falls due.
 
 Reviewer channels (Teams now, email next) hear of reminders and escalations through
 `on_reminder` / `on_escalation`, inside that transaction, and queue their own jobs.
@@ -17,7 +21,7 @@ Reviewer channels (Teams now, email next) hear of reminders and escalations thro
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
-from .decisions import Decisions, _approval_from_row, current_tally
+from .decisions import Decisions, _approval_from_row, current_tally, read_votes
 from .domain import Approval, ApprovalStatus
 from .jobs import Job, JobHandler, JobQueue, JobStatus
 from .policy import Policy, Timers
@@ -40,6 +44,7 @@ REMIND_JOB = "approval.remind"
 ESCALATE_JOB = "approval.escalate"
 EXPIRE_JOB = "approval.expire"
 TIMER_JOBS = (REMIND_JOB, ESCALATE_JOB, EXPIRE_JOB)
+_JOB_OF = {"remind_at": REMIND_JOB, "escalate_at": ESCALATE_JOB, "expire_at": EXPIRE_JOB}  # approval column -> job
 SYSTEM_ACTOR = "system"
 
 
@@ -53,6 +58,18 @@ def deadline(timers: Timers, start: datetime, duration: timedelta) -> datetime:
     """When `duration` after `start` falls due under the policy's timers. The one place
     that knows about calendars: with one, working time counts (service/business_hours.py)."""
     return timers.calendar.add(start, duration) if timers.calendar else start + duration
+
+
+def first_reminder_at(timers: Timers, start: datetime) -> datetime | None:
+    return deadline(timers, start, timers.remind_after) if timers.remind_after and timers.max_reminders > 0 else None
+
+
+def escalation_at(timers: Timers, start: datetime) -> datetime | None:
+    return deadline(timers, start, timers.escalate_after) if timers.escalate_after and timers.escalate_to else None
+
+
+def expiry_at(timers: Timers, start: datetime) -> datetime | None:
+    return deadline(timers, start, timers.expire_after) if timers.expire_after else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +137,7 @@ class ApprovalTimers:
         self.jobs.register(EXPIRE_JOB, JobHandler(run=self._handler(self._expire), lane=TIMER_LANE))
         self.runs.on_approval_created.append(self.schedule)
         self.runs.on_approval_changed.append(self.on_approval_changed)
+        self.runs.on_stage_started.append(self.on_stage_started)
 
     @staticmethod
     def _handler(step: Callable[[Tx, Job, datetime], Awaitable[None]]) -> Callable[[Job], Awaitable[Op[None]]]:
@@ -142,13 +160,9 @@ class ApprovalTimers:
         if not timers.any:
             return
         start = tx.now
-        values: dict[str, datetime | None] = {}
-        if timers.remind_after and timers.max_reminders > 0:
-            values["remind_at"] = deadline(timers, start, timers.remind_after)
-        if timers.escalate_after and timers.escalate_to:
-            values["escalate_at"] = deadline(timers, start, timers.escalate_after)
-        if timers.expire_after:
-            values["expire_at"] = deadline(timers, start, timers.expire_after)
+        values = {column: due for column, due in (
+            ("remind_at", first_reminder_at(timers, start)), ("escalate_at", escalation_at(timers, start)),
+            ("expire_at", expiry_at(timers, start))) if due is not None}
         if not values:
             return
         queued = tx.queued(t.approvals, approval.id)
@@ -156,14 +170,45 @@ class ApprovalTimers:
             queued.update(values)
         else:
             await tx.execute(t.approvals.update().where(t.approvals.c.id == approval.id).values(**values))
-        kinds = {"remind_at": REMIND_JOB, "escalate_at": ESCALATE_JOB, "expire_at": EXPIRE_JOB}
         for column, due in values.items():
-            assert due is not None
-            await self._enqueue(tx, kinds[column], approval.id, approval.run_id, due)
+            await self._enqueue(tx, _JOB_OF[column], approval.id, approval.run_id, due)
+
+    async def on_stage_started(self, tx: Tx, approval_id: str, stage: int) -> None:
+        """A sequential approval moved on to `stage`: its reviewers are asked from now, so its
+        reminders start again (counted from zero, capped by max_reminders again) and so does
+        its escalation, done or not for the stage before. The expiry stays the approval's.
+        Queued jobs of the old reminder and escalation are cancelled (they would find their
+        `due_at` no longer current anyway)."""
+        row = (await tx.execute(_APPROVAL, {"approval_id": approval_id})).first()
+        if row is None or row.status != ApprovalStatus.PENDING.value:
+            return
+        timers = Policy.from_dict(row.policy).timers
+        remind_at, escalate_at = first_reminder_at(timers, tx.now), escalation_at(timers, tx.now)
+        if remind_at is None and escalate_at is None:
+            return
+        values: dict[str, Any] = {}
+        if remind_at is not None:
+            values.update(remind_at=remind_at, reminders_sent=0)
+        if escalate_at is not None:
+            values.update(escalate_at=escalate_at, escalated_at=None)
+        # In the transaction of the vote that moved the stage, which holds the approval's row.
+        await tx.execute(t.approvals.update().where(t.approvals.c.id == approval_id).values(**values))
+        kinds = [_JOB_OF[c] for c, due in (("remind_at", remind_at), ("escalate_at", escalate_at)) if due]
+        await self._cancel_queued(tx, row.run_id, approval_id, kinds)
+        for column, due in (("remind_at", remind_at), ("escalate_at", escalate_at)):
+            if due is not None:
+                await self._enqueue(tx, _JOB_OF[column], approval_id, row.run_id, due)
 
     async def _enqueue(self, tx: Tx, kind: str, approval_id: str, run_id: str, due: datetime) -> None:
         await self.jobs.enqueue(tx, kind, {"approval_id": approval_id, "due_at": due.isoformat()},
                                 run_id=run_id, due_at=due)
+
+    async def _cancel_queued(self, tx: Tx, run_id: str, approval_id: str, kinds: Sequence[str]) -> None:
+        await tx.execute(
+            t.jobs.update()
+            .where(t.jobs.c.run_id == run_id, t.jobs.c.status == JobStatus.QUEUED.value, t.jobs.c.kind.in_(kinds),
+                   t.jobs.c.payload["approval_id"].as_string() == approval_id)
+            .values(status=JobStatus.CANCELLED.value, finished_at=tx.now, updated_at=tx.now))
 
     async def on_approval_changed(self, tx: Tx, approval_id: str) -> None:
         """Decided, expired or cancelled: its timers are cancelled and its timer columns
@@ -194,7 +239,7 @@ class ApprovalTimers:
         won = await tx.execute(
             t.approvals.update()
             .where(t.approvals.c.id == row.id, t.approvals.c.status == ApprovalStatus.PENDING.value,
-                   t.approvals.c.reminders_sent == row.reminders_sent)
+                   t.approvals.c.reminders_sent == row.reminders_sent, t.approvals.c.remind_at == due)
             .values(reminders_sent=number, remind_at=next_at))
         if won.rowcount != 1:
             return
@@ -217,7 +262,14 @@ class ApprovalTimers:
                 return
             policy = Policy.from_dict(row.policy)
             existing = [Added.from_dict(a) for a in row.added_reviewers or ()]
-            taken = {a.slot for a in existing}
+            # Each stage of a sequential policy escalates on its own: people escalation added
+            # to an earlier stage are added again to this one, unless they voted on this text
+            # there (one vote a person: a slot they could not fill would only be waited for).
+            taken = {a.slot for a in existing if a.via != ESCALATION or a.stage == row.stage}
+            if row.stage > 0:
+                votes = await read_votes(tx, row.id, row.draft_version)
+                taken |= {x.casefold() for x in policy.timers.escalate_to
+                          if any(v.slot == x.casefold() or v.cast_by({x.casefold()}) for v in votes)}
             new = [Added(identity=x, slot=x.casefold(), via=ESCALATION, stage=row.stage, at=tx.now)
                    for x in dict.fromkeys(policy.timers.escalate_to) if x.casefold() not in taken]
             won = await tx.execute(
@@ -238,17 +290,13 @@ class ApprovalTimers:
         escalation = Escalation(row.id, row.run_id, added, row.stage, policy)
         for listener in self.on_escalation:
             await listener(tx, escalation)
+        if added:  # channels reach the people added as they reach delegates
+            await self.runs.reviewers_added(tx, row.id, list(added), ESCALATION)
         await self.runs.approval_changed(tx, row.id)
         tx.after_commit(metrics.TIMERS_FIRED.labels(kind="escalate").inc)
 
     async def _expire(self, tx: Tx, job: Job, due: datetime) -> None:
-        for _ in range(5):
-            if await self.decisions.expire(tx, job.payload["approval_id"], due_at=due):
-                tx.after_commit(metrics.TIMERS_FIRED.labels(kind="expire").inc)
-                return
-            # False: a vote won, or only a change that left the approval pending (an
-            # escalation bumps its version, on PostgreSQL from another process): try again.
-            row = await self._pending(tx, job)
-            if row is None or (row.expire_at is not None and row.expire_at != due):
-                return
-        raise RuntimeError(f"expiry of approval {job.payload['approval_id']} kept losing its compare-and-set")
+        # Decisions.expire settles by compare-and-set, reading the approval again when a
+        # change that left it pending (an escalation, a vote) won in between.
+        if await self.decisions.expire(tx, job.payload["approval_id"], due_at=due):
+            tx.after_commit(metrics.TIMERS_FIRED.labels(kind="expire").inc)

@@ -7,15 +7,22 @@ Each test asserts the status, the problem body, and that nothing was decided or 
 from __future__ import annotations
 
 import asyncio
+import functools
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from service.api.deps import SERVICES
 from service.scopes import Scope
+from service.store import tables as t
+from service.teams.cards import POST_CARD_JOB
 
 from .conftest import StartService
 from .peers.smtp import SmtpServer
-from .test_teams import CHANNEL, TENANT, _texts, teams_service
+from .test_teams import CHANNEL, FOREIGN, TENANT, Teams, _texts, teams_service
+from .test_timers import Clock, advance, wait_events
 from .test_voting import DANA, LEE, RITA, SAM, Reviewers, pending
 
 # Rita is named twice, by her AAD object id (as the test Bot Connector gives it) and by email:
@@ -234,3 +241,139 @@ async def test_one_person_named_by_email_and_upn_counts_once_teams_then_api(star
         status, problem = await voters.vote(approval_id, upn)
         assert status == 409 and problem["type"].endswith("already_voted"), problem
         await _only_voters(voters, run_id, smtp_server, ["aad-rita"])
+
+
+# ---- a person the bot met in a tenant that is no longer allowed ------------------------------
+
+
+async def _met_in_tenant(teams: Teams, who: str, tenant: str) -> None:
+    """`who`'s member record and personal chat, stored in `tenant` (as a database from before
+    the allow-list dropped that tenant holds them)."""
+    now = datetime.now(timezone.utc)
+
+    async def op(tx: Any) -> None:
+        await tx.execute(t.teams_members.insert().values(
+            aad_object_id=f"aad-{who}", user_id=f"29:{who}", tenant_id=tenant, service_url=teams.connector_url,
+            email=f"{who}@example.com", user_principal_name=f"{who}@example.com", name=who.title(),
+            fetched_at=now))
+        await tx.execute(t.teams_conversations.insert().values(
+            id=f"a:chat-{who}", kind="personal", service_url=teams.connector_url, tenant_id=tenant, team_id=None,
+            channel_id=None, user_aad_object_id=f"aad-{who}",
+            reference={"conversation": {"id": f"a:chat-{who}", "tenantId": tenant}, "serviceUrl": teams.connector_url,
+                       "user": {"id": f"29:{who}", "aadObjectId": f"aad-{who}"}, "channelId": "msteams"},
+            installed_at=now, updated_at=now))
+
+    await teams.service.app[SERVICES].store.write(op)
+
+
+async def _routed(teams: Teams, approval_id: str) -> tuple[list[str], int]:
+    """(the targets of the approval's cards, its post jobs)."""
+    async def q(conn: Any) -> tuple[list[str], int]:
+        targets = (await conn.execute(sa.select(t.teams_cards.c.target)
+                                      .where(t.teams_cards.c.approval_id == approval_id))).scalars().all()
+        posts = (await conn.execute(sa.select(sa.func.count()).select_from(t.jobs)
+                                    .where(t.jobs.c.kind == POST_CARD_JOB))).scalar_one()
+        return list(targets), posts
+
+    return await teams.service.app[SERVICES].store.read(q)
+
+
+async def _no_card_reached(teams: Teams, who: str) -> None:
+    await asyncio.sleep(0.2)  # the channel card's jobs are done; nothing else is queued
+    assert not teams.connector.of("POST", f"/v3/conversations/a:chat-{who}")
+    assert not [c for c in teams.connector.of("POST", "/v3/conversations") if c.path == "/v3/conversations"
+                and (c.body or {}).get("members")]  # no new personal chat either
+
+
+async def test_a_delegate_known_only_in_a_tenant_no_longer_allowed_gets_no_card(start_service: StartService,
+                                                                                smtp_server: SmtpServer) -> None:
+    policies = {"teamrefunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2,
+                                "teams_channel": CHANNEL, "delegates": [DANA]}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        await _met_in_tenant(teams, "dana", FOREIGN)
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "teamrefunds")
+        await teams.wait_calls("POST", 1, "/v3/conversations")  # the channel's card
+        status, answer = await voters.delegate(approval_id, SAM, DANA)
+        assert status == 201, answer  # the hand-over stands: only the Teams notice is refused
+        # Routed in the delegation's own transaction: no card row, no post job for Dana.
+        assert await _routed(teams, approval_id) == ([CHANNEL], 1)
+        run = await teams.service.run(run_id)
+        [skipped] = [e for e in run["timeline"] if e["event"] == "teams.not_notified"]
+        assert skipped["data"]["identity"] == DANA and skipped["data"]["via"] == "delegation"
+        assert FOREIGN in skipped["data"]["reason"] and "COUNTERSIGN_TEAMS_ALLOWED_TENANTS" in skipped["data"]["reason"]
+        await _no_card_reached(teams, "dana")
+
+
+async def test_an_escalation_to_someone_known_only_in_a_tenant_no_longer_allowed_posts_nothing(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    policies = {"timed": {"reviewers": [RITA, SAM], "teams_channel": CHANNEL, "escalate_after": "1h",
+                          "escalate_to": [DANA]}}
+    async with teams_service(functools.partial(start_service, clock=clock), smtp_server, policies) as teams:
+        await teams.install()
+        await _met_in_tenant(teams, "dana", FOREIGN)
+        run_id, approval_id = await pending(teams.service, "timed")
+        await wait_events(teams.service, run_id, "teams.card_posted", 1)
+        await advance(clock, timedelta(hours=1), teams.service)
+        await wait_events(teams.service, run_id, "approval.escalated", 1)
+        assert await _routed(teams, approval_id) == ([CHANNEL], 1)
+        [skipped] = await wait_events(teams.service, run_id, "teams.not_notified", 1)
+        assert skipped["identity"] == DANA and skipped["via"] == "escalation" and FOREIGN in skipped["reason"]
+        await _no_card_reached(teams, "dana")
+
+
+# ---- flooding the audit log with refused attempts ----------------------------------------------
+
+
+async def _suppressed(voters: Reviewers, kind: str) -> float:
+    """countersign_audit_suppressed_total{kind} as GET /metrics shows it."""
+    status, text, _ = await voters.service.request("GET", "/metrics", auth="none")
+    assert status == 200
+    line = next((line for line in text.splitlines()
+                 if line.startswith(f'countersign_audit_suppressed_total{{kind="{kind}"}}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_a_flood_of_refused_attempts_is_audited_once_a_minute_and_counted(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    # Mallory holds a valid decide key but is no reviewer; Rita is one and cannot hand her vote to Eve.
+    clock = Clock()
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2, "delegates": [DANA]}}
+    voters = Reviewers(await start_service(smtp_server, clock=clock, policies=policies))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    mallory = "mallory@example.com"
+    for who in (mallory, RITA):
+        await voters.key(who)
+    decisions_before = await _suppressed(voters, "decision.refused")
+    delegations_before = await _suppressed(voters, "delegation.refused")
+
+    answers = await asyncio.gather(*(voters.vote(approval_id, mallory) for _ in range(100)),
+                                   *(voters.delegate(approval_id, RITA, "eve@example.com") for _ in range(100)))
+    assert all(status in (403, 422) for status, _ in answers), {status for status, _ in answers}
+    run = await voters.service.run(run_id)
+    refused = [e for e in run["timeline"] if e["event"] == "decision.refused"]
+    delegations = [e for e in run["timeline"] if e["event"] == "delegation.refused"]
+    assert len(refused) == 1 and len(delegations) == 1
+    assert refused[0]["actor"] == mallory and "suppressed" not in refused[0]["data"]
+    assert await _suppressed(voters, "decision.refused") - decisions_before == 99
+    assert await _suppressed(voters, "delegation.refused") - delegations_before == 99
+
+    # Another reason, or another attempt, is another fact: audited at once.
+    assert (await voters.vote(approval_id, mallory, "reject"))[0] == 403
+    assert (await voters.vote(approval_id, RITA))[0] == 200
+    assert (await voters.vote(approval_id, RITA))[0] == 409  # already voted
+    run = await voters.service.run(run_id)
+    assert [e["data"]["attempted"] for e in run["timeline"] if e["event"] == "decision.refused"] == [
+        "approve", "reject", "approve"]
+
+    # A minute on, the same refusal is audited again and says how many were left out since.
+    await advance(clock, timedelta(minutes=1), voters.service)
+    assert (await voters.vote(approval_id, mallory))[0] == 403
+    run = await voters.service.run(run_id)
+    last = [e for e in run["timeline"] if e["event"] == "decision.refused"][-1]
+    assert last["actor"] == mallory and last["data"]["suppressed"] == 99
+    assert run["status"] == "awaiting_approval"

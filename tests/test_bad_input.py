@@ -437,6 +437,26 @@ async def test_decision_request_refused(service: Service, approval: str | None, 
     await assert_still_pending(service, run_id)
 
 
+@SQLITE_ONLY
+@pytest.mark.parametrize(("approval", "auth", "headers", "status"), [c[1:] for c in DECISION_REQUEST_CASES],
+                         ids=[c[0] for c in DECISION_REQUEST_CASES])
+async def test_a_delegation_request_is_refused_as_a_decision_is(service: Service, approval: str | None, auth: str,
+                                                                headers: dict[str, str], status: int) -> None:
+    # Both routes read the body, the credential, the reviewer and the approval the same way.
+    run_id, approval_id = await pending_approval(service)
+    before = await stored(service)
+    answers = []
+    for route, body in (("decisions", {"decision": "approve", "reviewer": RITA}),
+                        ("delegations", {"to": "dana@example.com", "reviewer": RITA})):
+        got, payload, answer = await service.request(
+            "POST", f"/api/approvals/{approval or approval_id}/{route}", body=body, auth=auth, headers=headers)
+        assert_problem(got, payload, answer, status)
+        answers.append((got, payload["type"], payload["detail"]))
+    assert answers[0] == answers[1]
+    assert await stored(service) == before
+    await assert_still_pending(service, run_id)
+
+
 # ---- reads, other routes, cancel, jobs ---------------------------------------------------
 
 # (id, method, path, status, field)

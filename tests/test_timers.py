@@ -27,15 +27,15 @@ from service.api.deps import SERVICES
 from service.business_hours import Calendar
 from service.decisions import Decisions
 from service.domain import Channel, DecisionKind, DecisionRequest, EmailAction, Reviewer
-from service.jobs import Job, JobHandler, JobQueue, Worker
-from service.policy import ExpiryOutcome, Policy, PolicyMode, Timers
+from service.jobs import Job, JobHandler, JobQueue, JobStatus, Worker
+from service.policy import ExpiryOutcome, Policy, PolicyMode, Stage, Timers
 from service.runs import NewRun, Runs
 from service.store import tables as t
 from service.store.db import Store, Tx, utcnow
 from service.store.migrate import upgrade
 from service.teams.conversations import Member
 from service.teams.notices import mention_activity
-from service.timers import EXPIRE_JOB, REMIND_JOB, TIMER_JOBS, ApprovalTimers
+from service.timers import ESCALATE_JOB, EXPIRE_JOB, REMIND_JOB, TIMER_JOBS, ApprovalTimers
 
 from .conftest import API_TOKEN, AUDIT_KEY, Service, StartService, email_action, free_port
 from .peers.smtp import SmtpServer
@@ -161,6 +161,107 @@ async def test_escalation_adds_the_escalate_to_reviewers_once_and_they_can_decid
     status, payload = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}})
     assert status == 200, payload
     await service.wait_status(run_id, "completed")
+
+
+def staged(**timers: Any) -> Policy:
+    """Rita decides stage 1, then Sam stage 2."""
+    return Policy(name="staged", reviewers=(RITA, SAM), mode=PolicyMode.SEQUENTIAL,
+                  stages=(Stage(reviewers=(RITA,)), Stage(reviewers=(SAM,))), timers=Timers(**timers))
+
+
+async def test_reminders_start_again_for_the_next_stage_of_a_sequential_approval(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    created = clock.now
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, staged(remind_after=HOUR, max_reminders=2, expire_after=10 * HOUR))
+    await advance(clock, HOUR, service)
+    [first] = await wait_events(service, run_id, "approval.reminded", 1)
+    assert first["number"] == 1 and first["asked"] == [RITA]
+
+    await advance(clock, 30 * timedelta(minutes=1), service)
+    advanced = clock.now  # stage 1 approves half an hour before its second reminder
+    status, answer = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": RITA}})
+    assert status == 200 and answer["progress"]["stage"] == 2, answer
+    row = await approval_row(service, approval_id)
+    assert row.stage == 1 and row.reminders_sent == 0 and row.remind_at == advanced + HOUR
+    assert row.expire_at == created + 10 * HOUR  # the expiry stays the approval's
+    # Stage 1's next reminder (due at creation + 2 h) is cancelled, not left to find itself stale.
+    assert await timer_jobs(service, run_id) == {(REMIND_JOB, "done"): 1, (REMIND_JOB, "cancelled"): 1,
+                                                 (REMIND_JOB, "queued"): 1, (EXPIRE_JOB, "queued"): 1}
+
+    await advance(clock, 30 * timedelta(minutes=1), service)  # creation + 2 h: nothing for stage 2 yet
+    await settle()
+    assert len(await events(service, run_id, "approval.reminded")) == 1
+    await advance(clock, 30 * timedelta(minutes=1), service)  # the stage began an hour ago
+    _, second = await wait_events(service, run_id, "approval.reminded", 2)
+    assert second["number"] == 1 and second["asked"] == [SAM]
+    await advance(clock, HOUR, service)
+    _, _, third = await wait_events(service, run_id, "approval.reminded", 3)
+    assert third["number"] == 2 and third["asked"] == [SAM]
+    await advance(clock, 5 * HOUR, service)  # capped again, per stage
+    await settle()
+    assert [e["number"] for e in await events(service, run_id, "approval.reminded")] == [1, 1, 2]
+    row = await approval_row(service, approval_id)
+    assert row.reminders_sent == 2 and row.remind_at is None and row.status == "pending"
+    status, _ = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": SAM}})
+    assert status == 200
+    await service.wait_status(run_id, "completed")
+
+
+async def test_each_stage_of_a_sequential_approval_gets_its_own_escalation(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    policy = staged(escalate_after=2 * HOUR, escalate_to=(LEE,))
+    # Stage 1 escalated before it approved: stage 2 gets its own escalation, from its start.
+    run_id, approval_id = await create(service, policy)
+    await advance(clock, 2 * HOUR, service)
+    [escalated] = await wait_events(service, run_id, "approval.escalated", 1)
+    assert escalated["stage"] == 0 and escalated["added"] == [LEE]
+    await advance(clock, HOUR, service)
+    advanced = clock.now
+    assert (await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": RITA}}))[0] == 200
+    row = await approval_row(service, approval_id)
+    assert row.escalated_at is None and row.escalate_at == advanced + 2 * HOUR
+    status, problem = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}})
+    assert status == 403 and "is over" in problem["detail"], problem  # added to stage 1, which is done
+    await advance(clock, 2 * HOUR, service)
+    _, again = await wait_events(service, run_id, "approval.escalated", 2)
+    assert again["stage"] == 1 and again["added"] == [LEE]
+    status, answer = await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}})
+    assert status == 200 and answer["status"] == "approved", answer
+    await service.wait_status(run_id, "completed")
+
+    # Someone escalation added who settled stage 1 is not asked again in stage 2 (one vote a person).
+    run_id, approval_id = await create(service, policy, subject="Lee decides")
+    await advance(clock, 2 * HOUR, service)
+    await wait_events(service, run_id, "approval.escalated", 1)
+    assert (await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": LEE}}))[0] == 200
+    await advance(clock, 2 * HOUR, service)
+    _, again = await wait_events(service, run_id, "approval.escalated", 2)
+    assert again["stage"] == 1 and again["added"] == []
+    run = await service.run(run_id)
+    assert run["approvals"][0]["progress"]["asked"] == [SAM]
+
+    # Stage 1 approved before its escalation: the escalation moves to the new stage's clock.
+    run_id, approval_id = await create(service, policy, subject="Another")
+    await advance(clock, HOUR, service)
+    advanced = clock.now
+    assert (await service.decide(approval_id, {"decision": "approve", "reviewer": {"id": RITA}}))[0] == 200
+    row = await approval_row(service, approval_id)
+    assert row.escalate_at == advanced + 2 * HOUR and row.escalated_at is None
+    assert await timer_jobs(service, run_id) == {(ESCALATE_JOB, "cancelled"): 1, (ESCALATE_JOB, "queued"): 1}
+    await advance(clock, HOUR, service)  # when stage 1's escalation was due: nothing
+    await settle()
+    assert await events(service, run_id, "approval.escalated") == []
+    await advance(clock, HOUR, service)
+    [escalated] = await wait_events(service, run_id, "approval.escalated", 1)
+    assert escalated["stage"] == 1 and escalated["added"] == [LEE]
+    await settle()
+    assert len(await events(service, run_id, "approval.escalated")) == 1
 
 
 async def test_expiry_rejects_the_run_once_and_cancels_the_other_timers(
@@ -344,6 +445,79 @@ async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
     assert sum(emails.values()) == sum(delivered.values())
     print(f"on_expiry={on_expiry.value}: {sum(decided.values())} decided first, "
           f"{200 - sum(decided.values())} expired first")
+
+
+async def _until_waiting_on_a_lock(engine: Any, task: asyncio.Task[Any]) -> None:
+    """Until a statement of this database waits on a lock (PostgreSQL), while `task` runs."""
+    deadline = time.monotonic() + 15
+    async with engine.connect() as watch:
+        while True:
+            waiting = (await watch.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"))).scalar_one()
+            await watch.rollback()  # pg_stat_activity is a snapshot per transaction
+            if waiting:
+                return
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # another process starts stage 2 meanwhile
+async def test_a_reminder_racing_the_start_of_the_next_stage_leaves_the_new_stage_clock(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    """Stage 1's first reminder read the approval (no reminder sent yet); another process's
+    vote then started stage 2, which counts reminders from zero again. The reminder's
+    compare-and-set must not take the new stage's zero for its own."""
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    services = service.app[SERVICES]
+    run_id, approval_id = await create(service, staged(remind_after=HOUR, max_reminders=2))
+    before = await approval_row(service, approval_id)
+    due = before.remind_at
+    stage_two_reminder = due + 30 * timedelta(minutes=1)
+    job = Job(id="stage-1-reminder", kind=REMIND_JOB, run_id=run_id, status=JobStatus.QUEUED, attempts=1,
+              max_attempts=4, due_at=due, payload={"approval_id": approval_id, "due_at": due.isoformat()})
+    reminder = await services.jobs.handlers[REMIND_JOB].run(job)  # what the worker commits when it finishes
+    engine = services.store.writer_engine
+    async with engine.connect() as other:
+        start = await other.begin()  # as ApprovalTimers.on_stage_started writes it, in the vote's transaction
+        await other.execute(t.approvals.update().where(t.approvals.c.id == approval_id).values(
+            stage=1, version=t.approvals.c.version + 1, reminders_sent=0, remind_at=stage_two_reminder))
+        finishing = asyncio.create_task(services.store.write(reminder))
+        await _until_waiting_on_a_lock(engine, finishing)
+        await start.commit()
+    await finishing
+    row = await approval_row(service, approval_id)
+    assert (row.remind_at, row.reminders_sent) == (stage_two_reminder, 0)
+    assert await events(service, run_id, "approval.reminded") == []
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # a second writer committing in between
+async def test_an_expiry_that_loses_its_compare_and_set_to_a_pending_change_reads_again_and_settles(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    """Whoever calls `Decisions.expire` gets the retry: here an escalation-like change from
+    another connection commits between the expiry's read and its write."""
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    services = service.app[SERVICES]
+    run_id, approval_id = await create(service, timed(expire_after=HOUR))
+    before = await approval_row(service, approval_id)
+    engine = services.store.writer_engine
+    async with engine.connect() as other:
+        change = await other.begin()  # holds the approval's row lock until it commits
+        await other.execute(t.approvals.update().where(t.approvals.c.id == approval_id)
+                            .values(version=t.approvals.c.version + 1))
+        expiring = asyncio.create_task(services.store.write(
+            lambda tx: services.decisions.expire(tx, approval_id, due_at=before.expire_at)))
+        await _until_waiting_on_a_lock(engine, expiring)  # it read version 0 and now waits to write
+        await change.commit()
+    assert await expiring is True
+    row = await approval_row(service, approval_id)
+    assert row.status == "expired" and row.version == before.version + 2
+    assert len(await events(service, run_id, "approval.expired")) == 1
+    assert (await service.wait_status(run_id, "expired"))["approvals"][0]["status"] == "expired"
 
 
 async def test_the_idle_worker_sleeps_until_the_next_due_job(store: Store) -> None:

@@ -110,22 +110,20 @@ class TeamsCards:
 
     async def on_reviewers_added(self, tx: Tx, approval_id: str, identities: list[str], via: str) -> None:
         """A person escalation or delegation added gets the card in a personal chat, when the
-        bot knows them (a Teams member it met); otherwise the audit log says they were not."""
+        bot knows them in an allowed tenant (`Conversations.why_unreachable`); otherwise the
+        audit log says they were not notified, and why."""
         approval = (await tx.execute(sa.select(t.approvals.c.run_id).where(t.approvals.c.id == approval_id))).one()
-        have = set((await tx.execute(sa.select(t.teams_cards.c.target)
-                                     .where(t.teams_cards.c.approval_id == approval_id))).scalars())
+        have = {target.casefold() for target in (await tx.execute(
+            sa.select(t.teams_cards.c.target).where(t.teams_cards.c.approval_id == approval_id))).scalars()}
         for identity in identities:
-            folded = identity.casefold()
-            known = (await tx.execute(sa.select(t.teams_members.c.aad_object_id).where(sa.or_(
-                t.teams_members.c.aad_object_id == identity,
-                sa.func.lower(t.teams_members.c.email) == folded,
-                sa.func.lower(t.teams_members.c.user_principal_name) == folded)).limit(1))).first()
-            if known is None or identity in have:
-                if known is None:
-                    tx.audit("teams.not_notified", run_id=approval.run_id, actor="system", data={
-                        "approval_id": approval_id, "identity": identity, "via": via,
-                        "reason": "the bot has not met this person in Teams"})
+            if identity.casefold() in have:
                 continue
+            refused = await self.conversations.why_unreachable(tx, identity)
+            if refused is not None:
+                tx.audit("teams.not_notified", run_id=approval.run_id, actor="system", data={
+                    "approval_id": approval_id, "identity": identity, "via": via, "reason": refused})
+                continue
+            have.add(identity.casefold())
             card_id = str(uuid.uuid4())
             tx.insert(t.teams_cards, dict(
                 id=card_id, approval_id=approval_id, target=identity, conversation_id=None, activity_id=None,

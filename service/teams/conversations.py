@@ -15,7 +15,7 @@ from botbuilder.schema import ConversationReference
 from ..domain import KnownEmail
 from ..store import tables as t
 from ..store.db import Store, Tx
-from .tenants import AllowedTenants
+from .tenants import AllowedTenants, TenantNotAllowed
 
 
 class AmbiguousMember(LookupError):
@@ -169,6 +169,25 @@ class Conversations:
                 t.teams_members.c.aad_object_id == sa.bindparam("aad_object_id"),
                 self._allowed(t.teams_members.c.tenant_id)))
         return self._member_select[1]
+
+    async def why_unreachable(self, conn: Any, identity: str) -> str | None:
+        """Why a personal card cannot be routed to `identity` (AAD object id, email or UPN):
+        None when the bot has met them in an allowed tenant, else the reason for the audit
+        log. A person the bot knows only in a tenant no longer allowed is refused like any
+        row of that tenant (`_allowed`). On a read connection or in a store op's `Tx`."""
+        folded = identity.casefold()
+        allowed = sa.case((self._allowed(t.teams_members.c.tenant_id), 1), else_=0)
+        row = (await conn.execute(
+            sa.select(t.teams_members.c.tenant_id, allowed.label("allowed"))
+            .where(sa.or_(t.teams_members.c.aad_object_id == identity,
+                          sa.func.lower(t.teams_members.c.email) == folded,
+                          sa.func.lower(t.teams_members.c.user_principal_name) == folded))
+            .order_by(allowed.desc()).limit(1))).first()  # an allowed record first, if there is one
+        if row is not None and row.allowed:
+            return None
+        if row is not None:
+            return str(TenantNotAllowed(row.tenant_id, f"the bot's record of {identity}"))
+        return "the bot has not met this person in Teams"
 
     def known_email(self, aad_object_id: str) -> KnownEmail:
         """For `DecisionRequest.known_email`: the stored member's (email, UPN), read in the

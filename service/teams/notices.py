@@ -3,13 +3,13 @@
 A channel card gets a reply in its thread mentioning the people still asked (or the ones
 escalation added); a card in a reviewer's personal chat gets a message there when that
 reviewer is still asked. People escalation adds get a card of their own in personal chat
-when the bot knows them. Every notice is a `teams.notice` job (one per card), queued in
-the transaction that fired the timer, so it is retried and survives restarts like a card.
+when the bot knows them in an allowed tenant (through `Runs.on_reviewers_added`, as
+delegates: `TeamsCards.on_reviewers_added`). Every notice is a `teams.notice` job (one per
+card), queued in the transaction that fired the timer, so it is retried and survives
+restarts like a card.
 """
 
 from __future__ import annotations
-
-import uuid
 
 import sqlalchemy as sa
 from botbuilder.core import MessageFactory, TurnContext
@@ -19,7 +19,7 @@ from ..jobs import Job, JobHandler, JobQueue, PermanentError
 from ..store import tables as t
 from ..store.db import Op, Tx
 from ..timers import Escalation, Reminder
-from .cards import POST_CARD_JOB, TeamsCards
+from .cards import TeamsCards
 from .conversations import AmbiguousMember, Conversations, Member
 
 NOTICE_JOB = "teams.notice"
@@ -81,25 +81,8 @@ class TeamsNotices:
                     "card_id": card.id, "people": list(escalation.added), "only_if_asked": False,
                     "text": "Escalated: nobody decided in time, so {people} now also review this approval.",
                 }, run_id=escalation.run_id)
-        targets = {r.target.casefold() for r in (await tx.execute(
-            sa.select(t.teams_cards.c.target).where(t.teams_cards.c.approval_id == escalation.approval_id))).all()}
-        for identity in escalation.added:
-            if identity.casefold() in targets or not await self._known(tx, identity):
-                continue
-            card_id = str(uuid.uuid4())
-            tx.insert(t.teams_cards, dict(
-                id=card_id, approval_id=escalation.approval_id, target=identity, conversation_id=None,
-                activity_id=None, service_url=None, tenant_id=None, status="posting", error=None,
-                created_at=tx.now, updated_at=tx.now))
-            await self.jobs.enqueue(tx, POST_CARD_JOB, {"card_id": card_id}, run_id=escalation.run_id)
-
-    async def _known(self, tx: Tx, identity: str) -> bool:
-        """Whether the bot has met `identity` (a personal card can reach them)."""
-        folded = identity.casefold()
-        row = (await tx.execute(sa.select(t.teams_members.c.aad_object_id).where(sa.or_(
-            t.teams_members.c.aad_object_id == identity, sa.func.lower(t.teams_members.c.email) == folded,
-            sa.func.lower(t.teams_members.c.user_principal_name) == folded)).limit(1))).first()
-        return row is not None
+        # The people added get a card of their own through `Runs.on_reviewers_added`
+        # (`TeamsCards.on_reviewers_added`), as delegates do.
 
     # ---- the job ---------------------------------------------------------------------
 
