@@ -111,6 +111,10 @@ def ensure_test_tools() -> None:
                        ["postgresql"], "the tests start a real PostgreSQL server")
     ensure_system_tool(bool(shutil.which("node") and shutil.which("npm")), ["nodejs", "npm"],
                        "the card tests run the official Adaptive Cards renderer")
+    # Playwright drives this browser (executable_path). Its wheel brings no browser and its install
+    # downloads none; only `playwright install` would, and nothing here runs it.
+    ensure_system_tool(Path("/usr/bin/chromium").exists(), ["chromium"],
+                       "the page tests drive a real headless Chromium through Playwright")
 
 
 def main() -> int:

@@ -1,16 +1,18 @@
-"""Shared fixtures: real peers (SMTP, PostgreSQL) and the service over real HTTP."""
+"""Shared fixtures: real peers (SMTP, PostgreSQL, Chromium) and the service over real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -28,6 +30,9 @@ from .peers.certs import TlsFiles, make_tls_files
 from .peers.openai_server import ScriptedLLM
 from .peers.postgres import PostgresServer
 from .peers.smtp import SmtpServer
+
+if TYPE_CHECKING:  # imported when a test asks for a browser: playwright takes 0.2 s to import
+    from .peers.browser import Chromium, Tab
 
 API_TOKEN = "test-api-token-0123456789"
 WEBHOOK_SECRET = "test-webhook-secret-abcdef"
@@ -78,6 +83,33 @@ def pg_server() -> Iterator[PostgresServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Chromium]:
+    """Debian's headless Chromium under Playwright, started once per session (tests/peers/browser.py)."""
+    from .peers.browser import Chromium
+
+    browser = Chromium()
+    try:
+        browser.start()
+        yield browser
+    finally:
+        browser.stop()
+
+
+@pytest.fixture
+def tab(chromium: Chromium, request: pytest.FixtureRequest) -> Iterator[Tab]:
+    """A fresh context and page (no cookies, no storage) for this test. `await tab.screenshot(name)`
+    saves to tests/artifacts/<module>/<test>/ (emptied first), listed in the test's user_properties."""
+    from .peers.browser import ARTIFACTS
+
+    artifacts = ARTIFACTS / request.node.path.stem / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    shutil.rmtree(artifacts, ignore_errors=True)
+    opened = chromium.new_tab(artifacts)
+    yield opened
+    request.node.user_properties.extend(("screenshot", str(path)) for path in opened.screenshots)
+    opened.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
