@@ -46,7 +46,7 @@ from .domain import (
 from .jobs import JobQueue
 from .mail.message import CONTENT_HASH_VERSION
 from .mail.message import approved_sha256 as visible_sha256
-from .policy import ExpiryOutcome, Policy, needs_email
+from .policy import ExpiryOutcome, Policy, needs_email, requester_unmatched
 from .runs import GatedOutcome, Runs
 from .store import tables as t
 from .store.db import Store, Tx
@@ -187,6 +187,14 @@ class Decisions:
                 return self._refused(tx, approval, request, attempt, NotAllowed(
                     "Countersign could not look up your email address, so it cannot check that you did not "
                     "request this yourself; nothing was decided. Try again later, or decide through the API.",
+                    reviewer=reviewer.id, policy=policy.name))
+            elif request.kind is not DecisionKind.REJECT and requester_unmatched(policy, approval.requested_by,
+                                                                                  reviewer):
+                # A rejection fails closed: the requester rejecting their own request harms nothing.
+                return self._refused(tx, approval, request, attempt, NotAllowed(
+                    f"this run was requested by an email address and {reviewer.id!r} carries none, so Countersign "
+                    "cannot check that the reviewer did not request it themselves; nothing was decided. Decide with "
+                    "a key bound to the reviewer's email (countersign keys create --reviewer EMAIL).",
                     reviewer=reviewer.id, policy=policy.name))
         added = added_of(approval)
         multi = multi_vote(policy)
@@ -339,6 +347,10 @@ class Decisions:
                     return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
                                                  f"{approval.id}")
                 slot = next(s for s, h in holders(policy, stage, added).items() if h in request.reviewer.identities())
+                if requester_unmatched(policy, approval.requested_by, request.reviewer):
+                    return refuse("not_allowed", (
+                        f"this run was requested by an email address and {request.reviewer.id!r} carries none, so "
+                        "Countersign cannot check that the vote handed over is not the requester's"))
                 if (not policy.allow_self_approval and approval.requested_by
                         and approval.requested_by.casefold() in request.reviewer.identities()):
                     # The requester's vote never counts: handing it over would let them pick who
@@ -485,7 +497,10 @@ class Decisions:
                 return False  # rescheduled: another timer carries the current expiry
             approval = _approval_from_row(row)
             policy = Policy.from_dict(approval.policy)
-            approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE
+            # An automatic approval sends the requester's own text, never one a single
+            # reviewer's edit put in its place while the other votes were still missing.
+            edited = approval.draft_version > 1
+            approve = policy.timers.on_expiry is ExpiryOutcome.APPROVE and not edited
             sender, reply_to = ((row.mail_from, row.mail_reply_to) if row.mail_from
                                 else (self.mail_from, self.mail_reply_to))
             final_action = approval.action if approve else None
@@ -504,7 +519,11 @@ class Decisions:
         else:
             raise RuntimeError(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
                                "the expiry job tries again")
-        waited = {"approval_id": approval.id, "due_at": due_at.isoformat(), "on_expiry": policy.timers.on_expiry.value}
+        waited: dict[str, Any] = {"approval_id": approval.id, "due_at": due_at.isoformat(),
+                                  "on_expiry": policy.timers.on_expiry.value}
+        if policy.timers.on_expiry is ExpiryOutcome.APPROVE and not approve:
+            waited["failed_closed"] = ("the text was edited while votes were missing: an automatic approval would "
+                                       "send an edit the policy's votes never approved")
         tx.audit("approval.expired", run_id=approval.run_id, actor=SYSTEM_ACTOR, data=waited)
         if approve:
             decision = Decision(id=str(uuid.uuid4()), approval_id=approval.id, kind=DecisionKind.APPROVE,

@@ -294,6 +294,14 @@ def narrow(base: Policy, ask: Narrowing) -> Policy:
     )
 
 
+def requester_unmatched(policy: Policy, requested_by: str | None, reviewer: Reviewer) -> bool:
+    """Whether self-approval cannot be ruled out: the run was requested by an email address
+    and the reviewer (an AAD object id alone, say a key bound to one) carries no email or
+    UPN to compare it with. Then nothing may be decided or handed over in their name."""
+    return (not policy.allow_self_approval and bool(requested_by) and "@" in (requested_by or "")
+            and not (reviewer.email or reviewer.upn) and "@" not in reviewer.id)
+
+
 def needs_email(policy: Policy, requested_by: str | None) -> bool:
     """Whether deciding needs the reviewer's email (or UPN), not only a channel's id: to
     match reviewers named by email, and to tell the requester apart from a reviewer

@@ -377,3 +377,46 @@ async def test_a_flood_of_refused_attempts_is_audited_once_a_minute_and_counted(
     last = [e for e in run["timeline"] if e["event"] == "decision.refused"][-1]
     assert last["actor"] == mallory and last["data"]["suppressed"] == 99
     assert run["status"] == "awaiting_approval"
+
+
+async def test_a_key_bound_to_an_object_id_cannot_approve_or_hand_over_a_run_its_owner_requested_by_email(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    # Lee is a reviewer by AAD object id and asked for this refund by email. A key bound to his
+    # object id carries no email: self-approval could not be ruled out, so nothing is counted.
+    voters = Reviewers(await start_service(smtp_server, policies={
+        "refunds": {"reviewers": ["aad-lee", SAM], "mode": "quorum", "required": 1, "delegates": [DANA]}}))
+    run_id, approval_id = await pending(voters.service, "refunds", requested_by=LEE)
+    status, problem = await voters.vote(approval_id, "aad-lee")
+    assert status == 403 and problem["type"].endswith("not_allowed"), problem
+    assert "cannot check that the reviewer did not request it" in problem["detail"]
+    status, problem = await voters.delegate(approval_id, "aad-lee", DANA)
+    assert status == 403 and problem["type"].endswith("not_allowed"), problem
+    await _only_voters(voters, run_id, smtp_server, [])
+    run = await voters.service.run(run_id)
+    assert "approval.delegated" not in [e["event"] for e in run["timeline"]]
+    # A reviewer whose key carries an email is compared and counted as before.
+    assert (await voters.vote(approval_id, SAM))[1]["status"] == "approved"
+
+
+async def test_an_automatic_approval_at_expiry_never_sends_a_text_one_reviewer_edited(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    # Quorum of two, approve on expiry. Rita's edit puts her text in place (her vote counted,
+    # one of two); the expiry must not send it with her single approval: it fails closed.
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock, policies={
+        "refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2,
+                    "expire_after": "1h", "on_expiry": "approve"}})
+    voters = Reviewers(service)
+    run_id, approval_id = await pending(service, "refunds")
+    status, answer = await voters.vote(approval_id, RITA, "edit", body="Dear Ann,\n\nA full refund, and more.\n\nRita")
+    assert status == 200 and answer["status"] == "pending"
+    await advance(clock, timedelta(hours=1), service)
+    run = await service.wait_status(run_id, "expired")
+    assert run["approvals"][0]["status"] == "expired"
+    [expired] = await wait_events(service, run_id, "approval.expired", 1)
+    assert expired["on_expiry"] == "approve" and "edited" in expired["failed_closed"]
+    assert [d["kind"] for d in run["decisions"]] == ["edit"]
+    await asyncio.sleep(0.2)
+    assert smtp_server.messages() == []

@@ -20,7 +20,7 @@ SOURCES = [{"title": "Returns and refunds", "location": "returns-and-refunds.md"
 
 
 @pytest.mark.parametrize("kind, reviewer, fields", [
-    (DecisionKind.APPROVE, Reviewer(id="aad-sam", name="Sam Reviewer"), {}),
+    (DecisionKind.APPROVE, Reviewer(id="aad-sam", name="Sam Reviewer", email="sam@example.com"), {}),
     (DecisionKind.EDIT, Reviewer(id="aad-kim", email="kim@example.com"), {"subject": "Edited", "body": "New body"}),
     (DecisionKind.REJECT, Reviewer(id="aad-lee"), {"reason": "Wrong tone"}),
 ], ids=["approve", "edit", "reject"])

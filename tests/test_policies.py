@@ -170,7 +170,11 @@ async def test_policies_from_the_settings_file_anyone_and_named(
     accepted = await service.create_run({"action": email_action(), "requested_by": "ops@example.com"})
     run = await service.run(accepted["id"])
     assert run["policy"]["reviewers"] == "anyone" and run["approvals"][0]["policy"]["reviewers"] == "anyone"
-    status, _ = await service.decide(run["approvals"][0]["id"], {"decision": "approve", "reviewer": {"id": "kim"}})
+    # Requested by email: an id alone could be the requester's, so it is refused; with an email, compared.
+    status, problem = await service.decide(run["approvals"][0]["id"], {"decision": "approve", "reviewer": {"id": "kim"}})
+    assert status == 403 and "cannot check that the reviewer did not request it" in problem["detail"], problem
+    status, _ = await service.decide(run["approvals"][0]["id"], {"decision": "approve", "reviewer": {
+        "id": "kim", "email": "kim@example.com"}})
     assert status == 200  # anyone: any reviewer the channel authenticates
     await service.wait_status(accepted["id"], "completed")
 
