@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
 import re
 import shutil
 import socket
+import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from sqlalchemy.engine import make_url
 
 from service.api.deps import SERVICES
 from service.app import create_app
@@ -24,7 +29,7 @@ from service.config import Settings
 from service.scopes import Scope
 from service.signing import HEADER, sign_v2
 from service.store.db import Store, utcnow
-from service.store.migrate import upgrade
+from service.store.migrate import is_migrated, upgrade
 
 from .peers.certs import TlsFiles, make_tls_files
 from .peers.openai_server import ScriptedLLM
@@ -61,8 +66,8 @@ def smtp_server(tmp_path: Path, tls: TlsFiles) -> Iterator[SmtpServer]:
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     """A migrated, started store on the test's database (SQLite or PostgreSQL)."""
+    await migrate_database(db_url)
     s = Store.from_url(db_url, audit_key=AUDIT_KEY)
-    await upgrade(s.writer_engine)
     await s.start()
     yield s
     await s.close()
@@ -77,11 +82,16 @@ async def llm() -> AsyncIterator[ScriptedLLM]:
     await server.close()
 
 
+_PG_SERVERS: dict[int, PostgresServer] = {}  # by port: the session's server, for migrate_database
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     server = PostgresServer(free_port())
     server.start()
+    _PG_SERVERS[server.port] = server
     yield server
+    del _PG_SERVERS[server.port]
     server.stop()
 
 
@@ -113,11 +123,108 @@ def tab(chromium: Chromium, request: pytest.FixtureRequest) -> Iterator[Tab]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'countersign.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path / 'countersign.db'}"
+        return
     server: PostgresServer = request.getfixturevalue("pg_server")
-    return server.create_database()
+    url = server.create_database()
+    yield url
+    server.drop_database(url)  # after every fixture that used it (a test may have dropped it itself)
+
+
+# -- migrated databases, migrated once ---------------------------------------------------------
+# Migrating an empty database to the head gives the same database every time (the migrations
+# are deterministic), so a test that needs a migrated database and still has an empty one
+# gets a copy of one migrated once per session: a file copy on SQLite, CREATE DATABASE ...
+# TEMPLATE on PostgreSQL. A database a test has already put something in (an older schema to
+# upgrade, a fixture file) is migrated as before. tests/test_migrations.py, test_upgrade.py
+# and the `countersign migrate` / `serve` tests still migrate for real.
+
+def _in_a_thread(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a coroutine to the end on a loop of its own (callable inside a running loop too)."""
+    result: list[Any] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(fn()))  # type: ignore[arg-type]
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return result[0]
+
+
+async def _migrate(url: str) -> None:
+    s = Store.from_url(url)
+    try:
+        await upgrade(s.writer_engine)
+    finally:
+        await s.close()
+
+
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def _sqlite_template() -> Path:
+    if not _SQLITE_TEMPLATE:
+        path = Path(tempfile.mkdtemp(prefix="countersign-sqlite-template-")) / "migrated.db"
+        _in_a_thread(lambda: _migrate(f"sqlite+aiosqlite:///{path}"))
+        leftovers = [p.name for p in path.parent.iterdir() if p != path]
+        assert not leftovers, leftovers  # closed cleanly: no -wal/-shm to copy along
+        atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
+        _SQLITE_TEMPLATE.append(path)
+    return _SQLITE_TEMPLATE[0]
+
+
+def copy_migrated_sqlite(database: Path) -> bool:
+    """Put a migrated database at `database` if there is no file there yet. Made 0600, as
+    the service makes its database file before SQLite opens it (ensure_private_sqlite)."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(_sqlite_template().read_bytes())
+    return True
+
+
+def copy_migrated_postgres(db_url: str) -> bool:
+    """Replace the test's PostgreSQL database, if still empty, by a copy of the migrated template."""
+    server = _PG_SERVERS[make_url(db_url).port]
+    template = server.template("migrated", lambda url: _in_a_thread(lambda: _migrate(url)))
+    return server.copy_template_into(db_url, template)
+
+
+def _sqlite_path(db_url: str) -> Path:
+    return Path(db_url.removeprefix("sqlite+aiosqlite:///"))
+
+
+async def migrate_database(db_url: str) -> None:
+    """The test's database migrated to the head: copied from the template while it is still
+    empty, else migrated by Alembic (a no-op if it is at the head already)."""
+    if db_url.startswith("sqlite"):
+        copied = copy_migrated_sqlite(_sqlite_path(db_url))
+    else:
+        copied = copy_migrated_postgres(db_url)
+    if not copied:
+        s = Store.from_url(db_url)
+        try:
+            if not await is_migrated(s.writer_engine):
+                await upgrade(s.writer_engine)
+        finally:
+            await s.close()
+
+
+def migrate_database_sync(db_url: str) -> None:
+    """migrate_database for plain functions (what `countersign migrate` would have done)."""
+    _in_a_thread(lambda: migrate_database(db_url))
 
 
 def test_settings(tmp_path: Path, db_url: str, smtp: SmtpServer | None, **overrides: Any) -> Settings:
@@ -224,9 +331,9 @@ async def start_service(tmp_path: Path, db_url: str) -> AsyncIterator[StartServi
                     **overrides: Any) -> Service:
         settings = test_settings(tmp_path, db_url, smtp, **overrides)
         if not settings.is_sqlite:
-            store = Store.from_url(settings.effective_database_url)
-            await upgrade(store.writer_engine)
-            await store.close()
+            await migrate_database(settings.effective_database_url)
+        elif settings.auto_migrate and settings.effective_database_url == db_url:
+            copy_migrated_sqlite(_sqlite_path(db_url))  # else the service migrates the file it finds
         app = create_app(settings, clock=clock)  # a controlled clock moves time in timer tests
         server = TestServer(app, host="127.0.0.1", port=free_port())
         await server.start_server(shutdown_timeout=2)

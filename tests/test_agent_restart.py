@@ -6,9 +6,6 @@ that any repeated call or duplicate email fails the test."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import API_TOKEN, free_port
+from .conftest import API_TOKEN, free_port, migrate_database_sync
 from .peers.openai_server import Say, ScriptedLLM, call
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
@@ -63,8 +60,7 @@ def environment(tmp_path: Path, db_url: str, smtp: SmtpServer, llm: ScriptedLLM,
         **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in smtp.settings().items()},
     }
     if not db_url.startswith("sqlite"):
-        subprocess.run([sys.executable, "-m", "service", "migrate"], env={**os.environ, **env}, check=True,
-                       capture_output=True)
+        migrate_database_sync(db_url)  # as `countersign migrate` would (tests/conftest.py)
     return env
 
 

@@ -27,8 +27,6 @@ import collections
 import os
 import random
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from service.decisions import SEND_EMAIL_JOB
 
-from .conftest import API_TOKEN, email_action, free_port
+from .conftest import API_TOKEN, email_action, free_port, migrate_database_sync
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 
@@ -288,8 +286,7 @@ async def test_replica_killed_while_holding_a_delivery(tmp_path: Path, db_url: s
         "COUNTERSIGN_JOB_BACKOFF_MAX_SECONDS": "0.2", "COUNTERSIGN_JOB_LEASE_SECONDS": LEASE_SECONDS,
         **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in smtp_server.settings().items()},
     }
-    subprocess.run([sys.executable, "-m", "service", "migrate"], env={**os.environ, **env}, check=True,
-                   capture_output=True)
+    migrate_database_sync(db_url)  # as `countersign migrate` would (tests/conftest.py)
     services = []
     for i in range(REPLICAS):
         port = free_port()

@@ -4,9 +4,6 @@ every approved email arrives exactly once and every run completes."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import API_TOKEN, email_action, free_port
+from .conftest import API_TOKEN, email_action, free_port, migrate_database_sync
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 
@@ -44,8 +41,7 @@ async def test_sigkill_during_delivery_sends_each_email_exactly_once(
         **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in smtp_server.settings().items()},
     }
     if not db_url.startswith("sqlite"):
-        subprocess.run([sys.executable, "-m", "service", "migrate"], env={**os.environ, **env}, check=True,
-                       capture_output=True)
+        migrate_database_sync(db_url)  # as `countersign migrate` would (tests/conftest.py)
     service = ServiceProcess(env, port, tmp_path / "service.log")
 
     # Phase 1: runs are approved, then the process dies before any job runs.

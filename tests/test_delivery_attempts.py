@@ -6,10 +6,7 @@ the re-send is marked as a possible duplicate and audited."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.store import tables as t
 
-from .conftest import API_TOKEN, Service, email_action, free_port
+from .conftest import API_TOKEN, Service, email_action, free_port, migrate_database_sync
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 
@@ -147,8 +144,7 @@ async def test_sigkill_before_and_after_sending(tmp_path: Path, db_url: str, smt
         **{f"COUNTERSIGN_{k.upper()}": str(v) for k, v in smtp_server.settings().items()},
     }
     if not db_url.startswith("sqlite"):
-        subprocess.run([sys.executable, "-m", "service", "migrate"], env={**os.environ, **env}, check=True,
-                       capture_output=True)
+        migrate_database_sync(db_url)  # as `countersign migrate` would (tests/conftest.py)
     service = ServiceProcess(env, port, tmp_path / "service.log")
     recipients = {"rcpt": "rhea@example.com", "data": "dora@example.com", "legacy": "lee@example.com"}
 
