@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from .elements import Element, container, fact_set, text_block
 from .size import Limits
-from .text import clip, escape_inline, format_datetime, markdown_paragraphs, truncation_note
+from .text import clip, escape_inline, format_datetime, markdown_lines, truncation_note
 from .view import ApprovalView
 
 __all__ = [
@@ -77,15 +77,16 @@ def _joined(items: Sequence[str], limits: Limits) -> str:
     return value
 
 
-def _paragraph_blocks(text: str, limit: int | None, *, empty: str) -> list[Element]:
-    """TextBlocks for a multi-line untrusted text, cut to `limit` characters with a marker."""
+def _line_blocks(text: str, limit: int | None, *, empty: str) -> list[Element]:
+    """TextBlocks for a multi-line untrusted text, one per line (no spacing between them, so
+    the lines read as the text's own), cut to `limit` characters with a marker."""
     if limit is None:
         shown, omitted = text, 0
     else:
         shown, omitted = clip(text, limit)
-    paragraphs = markdown_paragraphs(shown)
-    blocks = [text_block(p, spacing="Medium" if i else None) for i, p in enumerate(paragraphs)]
-    if not paragraphs and not omitted:
+    lines = markdown_lines(shown)
+    blocks = [text_block(line, spacing="None" if i else None) for i, line in enumerate(lines)]
+    if not lines and not omitted:
         blocks.append(text_block(empty, subtle=True))
     if omitted:
         blocks.append(text_block(truncation_note(omitted), subtle=True, weight="Bolder", spacing="Medium"))
@@ -114,7 +115,7 @@ def action_facts(view: ApprovalView, limits: Limits, *, with_request: bool) -> E
 
 
 def draft_section(view: ApprovalView, limits: Limits, *, title: str, edit_unavailable: bool) -> list[Element]:
-    items = _paragraph_blocks(view.body, limits.body_chars, empty="(empty body)")
+    items = _line_blocks(view.body, limits.body_chars, empty="(empty body)")
     section: list[Element] = [
         text_block(title, weight="Bolder", spacing="Medium"),
         container(items, style="emphasis", spacing="Small"),
@@ -210,7 +211,7 @@ def decision_banner(view: ApprovalView, limits: Limits) -> list[Element]:
     banner = notice(title, lines, style=style)
     if view.reason:
         banner["items"].append(text_block("Reason", weight="Bolder", spacing="Medium"))
-        banner["items"].extend(_paragraph_blocks(view.reason, limits.text_chars, empty="(none)"))
+        banner["items"].extend(_line_blocks(view.reason, limits.text_chars, empty="(none)"))
     section: list[Element] = [banner]
 
     if delivery is not None:
