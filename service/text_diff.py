@@ -6,12 +6,12 @@ stored: the draft (`approvals.action`, or under a multi-vote policy the `replace
 of the first edit, see `first_draft`) and what was approved (`approvals.approved_action`).
 Nothing of it is stored.
 
-The diff is line based, as `difflib.unified_diff` makes it (the same hunks, with
-`CONTEXT` lines of context; without difflib's "autojunk" heuristic, which on texts over 200
-lines would treat frequent lines such as blank ones as noise and report coarser changes): a `TextDiff` is its hunks, each a run of lines that are
-`equal`, `removed` (in the draft only) or `added` (in the approved text only), with their
-line numbers. `TextDiff.unified` renders it as unified-diff text; `EditDiff` holds the
-subject's and the body's.
+The diff is line based, as `difflib.unified_diff` makes it: the same hunks, with `CONTEXT`
+lines of context, but without difflib's "autojunk" heuristic (which, on texts over 200
+lines, treats frequent lines such as blank ones as noise and reports coarser changes). A
+`TextDiff` is its hunks, each a run of lines that are `equal`, `removed` (in the draft
+only) or `added` (in the approved text only), with their line numbers. `TextDiff.unified`
+renders it as unified-diff text; `EditDiff` holds the subject's and the body's.
 
 Lines: a text is split at LF after CR LF and CR became LF (bodies are stored that way); an
 empty text has no lines. Pure: standard library only.
