@@ -37,6 +37,7 @@ from adaptive_cards import (
     VERB_EDIT,
     VERB_REJECT,
     ApprovalView,
+    ChangesView,
     DeliveryView,
     SourceView,
     build_card,
@@ -47,6 +48,8 @@ from adaptive_cards import (
 )
 from adaptive_cards.elements import adaptive_card, input_text, text_block
 from adaptive_cards.text import BLANK_LINE, clip, escape_inline, format_datetime, markdown_lines, truncation_note
+from service.teams.views import changes_view
+from service.text_diff import diff_edit
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS_JS = Path(__file__).resolve().parent / "cards_js"
@@ -207,6 +210,32 @@ def sent(at: datetime = T0 + timedelta(minutes=1)) -> DeliveryView:
     return DeliveryView("sent", "250 2.0.0 Ok: queued as 4F2A1", at)
 
 
+EDIT_DRAFT = (
+    "Hi Jane,\n\nThanks for getting in touch. Your refund has been issued.\n"
+    "It should arrive within 5 days.\n\nBest regards,\nSupport"
+)
+EDIT_APPROVED = (
+    "Hi Jane,\n\nThanks for getting in touch. Your refund of EUR 40 has been issued.\n"
+    "It should arrive within **3 days**.\n- [track it](http://evil.example)\n\nBest regards,\n    Rita"
+)
+
+
+def changes(draft: str, approved: str, subject: tuple[str, str] = ("Re: Refund", "Re: Refund")) -> ChangesView:
+    found = changes_view(diff_edit({"subject": subject[0], "body": draft}, {"subject": subject[1], "body": approved}))
+    assert found is not None
+    return found
+
+
+def edited(body: str, draft: str, **changes_: Any) -> ApprovalView:
+    return decided("approved", edited=True, body=body, changes=changes(draft, body, **changes_), delivery=sent(),
+                   read_at="https://countersign.example/api/runs/5f0c2a9e-7d1b-4c55-9a3e-2b8f6c1d0e47")
+
+
+BIG_DRAFT = "\n".join(f"Line {i} of the draft, " + "words " * 30 for i in range(400))
+BIG_EDIT = "\n".join(f"Line {i} as edited, " + "other " * 30 if i % 3 == 0 else f"Line {i} of the draft, " + "words " * 30
+                     for i in range(400))
+
+
 CARD_CASES: dict[str, Callable[[], dict[str, Any]]] = {
     # pending
     "pending-minimal": lambda: build_pending_card(pending()),
@@ -240,6 +269,18 @@ CARD_CASES: dict[str, Callable[[], dict[str, Any]]] = {
         decided("cancelled", decided_by=None, reason="Customer withdrew the request.")
     ),
     "expired": lambda: build_final_card(decided("expired", decided_by=None)),
+    "approved-with-changes": lambda: build_final_card(edited(EDIT_APPROVED, EDIT_DRAFT,
+                                                             subject=("Re: Refund", "Re: Refund (EUR 40)"))),
+    "approved-changes-subject-only": lambda: build_final_card(edited(EDIT_DRAFT, EDIT_DRAFT,
+                                                                     subject=("Re: Refund", "**Re**: Refund"))),
+    "approved-changes-hostile": lambda: build_final_card(edited(HOSTILE_BODY, "Dear customer,\nOld text",
+                                                                subject=("Old", HOSTILE_LINE))),
+    "approved-changes-large": lambda: build_final_card(edited(BIG_EDIT, BIG_DRAFT)),
+    "approved-changes-worst-case": lambda: build_final_card(decided(
+        "approved", **{**WORST, "body": "\n".join([ASTRAL * 3000] * 30)}, decided_by=ASTRAL * 5000, edited=True,
+        changes=changes("\n".join([ASTRAL * 2000] * 30), "\n".join([ASTRAL * 3000] * 30),
+                        subject=(ASTRAL * 10_000, ASTRAL * 9000)),
+        delivery=DeliveryView("failed", ASTRAL * 50_000, T0))),
     "approved-votes": lambda: build_final_card(decided("approved", progress=(
         "2 of 2 approvals: Rita at 10:42 UTC, Sam at 10:50 UTC",))),
     "expired-no-deadline": lambda: build_final_card(decided("expired", decided_by=None, deadline=None)),
@@ -597,6 +638,59 @@ def test_the_official_renderer_shows_each_line_of_the_draft_as_the_customer_gets
     banner = rendered["rejected"]["blocks"]
     reason_at = next(i for i, b in enumerate(banner) if b["lines"] == ["Reason"])
     assert _shown(banner[reason_at + 1 : reason_at + 5]) == REASON_LINES.split("\n")
+
+
+def _changes_blocks(card: dict[str, Any], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    heading = next(i for i, e in enumerate(card["body"]) if e.get("text") == "Changes from the draft")
+    return _rendered_lines(blocks, f"$.body[{heading + 1}].items[")
+
+
+def test_the_card_after_an_edit_shows_the_removed_and_added_lines_in_the_official_renderer(
+    cards: dict[str, Any],
+) -> None:
+    names = ["approved-with-changes", "approved-changes-hostile", "approved-changes-large", "approved"]
+    rendered = dict(zip(names, run_dom_renderer([cards[n] for n in names]), strict=True))
+    blocks = _changes_blocks(cards["approved-with-changes"], rendered["approved-with-changes"]["blocks"])
+    marked = [(b["color"], line) for b, line in zip(blocks, _shown(blocks), strict=True)]
+    assert marked[1:4] == [(None, "Subject"), ("Attention", "- Re: Refund"), ("Good", "+ Re: Refund (EUR 40)")]
+    # Every line of the body's diff, each on its own line: context subtle, removed lines in the
+    # attention colour, added ones in the good colour, markdown and indentation as typed.
+    assert marked[4:] == [
+        (None, "Body"),
+        (None, "From line 1 of the draft:"),
+        (None, "  Hi Jane,"),
+        (None, ""),
+        ("Attention", "- Thanks for getting in touch. Your refund has been issued."),
+        ("Attention", "- It should arrive within 5 days."),
+        ("Good", "+ Thanks for getting in touch. Your refund of EUR 40 has been issued."),
+        ("Good", "+ It should arrive within **3 days**."),
+        ("Good", "+ - [track it](http://evil.example)"),
+        (None, ""),
+        (None, "  Best regards,"),
+        ("Attention", "- Support"),
+        ("Good", "+     Rita"),
+    ]
+    assert [b["subtle"] for b in blocks[6:9]] == [True, True, False]
+    assert all(b["tags"] == ["p"] for b in blocks)
+    assert "3 lines removed, 4 added; subject changed" in _shown(blocks)[0]
+    # Hostile text in a diff is shown literally, like the draft.
+    hostile = _changes_blocks(cards["approved-changes-hostile"], rendered["approved-changes-hostile"]["blocks"])
+    shown = _shown(hostile)
+    assert "+ " + HOSTILE_LINE in shown and "+ [click here](http://evil.example/login) to confirm." in shown
+    assert "- Old text" in shown and all(b["tags"] == ["p"] for b in hostile)
+    # A large diff is cut within the size budget, with a note saying where the whole diff is.
+    large = _shown(_changes_blocks(cards["approved-changes-large"], rendered["approved-changes-large"]["blocks"]))
+    assert large[-1] == ("… 260 more changed lines not shown here; the whole diff is in the run's JSON "
+                         "(GET https://countersign.example/api/runs/5f0c2a9e-7d1b-4c55-9a3e-2b8f6c1d0e47, approvals[].diff).")
+    assert card_size(cards["approved-changes-large"]) <= CARD_BUDGET_BYTES
+    # Approved without an edit: no changes section.
+    assert not any(b["lines"] == ["Changes from the draft"] for b in rendered["approved"]["blocks"])
+
+
+def test_the_changes_section_is_only_on_an_approved_card() -> None:
+    view = decided("rejected", reason="no", changes=changes(EDIT_DRAFT, EDIT_APPROVED))
+    assert "Changes from the draft" not in texts(build_final_card(view))
+    assert "Changes from the draft" not in texts(build_pending_card(pending(changes=changes(EDIT_DRAFT, EDIT_APPROVED))))
 
 
 def test_the_dom_check_sees_what_markdown_does_to_line_ends() -> None:
