@@ -27,7 +27,7 @@ from .approval import (
 )
 from .elements import CARD_VERSION
 from .size import CARD_BUDGET_BYTES, card_size
-from .view import ApprovalView, DeliveryView, SourceView
+from .view import ApprovalView, ChangeHunk, ChangeLine, ChangesView, DeliveryView, SourceView
 
 __all__ = [
     "CARD_BUDGET_BYTES",
@@ -44,6 +44,9 @@ __all__ = [
     "VERB_REJECT",
     "ApprovalView",
     "CardTooLarge",
+    "ChangeHunk",
+    "ChangeLine",
+    "ChangesView",
     "DeliveryView",
     "SourceView",
     "action_data",

@@ -39,7 +39,14 @@ from typing import Any
 
 from . import size
 from .elements import Element, adaptive_card, execute_action, input_text, show_card_action, text_block
-from .sections import content_sections, decision_banner, notice, reference_line, shows_action_in_full
+from .sections import (
+    changes_section,
+    content_sections,
+    decision_banner,
+    notice,
+    reference_line,
+    shows_action_in_full,
+)
 from .size import CARD_BUDGET_BYTES, MIN_BODY_CHARS, Limits, fits
 from .text import clip, escape_inline
 from .view import ApprovalView
@@ -209,6 +216,7 @@ def _final(view: ApprovalView, limits: Limits) -> Element:
     body: list[Element] = [
         *decision_banner(view, limits),
         *_progress(view, limits),
+        *(changes_section(view, limits) if view.status == "approved" else ()),
         *content_sections(view, limits, draft_title=_DRAFT_TITLES[view.status], with_request=False),
         reference_line(view),
     ]

@@ -10,12 +10,21 @@ from collections.abc import Sequence
 
 from .elements import Element, container, fact_set, text_block
 from .size import Limits
-from .text import clip, escape_inline, format_datetime, markdown_paragraphs, truncation_note
-from .view import ApprovalView
+from .text import (
+    clip,
+    escape_inline,
+    escape_markdown_line,
+    format_datetime,
+    markdown_lines,
+    neutralise_controls,
+    truncation_note,
+)
+from .view import ApprovalView, ChangesView
 
 __all__ = [
     "ACTION_LABELS",
     "ANYONE",
+    "changes_section",
     "content_sections",
     "decision_banner",
     "notice",
@@ -77,15 +86,16 @@ def _joined(items: Sequence[str], limits: Limits) -> str:
     return value
 
 
-def _paragraph_blocks(text: str, limit: int | None, *, empty: str) -> list[Element]:
-    """TextBlocks for a multi-line untrusted text, cut to `limit` characters with a marker."""
+def _line_blocks(text: str, limit: int | None, *, empty: str) -> list[Element]:
+    """TextBlocks for a multi-line untrusted text, one per line (no spacing between them, so
+    the lines read as the text's own), cut to `limit` characters with a marker."""
     if limit is None:
         shown, omitted = text, 0
     else:
         shown, omitted = clip(text, limit)
-    paragraphs = markdown_paragraphs(shown)
-    blocks = [text_block(p, spacing="Medium" if i else None) for i, p in enumerate(paragraphs)]
-    if not paragraphs and not omitted:
+    lines = markdown_lines(shown)
+    blocks = [text_block(line, spacing="None" if i else None) for i, line in enumerate(lines)]
+    if not lines and not omitted:
         blocks.append(text_block(empty, subtle=True))
     if omitted:
         blocks.append(text_block(truncation_note(omitted), subtle=True, weight="Bolder", spacing="Medium"))
@@ -114,7 +124,7 @@ def action_facts(view: ApprovalView, limits: Limits, *, with_request: bool) -> E
 
 
 def draft_section(view: ApprovalView, limits: Limits, *, title: str, edit_unavailable: bool) -> list[Element]:
-    items = _paragraph_blocks(view.body, limits.body_chars, empty="(empty body)")
+    items = _line_blocks(view.body, limits.body_chars, empty="(empty body)")
     section: list[Element] = [
         text_block(title, weight="Bolder", spacing="Medium"),
         container(items, style="emphasis", spacing="Small"),
@@ -153,6 +163,75 @@ def content_sections(
         action_facts(view, limits, with_request=with_request),
         *draft_section(view, limits, title=draft_title, edit_unavailable=edit_unavailable),
         *sources_section(view, limits),
+    ]
+
+
+_SIGNS = {"equal": " ", "removed": "-", "added": "+"}
+_CHANGE_COLORS = {"removed": "Attention", "added": "Good"}
+
+
+def _change_block(kind: str, text: str) -> Element:
+    """One line of a diff: its sign, then the line as typed (escaped like the draft's lines),
+    removed lines in the attention colour, added ones in the good colour, context subtle."""
+    line = escape_markdown_line(f"{_SIGNS[kind]} {neutralise_controls(text).rstrip()}")
+    return text_block(line, color=_CHANGE_COLORS.get(kind), subtle=kind == "equal", spacing="None")
+
+
+def _changes_intro(changes: ChangesView) -> str:
+    counts = []
+    if changes.hunks:
+        counts.append(f"{changes.removed:,} line{'' if changes.removed == 1 else 's'} removed, "
+                      f"{changes.added:,} added")
+    if changes.subject is not None:
+        counts.append("subject changed")
+    return ("Edited before it was approved: lines marked - were in the draft, lines marked + were put in their "
+            f"place ({'; '.join(counts)}).")
+
+
+def changes_section(view: ApprovalView, limits: Limits) -> list[Element]:
+    """What the edit changed against the draft: the subject, then the body's changed lines
+    with a little context, at most `limits.diff_lines` lines and `limits.diff_chars`
+    characters; what does not fit is counted in a note saying where the whole diff is."""
+    changes = view.changes
+    if changes is None or (changes.subject is None and not changes.hunks):
+        return []
+    items: list[Element] = [text_block(_changes_intro(changes), subtle=True, spacing="None")]
+    if changes.subject is not None:
+        draft, approved = changes.subject
+        items.append(text_block("Subject", weight="Bolder", spacing="Small"))
+        for kind, text in (("removed", draft), ("added", approved)):
+            shown, omitted = clip(text, limits.field_chars)
+            value = escape_inline(f"{_SIGNS[kind]} {shown}")
+            items.append(text_block(f"{value} {truncation_note(omitted)}" if omitted else value,
+                                    color=_CHANGE_COLORS[kind], spacing="None"))
+    lines_left, chars_left, hidden = limits.diff_lines, limits.diff_chars, 0
+    if changes.hunks:
+        items.append(text_block("Body", weight="Bolder", spacing="Small"))
+    for hunk in changes.hunks:
+        if lines_left <= 0 or chars_left <= 0:
+            hidden += sum(1 for line in hunk.lines if line.kind != "equal")
+            continue
+        where = f"From line {hunk.draft_line:,} of the draft:" if hunk.draft_line else "At the start:"
+        items.append(text_block(where, subtle=True, size="Small", spacing="Small"))
+        for line in hunk.lines:
+            if lines_left <= 0 or chars_left <= 0:
+                hidden += line.kind != "equal"
+                continue
+            shown, omitted = clip(line.text, chars_left, snap=0)
+            block = _change_block(line.kind, shown)
+            if omitted:
+                block["text"] += " …"
+            items.append(block)
+            lines_left -= 1
+            chars_left -= max(len(shown), 1)  # an empty line costs a line, and something
+    if hidden:
+        where = (f"GET {view.read_at}" if view.read_at else "the run in the Countersign API")
+        items.append(text_block(escape_inline(
+            f"… {hidden:,} more changed line{'' if hidden == 1 else 's'} not shown here; the whole diff is in "
+            f"the run's JSON ({where}, approvals[].diff)."), subtle=True, weight="Bolder", spacing="Small"))
+    return [
+        text_block("Changes from the draft", weight="Bolder", spacing="Medium"),
+        container(items, spacing="Small"),
     ]
 
 
@@ -210,7 +289,7 @@ def decision_banner(view: ApprovalView, limits: Limits) -> list[Element]:
     banner = notice(title, lines, style=style)
     if view.reason:
         banner["items"].append(text_block("Reason", weight="Bolder", spacing="Medium"))
-        banner["items"].extend(_paragraph_blocks(view.reason, limits.text_chars, empty="(none)"))
+        banner["items"].extend(_line_blocks(view.reason, limits.text_chars, empty="(none)"))
     section: list[Element] = [banner]
 
     if delivery is not None:

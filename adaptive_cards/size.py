@@ -44,12 +44,16 @@ class Limits:
     list_chars: int = 2000  # a joined list of addresses or reviewers
     items_shown: int = 50  # entries of such a list
     text_chars: int = 2000  # a reason, a delivery detail, a notice
+    # An edit's diff on the final card: lines shown (context included) and their characters.
+    diff_lines: int = 40
+    diff_chars: int = 3000
 
 
 FULL = Limits()
 COMPACT_SOURCES = Limits(sources_shown=5, snippet_chars=150)
-SOURCE_TITLES = Limits(sources_shown=3, snippet_chars=0)
-NO_SOURCES = Limits(sources_shown=0, snippet_chars=0)
+# From here on the diff shrinks too, before the approved body is cut.
+SOURCE_TITLES = Limits(sources_shown=3, snippet_chars=0, diff_lines=20, diff_chars=1500)
+NO_SOURCES = Limits(sources_shown=0, snippet_chars=0, diff_lines=20, diff_chars=1500)
 # Small enough that a card with every field at its worst (astral characters, 12 bytes each
 # in JSON) still fits: the last step of the size guard.
 MINIMAL = Limits(
@@ -60,4 +64,6 @@ MINIMAL = Limits(
     list_chars=120,
     items_shown=10,
     text_chars=200,
+    diff_lines=6,
+    diff_chars=200,
 )

@@ -15,7 +15,8 @@ character is shown literally and cannot start markup):
 * at the start of a line: ``# > - + =`` (headings, quotes, lists, setext headings,
   thematic breaks) and the ``.`` or ``)`` of an ordered-list marker (``1.``, ``2)``);
 * leading spaces and tabs become no-break spaces, which keeps the indentation visible but
-  cannot open an indented code block;
+  cannot open an indented code block; inside a line, a run of spaces or tabs keeps its
+  width the same way (HTML would collapse it to one space): a space, then no-break spaces;
 * bidirectional override/isolate controls (which can make ``moc.live`` read as
   ``evil.com``) and other control characters are replaced by a visible marker.
 
@@ -23,9 +24,13 @@ Teams clients that do not process a backslash escape show the backslash: ugly, s
 safe. A bare URL may still be auto-linked by Teams; its target is then the visible text
 itself, so nothing is hidden.
 
-Line structure: a single ``\\n`` is a soft break in markdown (shown as a space), so lines
-of a paragraph are joined with a blank line, and paragraphs are returned separately
-(the builders put each in its own TextBlock).
+Line structure: a single ``\\n`` is a soft break in markdown (shown as a space) and a blank
+line a paragraph break, which a host shows with a margin of its own choosing (the official
+renderer: a browser's 1em, as tall as a line), so neither shows the lines as the customer
+will. `markdown_lines` therefore returns one escaped string per line, and the builders put
+each in a TextBlock of its own with no spacing: every line of the text is one line of the
+card, and an empty line is a TextBlock holding one no-break space (`BLANK_LINE`), as tall
+as a line of text, whatever the host's markdown does with line ends.
 
 Pure: standard library only.
 """
@@ -36,11 +41,12 @@ import re
 from datetime import datetime, timezone
 
 __all__ = [
+    "BLANK_LINE",
     "clip",
     "escape_inline",
     "escape_markdown_line",
     "format_datetime",
-    "markdown_paragraphs",
+    "markdown_lines",
     "neutralise_controls",
     "truncation_note",
 ]
@@ -51,6 +57,11 @@ _ENTITY = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-
 _LINE_START = frozenset("#>-+=")
 _ORDERED_MARKER = re.compile(r"^([0-9]{1,9})([.)])")
 _NBSP = "\u00a0"
+# An empty line of a multi-line text: not blank to markdown (only spaces and tabs are), so it
+# is a paragraph one line tall.
+BLANK_LINE = _NBSP
+_TAB_WIDTH = 4
+_INNER_RUN = re.compile(r"[ \t]{2,}|\t")
 
 # Trojan-source characters: embeddings, overrides and isolates.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -80,7 +91,10 @@ def escape_markdown_line(line: str) -> str:
     # Leading whitespace: visible indentation that cannot open a code block.
     stripped = line.lstrip(" \t")
     indent = line[: len(line) - len(stripped)]
-    lead = indent.replace("\t", _NBSP * 4).replace(" ", _NBSP)
+    lead = indent.replace("\t", _NBSP * _TAB_WIDTH).replace(" ", _NBSP)
+    # Runs of blanks inside the line: one space (where the line may wrap), then no-break
+    # spaces for the rest of the width.
+    stripped = _INNER_RUN.sub(_keep_width, stripped)
 
     escaped = "".join("\\" + ch if ch in _ALWAYS else ch for ch in stripped)
     # Then entities (their characters are never escaped above): a backslash before the '&'.
@@ -94,6 +108,11 @@ def escape_markdown_line(line: str) -> str:
     return lead + escaped
 
 
+def _keep_width(match: re.Match[str]) -> str:
+    width = sum(_TAB_WIDTH if ch == "\t" else 1 for ch in match.group())
+    return " " + _NBSP * (width - 1)
+
+
 def escape_inline(text: str) -> str:
     """Escape a short value shown on one line (a fact, a name, a subject).
 
@@ -103,26 +122,19 @@ def escape_inline(text: str) -> str:
     return escape_markdown_line(" ".join(text.split()))
 
 
-def markdown_paragraphs(text: str) -> list[str]:
-    """Escaped markdown for a multi-line text, one string per paragraph.
+def markdown_lines(text: str) -> list[str]:
+    """Escaped markdown for a multi-line text, one string per line of `text`.
 
-    Paragraphs are separated by blank lines in `text`; inside a paragraph each line is
-    kept on its own line (joined by a blank line, which every host renders as a break).
+    Each is meant for a TextBlock of its own (see the module's "Line structure"): empty
+    lines are `BLANK_LINE`, so a blank line between paragraphs, or three of them, show as
+    many empty lines as the text has. Trailing whitespace and trailing empty lines are
+    dropped (invisible in the email too); leading empty lines are kept.
     """
     text = neutralise_controls(text)
-    paragraphs: list[str] = []
-    current: list[str] = []
-    for raw in text.split("\n"):
-        line = raw.rstrip()
-        if not line.strip():
-            if current:
-                paragraphs.append("\n\n".join(current))
-                current = []
-            continue
-        current.append(escape_markdown_line(line))
-    if current:
-        paragraphs.append("\n\n".join(current))
-    return paragraphs
+    lines = [raw.rstrip() for raw in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return [escape_markdown_line(line) if line else BLANK_LINE for line in lines]
 
 
 def clip(text: str, limit: int, *, snap: int = 40) -> tuple[str, int]:

@@ -13,15 +13,20 @@ from typing import Any
 
 __all__ = [
     "APPROVAL_STATUSES",
+    "CHANGE_KINDS",
     "DELIVERY_STATUSES",
     "MAX_ID_LENGTH",
     "ApprovalView",
+    "ChangeHunk",
+    "ChangeLine",
+    "ChangesView",
     "DeliveryView",
     "SourceView",
 ]
 
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "cancelled", "expired")
 DELIVERY_STATUSES = ("queued", "sending", "sent", "failed")
+CHANGE_KINDS = ("equal", "added", "removed")
 # Identifiers travel in every action's data and cannot be shortened to fit a card.
 MAX_ID_LENGTH = 200
 
@@ -87,6 +92,68 @@ class DeliveryView:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeLine:
+    """A line of an edit's diff: in both texts (`equal`, context), only in the draft
+    (`removed`) or only in what was approved (`added`). Plain text, no line end."""
+
+    kind: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHANGE_KINDS:
+            raise ValueError(f"change kind must be one of {', '.join(CHANGE_KINDS)}; got {self.kind!r}")
+        if not isinstance(self.text, str) or "\n" in self.text or "\r" in self.text:
+            raise ValueError("a change line must be a string without line ends")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeHunk:
+    """Changed lines of the body with a little context; `draft_line`: the draft's line the
+    hunk starts at (1-based; 0 when the draft had no line there)."""
+
+    draft_line: int
+    lines: tuple[ChangeLine, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.draft_line, bool) or not isinstance(self.draft_line, int) or self.draft_line < 0:
+            raise ValueError(f"draft_line must be a non-negative integer, got {self.draft_line!r}")
+        lines = tuple(self.lines)
+        for line in lines:
+            if not isinstance(line, ChangeLine):
+                raise TypeError(f"hunk lines must be ChangeLine, got {type(line).__name__}")
+        object.__setattr__(self, "lines", lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesView:
+    """What the reviewers' edits changed before the text was approved, against the draft:
+    the subject (draft, approved) when it changed, and the body's hunks."""
+
+    subject: tuple[str, str] | None = None
+    hunks: tuple[ChangeHunk, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.subject is not None:
+            subject = tuple(self.subject)
+            if len(subject) != 2 or not all(isinstance(s, str) for s in subject):
+                raise TypeError("subject must be a (draft, approved) pair of strings or None")
+            object.__setattr__(self, "subject", subject)
+        hunks = tuple(self.hunks)
+        for hunk in hunks:
+            if not isinstance(hunk, ChangeHunk):
+                raise TypeError(f"hunks must be ChangeHunk, got {type(hunk).__name__}")
+        object.__setattr__(self, "hunks", hunks)
+
+    @property
+    def added(self) -> int:
+        return sum(1 for h in self.hunks for line in h.lines if line.kind == "added")
+
+    @property
+    def removed(self) -> int:
+        return sum(1 for h in self.hunks for line in h.lines if line.kind == "removed")
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalView:
     """Everything an approval card can show.
 
@@ -124,6 +191,8 @@ class ApprovalView:
     draft_version: int = 1
     progress: tuple[str, ...] = ()
     delegable: bool = False  # the policy lets a reviewer hand their vote over (a Delegate action)
+    # Approved after an edit: what it changed against the draft (shown on the final card).
+    changes: ChangesView | None = None
 
     def __post_init__(self) -> None:
         for name in ("approval_id", "run_id"):
@@ -158,6 +227,8 @@ class ApprovalView:
             raise TypeError("anyone must be a bool")
         if self.delivery is not None and not isinstance(self.delivery, DeliveryView):
             raise TypeError("delivery must be a DeliveryView or None")
+        if self.changes is not None and not isinstance(self.changes, ChangesView):
+            raise TypeError("changes must be a ChangesView or None")
 
     @property
     def is_pending(self) -> bool:

@@ -50,6 +50,7 @@ from .policy import ExpiryOutcome, Policy, needs_email, requester_unmatched
 from .runs import GatedOutcome, Runs
 from .store import tables as t
 from .store.db import Store, Tx
+from .text_diff import first_draft
 from .votes import DELEGATION, Added, Tally, Vote, check_vote, holders, multi_vote, stage_of_reviewer, stages_of, tally
 
 SEND_EMAIL_JOB = "send_email"
@@ -114,6 +115,10 @@ _CLAIM = (t.approvals.update()
                   **{name: sa.bindparam(name, type_=t.approvals.c[name].type)
                      for name in ("status", "decided_at", "decided_by", "approved_action", "approved_sha256",
                                   "content_hash_version", "draft_version", "stage", "action")}))
+# The texts the edits of an approval replaced (multi-vote policies), to find the first draft.
+_REPLACED = (sa.select(t.decisions.c.draft_version, t.decisions.c.replaced_action)
+             .where(t.decisions.c.approval_id == sa.bindparam("approval_id"),
+                    t.decisions.c.kind == DecisionKind.EDIT.value))
 # An expiry that fails closed ends the approval with its timers: the columns go in the
 # same statement, the queued timer jobs with the run's other jobs (cancel_for_run).
 _CLAIM_ENDING_TIMERS = _CLAIM.values(remind_at=None, escalate_at=None, expire_at=None)
@@ -260,6 +265,16 @@ class Decisions:
         })
         if won.rowcount != 1:  # another vote or process changed it between our read and write
             return _LOST_RACE
+        drafted = None
+        if new_status is ApprovalStatus.APPROVED:
+            # The text first drafted: the one before this vote, unless an earlier edit replaced it
+            # (read before this vote's row is queued, so the decisions insert stays batched).
+            drafted = approval.action
+            if approval.draft_version > 1:
+                replaced = (await tx.execute(_REPLACED, {"approval_id": approval.id})).all()
+                drafted = EmailAction.from_dict(first_draft(approval.action.to_dict(),
+                                                            [(r.draft_version or 1, r.replaced_action)
+                                                             for r in replaced]))
 
         decision = Decision(
             id=str(uuid.uuid4()), approval_id=approval.id, kind=request.kind, reviewer=reviewer,
@@ -307,7 +322,7 @@ class Decisions:
                           approved_sha256=approved_sha256, action=asked_action, draft_version=draft_version,
                           stage=after.stage)
         return DecisionOutcome(approval.id, approval.run_id, decided=True, status=new_status, decision=decision,
-                               approval=updated, delivery=delivery, tally=after)
+                               approval=updated, delivery=delivery, tally=after, drafted=drafted)
 
     async def delegate(self, request: DelegationRequest) -> DelegationOutcome:
         """Hand `request.reviewer`'s vote to `request.to`: never to the requester, to someone

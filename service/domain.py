@@ -337,6 +337,9 @@ class DecisionOutcome:
     approval: Approval | None = None
     delivery: DeliveryState | None = None
     tally: Tally | None = None  # where the votes stand after it (service.votes)
+    # When it approved: the text first drafted (before any edit), so that a channel can show
+    # what the edits changed (service.text_diff) without reading it back.
+    drafted: EmailAction | None = None
 
 
 def apply_decision(approval: Approval, request: DecisionRequest) -> tuple[ApprovalStatus, EmailAction | None]:

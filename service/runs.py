@@ -18,6 +18,7 @@ from .policy import Policy
 from .redact import redact_urls_in
 from .store import tables as t
 from .store.db import Store, Tx
+from .text_diff import diff_edit, first_draft
 from .votes import Added, tally, votes_of
 
 CALLBACK_JOB = "callback"
@@ -404,6 +405,20 @@ def _progress(row: Any, decisions: list[Any]) -> dict[str, Any]:
     return shown
 
 
+def approval_diff(row: Any, decisions: list[Any]) -> dict[str, Any] | None:
+    """The diff of what was approved against the draft, for an approval a reviewer edited
+    before approving (None otherwise): computed from the stored texts, never stored. The
+    draft is the text first drafted (under a multi-vote policy an edit replaced
+    `approvals.action`; the first edit's `replaced_action` keeps it)."""
+    if row.status != ApprovalStatus.APPROVED.value or row.approved_action is None:
+        return None
+    draft = first_draft(row.action, [(d.draft_version or 1, d.replaced_action) for d in decisions])
+    diff = diff_edit(draft, row.approved_action)
+    if diff is None:
+        return None
+    return {"draft_version": 1, "approved_draft_version": row.draft_version, **diff.to_dict()}
+
+
 def _approval_dict(row: Any, decisions: list[Any]) -> dict[str, Any]:
     return {
         "id": row.id, "revision": row.revision, "status": row.status, "action": row.action,
@@ -416,6 +431,7 @@ def _approval_dict(row: Any, decisions: list[Any]) -> dict[str, Any]:
         "draft_version": row.draft_version, "progress": _progress(row, decisions),
         "remind_at": _iso(row.remind_at), "escalate_at": _iso(row.escalate_at), "expire_at": _iso(row.expire_at),
         "added_reviewers": list(row.added_reviewers or ()),
+        "diff": approval_diff(row, decisions),
     }
 
 

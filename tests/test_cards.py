@@ -37,6 +37,7 @@ from adaptive_cards import (
     VERB_EDIT,
     VERB_REJECT,
     ApprovalView,
+    ChangesView,
     DeliveryView,
     SourceView,
     build_card,
@@ -46,7 +47,9 @@ from adaptive_cards import (
     card_size,
 )
 from adaptive_cards.elements import adaptive_card, input_text, text_block
-from adaptive_cards.text import clip, escape_inline, format_datetime, markdown_paragraphs, truncation_note
+from adaptive_cards.text import BLANK_LINE, clip, escape_inline, format_datetime, markdown_lines, truncation_note
+from service.teams.views import changes_view
+from service.text_diff import diff_edit
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS_JS = Path(__file__).resolve().parent / "cards_js"
@@ -207,6 +210,32 @@ def sent(at: datetime = T0 + timedelta(minutes=1)) -> DeliveryView:
     return DeliveryView("sent", "250 2.0.0 Ok: queued as 4F2A1", at)
 
 
+EDIT_DRAFT = (
+    "Hi Jane,\n\nThanks for getting in touch. Your refund has been issued.\n"
+    "It should arrive within 5 days.\n\nBest regards,\nSupport"
+)
+EDIT_APPROVED = (
+    "Hi Jane,\n\nThanks for getting in touch. Your refund of EUR 40 has been issued.\n"
+    "It should arrive within **3 days**.\n- [track it](http://evil.example)\n\nBest regards,\n    Rita"
+)
+
+
+def changes(draft: str, approved: str, subject: tuple[str, str] = ("Re: Refund", "Re: Refund")) -> ChangesView:
+    found = changes_view(diff_edit({"subject": subject[0], "body": draft}, {"subject": subject[1], "body": approved}))
+    assert found is not None
+    return found
+
+
+def edited(body: str, draft: str, **changes_: Any) -> ApprovalView:
+    return decided("approved", edited=True, body=body, changes=changes(draft, body, **changes_), delivery=sent(),
+                   read_at="https://countersign.example/api/runs/5f0c2a9e-7d1b-4c55-9a3e-2b8f6c1d0e47")
+
+
+BIG_DRAFT = "\n".join(f"Line {i} of the draft, " + "words " * 30 for i in range(400))
+BIG_EDIT = "\n".join(f"Line {i} as edited, " + "other " * 30 if i % 3 == 0 else f"Line {i} of the draft, " + "words " * 30
+                     for i in range(400))
+
+
 CARD_CASES: dict[str, Callable[[], dict[str, Any]]] = {
     # pending
     "pending-minimal": lambda: build_pending_card(pending()),
@@ -240,6 +269,18 @@ CARD_CASES: dict[str, Callable[[], dict[str, Any]]] = {
         decided("cancelled", decided_by=None, reason="Customer withdrew the request.")
     ),
     "expired": lambda: build_final_card(decided("expired", decided_by=None)),
+    "approved-with-changes": lambda: build_final_card(edited(EDIT_APPROVED, EDIT_DRAFT,
+                                                             subject=("Re: Refund", "Re: Refund (EUR 40)"))),
+    "approved-changes-subject-only": lambda: build_final_card(edited(EDIT_DRAFT, EDIT_DRAFT,
+                                                                     subject=("Re: Refund", "**Re**: Refund"))),
+    "approved-changes-hostile": lambda: build_final_card(edited(HOSTILE_BODY, "Dear customer,\nOld text",
+                                                                subject=("Old", HOSTILE_LINE))),
+    "approved-changes-large": lambda: build_final_card(edited(BIG_EDIT, BIG_DRAFT)),
+    "approved-changes-worst-case": lambda: build_final_card(decided(
+        "approved", **{**WORST, "body": "\n".join([ASTRAL * 3000] * 30)}, decided_by=ASTRAL * 5000, edited=True,
+        changes=changes("\n".join([ASTRAL * 2000] * 30), "\n".join([ASTRAL * 3000] * 30),
+                        subject=(ASTRAL * 10_000, ASTRAL * 9000)),
+        delivery=DeliveryView("failed", ASTRAL * 50_000, T0))),
     "approved-votes": lambda: build_final_card(decided("approved", progress=(
         "2 of 2 approvals: Rita at 10:42 UTC, Sam at 10:50 UTC",))),
     "expired-no-deadline": lambda: build_final_card(decided("expired", decided_by=None, deadline=None)),
@@ -382,6 +423,20 @@ def renderer(cards: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert [r["index"] for r in results] == list(range(len(named)))
     return dict(zip(named, results, strict=True))
+
+
+def run_dom_renderer(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """render.js's result for each card: the official renderer's DOM, line by line."""
+    node = _ensure_node()
+    done = subprocess.run(
+        [node, str(CARDS_JS / "render.js")], input=json.dumps(cards), cwd=CARDS_JS, capture_output=True, text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"render.js failed (exit {done.returncode}):\n{done.stderr}", pytrace=False)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert [r["index"] for r in results] == list(range(len(cards)))
+    return results
 
 
 @pytest.fixture(scope="session")
@@ -529,14 +584,133 @@ def test_escape_vectors_show_literally(renderer: dict[str, dict[str, Any]]) -> N
         assert not re.search(r"\{\{(DATE|TIME)\(", item["text"])
 
 
+# What a reviewer reads must be what the customer gets, line for line: single line breaks,
+# blank lines (one, or several), indentation and runs of spaces, and markdown-looking lines.
+LINES_BODY = "\n".join([
+    "Dear Ann,",
+    "thanks for your patience.",
+    "",
+    "Refunds are issued within **30 days**.",
+    "- item",
+    "1. item",
+    "[link](http://x)",
+    "",
+    "",
+    "    indented by four",
+    "Total:     EUR 40",
+    "Kind regards,",
+    "Customer support",
+])
+REASON_LINES = "Not like this:\n- the amount is wrong\n\nCheck **order** #1234."
+
+
+def _rendered_lines(blocks: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    return [b for b in blocks if b["path"].startswith(prefix)]
+
+
+def _shown(blocks: list[dict[str, Any]]) -> list[str]:
+    return [line.replace("\u00a0", " ").rstrip() for b in blocks for line in b["lines"]]
+
+
+def _draft_prefix(card: dict[str, Any]) -> str:
+    for i, element in enumerate(card["body"]):
+        if element.get("type") == "Container" and element.get("style") == "emphasis":
+            return f"$.body[{i}].items["
+    raise AssertionError("no draft container")
+
+
+def test_the_official_renderer_shows_each_line_of_the_draft_as_the_customer_gets_it() -> None:
+    built = {
+        "pending": build_pending_card(pending(body=LINES_BODY)),
+        "approved": build_final_card(decided("approved", body=LINES_BODY, delivery=sent())),
+        "not-allowed": build_not_allowed_card(pending(body=LINES_BODY)),
+        "rejected": build_final_card(decided("rejected", body=LINES_BODY, reason=REASON_LINES)),
+    }
+    rendered = dict(zip(built, run_dom_renderer(list(built.values())), strict=True))
+    for name, card in built.items():
+        blocks = _rendered_lines(rendered[name]["blocks"], _draft_prefix(card))
+        # Every line is its own line, blank lines included (as many as the text has), the
+        # indentation and the run of spaces as wide as typed, the markdown shown literally.
+        assert _shown(blocks) == LINES_BODY.split("\n"), name
+        assert all(b["tags"] == ["p"] for b in blocks), (name, [b["tags"] for b in blocks])
+        # One TextBlock per line, no gap between them: a blank line is a line, not a margin.
+        assert len(blocks) == len(LINES_BODY.split("\n")) and {b["spacing"] for b in blocks[1:]} == {"None"}, name
+    banner = rendered["rejected"]["blocks"]
+    reason_at = next(i for i, b in enumerate(banner) if b["lines"] == ["Reason"])
+    assert _shown(banner[reason_at + 1 : reason_at + 5]) == REASON_LINES.split("\n")
+
+
+def _changes_blocks(card: dict[str, Any], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    heading = next(i for i, e in enumerate(card["body"]) if e.get("text") == "Changes from the draft")
+    return _rendered_lines(blocks, f"$.body[{heading + 1}].items[")
+
+
+def test_the_card_after_an_edit_shows_the_removed_and_added_lines_in_the_official_renderer(
+    cards: dict[str, Any],
+) -> None:
+    names = ["approved-with-changes", "approved-changes-hostile", "approved-changes-large", "approved"]
+    rendered = dict(zip(names, run_dom_renderer([cards[n] for n in names]), strict=True))
+    blocks = _changes_blocks(cards["approved-with-changes"], rendered["approved-with-changes"]["blocks"])
+    marked = [(b["color"], line) for b, line in zip(blocks, _shown(blocks), strict=True)]
+    assert marked[1:4] == [(None, "Subject"), ("Attention", "- Re: Refund"), ("Good", "+ Re: Refund (EUR 40)")]
+    # Every line of the body's diff, each on its own line: context subtle, removed lines in the
+    # attention colour, added ones in the good colour, markdown and indentation as typed.
+    assert marked[4:] == [
+        (None, "Body"),
+        (None, "From line 1 of the draft:"),
+        (None, "  Hi Jane,"),
+        (None, ""),
+        ("Attention", "- Thanks for getting in touch. Your refund has been issued."),
+        ("Attention", "- It should arrive within 5 days."),
+        ("Good", "+ Thanks for getting in touch. Your refund of EUR 40 has been issued."),
+        ("Good", "+ It should arrive within **3 days**."),
+        ("Good", "+ - [track it](http://evil.example)"),
+        (None, ""),
+        (None, "  Best regards,"),
+        ("Attention", "- Support"),
+        ("Good", "+     Rita"),
+    ]
+    assert [b["subtle"] for b in blocks[6:9]] == [True, True, False]
+    assert all(b["tags"] == ["p"] for b in blocks)
+    assert "3 lines removed, 4 added; subject changed" in _shown(blocks)[0]
+    # Hostile text in a diff is shown literally, like the draft.
+    hostile = _changes_blocks(cards["approved-changes-hostile"], rendered["approved-changes-hostile"]["blocks"])
+    shown = _shown(hostile)
+    assert "+ " + HOSTILE_LINE in shown and "+ [click here](http://evil.example/login) to confirm." in shown
+    assert "- Old text" in shown and all(b["tags"] == ["p"] for b in hostile)
+    # A large diff is cut within the size budget, with a note saying where the whole diff is.
+    large = _shown(_changes_blocks(cards["approved-changes-large"], rendered["approved-changes-large"]["blocks"]))
+    assert large[-1] == ("… 260 more changed lines not shown here; the whole diff is in the run's JSON "
+                         "(GET https://countersign.example/api/runs/5f0c2a9e-7d1b-4c55-9a3e-2b8f6c1d0e47, approvals[].diff).")
+    assert card_size(cards["approved-changes-large"]) <= CARD_BUDGET_BYTES
+    # Approved without an edit: no changes section.
+    assert not any(b["lines"] == ["Changes from the draft"] for b in rendered["approved"]["blocks"])
+
+
+def test_the_changes_section_is_only_on_an_approved_card() -> None:
+    view = decided("rejected", reason="no", changes=changes(EDIT_DRAFT, EDIT_APPROVED))
+    assert "Changes from the draft" not in texts(build_final_card(view))
+    assert "Changes from the draft" not in texts(build_pending_card(pending(changes=changes(EDIT_DRAFT, EDIT_APPROVED))))
+
+
+def test_the_dom_check_sees_what_markdown_does_to_line_ends() -> None:
+    """The checker itself: a single newline in a TextBlock is one line (a soft break), a
+    blank line two paragraphs with a line's height between them; both are what the card
+    builders must avoid, and each is caught."""
+    probe = adaptive_card([text_block("Kind regards,\nCustomer support"), text_block("Hi,\n\nBye"),
+                           text_block("  two  spaces")], None, fallback_text="x")
+    [result] = run_dom_renderer([probe])
+    assert [b["lines"] for b in result["blocks"]] == [["Kind regards, Customer support"], ["Hi,", "", "Bye"],
+                                                      ["two spaces"]]
+
+
 @pytest.mark.parametrize("name", ["pending-hostile", "not-allowed-hostile"])
 def test_hostile_draft_shows_exactly_what_will_be_sent(
     name: str, cards: dict[str, Any], renderer: dict[str, dict[str, Any]]
 ) -> None:
-    expected = [line.rstrip() for line in HOSTILE_BODY.split("\n") if line.strip()]
+    expected = [line.rstrip() for line in HOSTILE_BODY.split("\n")]
     shown = draft_lines(renderer[name], cards[name])
-    # markdown-it trims paragraph whitespace (the no-break spaces of an indent included).
-    assert [s.strip() for s in shown] == [e.strip() for e in expected]
+    assert [s.rstrip() for s in shown] == expected
     values = {i["path"]: paragraphs_of(i["html"])[0] for i in renderer[name]["markdown"] if ".facts[" in i["path"]}
     assert HOSTILE_LINE in values.values()  # the subject
     assert "[Boss](http://evil) <boss@example.com>, **x**@example.com" in values.values()
@@ -566,17 +740,20 @@ def test_escape_inline(raw: str, escaped: str) -> None:
     assert escape_inline(raw) == escaped
 
 
-def test_paragraphs_keep_lines_and_neutralise_controls() -> None:
-    text = "Hi,\r\nline two\n\n\n    indented\n\tTabbed\nPay moc.live\u202eevil.com\u202c now\x07"
-    assert markdown_paragraphs(text) == [
-        "Hi,\n\nline two",
-        "\u00a0" * 4
-        + "indented\n\n"
-        + "\u00a0" * 4
-        + "Tabbed\n\n"
-        + r"Pay moc.live\[U+202E\]evil.com\[U+202C\] now\[U+0007\]",
+def test_lines_are_kept_one_by_one_and_controls_neutralised() -> None:
+    text = "Hi,\r\nline two\n\n\n    indented\n\tTabbed\nPay moc.live\u202eevil.com\u202c now\x07\n\n"
+    assert markdown_lines(text) == [
+        "Hi,",
+        "line two",
+        BLANK_LINE,
+        BLANK_LINE,
+        "\u00a0" * 4 + "indented",
+        "\u00a0" * 4 + "Tabbed",
+        r"Pay moc.live\[U+202E\]evil.com\[U+202C\] now\[U+0007\]",
     ]
-    assert markdown_paragraphs("") == []
+    assert markdown_lines("") == [] and markdown_lines("\n\nx") == [BLANK_LINE, BLANK_LINE, "x"]
+    # Runs of blanks inside a line keep their width (HTML would collapse them to one space).
+    assert markdown_lines("Total:   EUR\t40") == ["Total: \u00a0\u00a0EUR \u00a0\u00a0\u00a040"]
     assert escape_inline("a\n\n b\tc") == "a b c"
 
 
@@ -642,7 +819,7 @@ def test_pending_card_content_and_prefilled_edit() -> None:
         "Policy: refunds",
         "Reviewers: alice@example.com, bob@example.com",
         "Deadline: 2025-03-04 13:30 UTC",
-        "Thanks for getting in touch. Your refund has been issued.\n\nIt should arrive within 5 days.",
+        "Thanks for getting in touch. Your refund has been issued.\nIt should arrive within 5 days.",
         "Sources (3)",
         "Refund policy",
         "https://kb.example.com/refunds",
@@ -709,7 +886,7 @@ def test_shown_body_is_a_prefix_of_the_draft(cards: dict[str, Any], renderer: di
         shown = draft_lines(renderer[name], cards[name])
         assert shown[-1].startswith("… (truncated, ")
         omitted = _truncation(cards[name])
-        visible_body = "\n\n".join(shown[:-1])
+        visible_body = "\n".join(line if line.strip() else "" for line in shown[:-1])
         assert LONG_BODY.startswith(visible_body), name
         assert len(visible_body) + omitted == len(LONG_BODY), name
         assert len(visible_body) >= 10_000, name
@@ -812,7 +989,8 @@ def test_final_cards_have_no_actions(name: str, cards: dict[str, Any]) -> None:
                 "Rejected",
                 "Rejected by Alice Reviewer on 2025-03-04 09:30 UTC.",
                 "Reason",
-                "The refund amount is wrong.\n\nCheck order #1234 first.",
+                "The refund amount is wrong.",
+                "Check order #1234 first.",
                 "Rejected draft",
             ],
         ),

@@ -44,6 +44,39 @@ async def test_decided_view_is_the_view_the_store_gives(
     view = decided_view(outcome, links)
     assert view == await load_view(services.store, approval_id, links)
     assert view.status == ("rejected" if kind is DecisionKind.REJECT else "approved") and len(view.sources) == 2
+    # An edit's card shows what it changed against the draft; the others show no changes.
+    if kind is DecisionKind.EDIT:
+        assert view.changes is not None and view.changes.subject == ("Your refund", "Edited")
+        assert [(x.kind, x.text) for h in view.changes.hunks for x in h.lines] == [
+            ("removed", line) for line in email_action()["body"].split("\n")] + [("added", "New body")]
+    else:
+        assert view.changes is None
+
+
+async def test_after_an_edit_under_a_quorum_the_settling_vote_shows_the_changes_against_the_first_draft(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    service = await start_service(smtp_server, worker_concurrency=0, policies={
+        "pair": {"reviewers": ["aad-kim", "aad-sam", "aad-lee"], "mode": "quorum", "required": 2}})
+    accepted = await service.create_run({"action": email_action(), "policy": "pair"})
+    approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+    decisions, store = service.app[SERVICES].decisions, service.app[SERVICES].store
+    links = ApiLinks("http://countersign.test")
+    edited = "Dear Ann,\n\nYour refund of EUR 40 was issued today.\n\nKind regards,\nSupport"
+    for reviewer, version in (("aad-kim", 1), ("aad-sam", 2)):  # two edits: each a new text
+        outcome = await decisions.decide(DecisionRequest(approval_id, DecisionKind.EDIT, Reviewer(id=reviewer),
+                                                         Channel.TEAMS, body=edited + "!" * (version - 1),
+                                                         draft_version=version))
+        assert outcome.decided and outcome.status.value == "pending" and outcome.drafted is None
+    outcome = await decisions.decide(DecisionRequest(approval_id, DecisionKind.APPROVE, Reviewer(id="aad-lee"),
+                                                     Channel.TEAMS, draft_version=3))
+    assert outcome.decided and outcome.status.value == "approved"
+    view = decided_view(outcome, links)
+    assert view == await load_view(store, approval_id, links)
+    assert view.changes is not None and view.changes.subject is None
+    assert [(x.kind, x.text) for h in view.changes.hunks for x in h.lines if x.kind != "equal"] == [
+        ("removed", "Your refund was issued today."), ("added", "Your refund of EUR 40 was issued today."),
+        ("removed", "Support"), ("added", "Support!")]
 
 
 async def test_email_needed_is_asked_for_without_deciding_or_auditing(

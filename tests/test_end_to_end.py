@@ -91,6 +91,37 @@ async def test_edit_and_approve_sends_the_edit(service: Service, smtp_server: Sm
     assert approved.body == edited.replace("\r\n", "\n").rstrip("\n")
     assert run["deliveries"][0]["sent_sha256"] == approved_sha256(
         approved, sender=service.settings.mail_from, reply_to=service.settings.mail_reply_to)
+    # The run shows what the edit changed, line by line, against the draft.
+    diff = run["approvals"][0]["diff"]
+    assert diff["subject"] == {"added": 1, "removed": 1, "hunks": [{
+        "header": "@@ -1 +1 @@", "old_start": 1, "old_count": 1, "new_start": 1, "new_count": 1,
+        "lines": [{"kind": "removed", "text": "Your refund", "old_line": 1, "new_line": None},
+                  {"kind": "added", "text": "Your refund (EUR 40)", "old_line": None, "new_line": 1}]}]}
+    body = [(line["kind"], line["text"]) for line in diff["body"]["hunks"][0]["lines"]]
+    assert body == [("equal", "Dear Ann,"), ("equal", ""), ("removed", "Your refund was issued today."),
+                    ("added", "Your refund of EUR 40 was issued today."), ("equal", ""),
+                    ("removed", "Kind regards,"), ("removed", "Support"), ("added", "Best,"), ("added", "Rita")]
+    assert diff["unified"] == (
+        "--- draft/subject\n+++ approved/subject\n@@ -1 +1 @@\n-Your refund\n+Your refund (EUR 40)\n"
+        "--- draft/body\n+++ approved/body\n@@ -1,6 +1,6 @@\n Dear Ann,\n \n-Your refund was issued today.\n"
+        "+Your refund of EUR 40 was issued today.\n \n-Kind regards,\n-Support\n+Best,\n+Rita")
+    assert (diff["draft_version"], diff["approved_draft_version"]) == (1, 1)
+    # Nothing of it is stored: the approval keeps the draft and what was approved, as before.
+    assert run["approvals"][0]["action"]["body"] == email_action()["body"]
+
+
+async def test_an_edit_that_changes_nothing_and_a_plain_approval_have_no_diff(
+    service: Service, smtp_server: SmtpServer
+) -> None:
+    for decision in ({"decision": "approve"}, {"decision": "edit", "body": email_action()["body"] + "\r\n"}):
+        accepted = await service.create_run({"action": email_action()})
+        approval_id = (await service.run(accepted["id"]))["approvals"][0]["id"]
+        status, _ = await service.decide(approval_id, {**decision, "reviewer": {"id": "rita"}})
+        assert status == 200
+        run = await service.wait_status(accepted["id"], "completed")
+        assert run["approvals"][0]["status"] == "approved" and run["approvals"][0]["diff"] is None
+    pending = await service.create_run({"action": email_action()})
+    assert (await service.run(pending["id"]))["approvals"][0]["diff"] is None
 
 
 async def test_second_decision_changes_nothing(service: Service, smtp_server: SmtpServer) -> None:

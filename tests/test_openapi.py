@@ -246,6 +246,7 @@ async def test_answers_match_the_document(start_service: StartService, smtp_serv
                    auth="decider", expect=409)
     completed = await service.wait_status(run_id, "completed")
     assert completed["deliveries"] and completed["decisions"] and completed["approvals"][0]["approved_action"]
+    assert completed["approvals"][0]["diff"]["subject"] and completed["approvals"][0]["diff"]["body"] is None
     await api.call("GET", "/api/runs/{run_id}", f"/api/runs/{run_id}", expect=200)
 
     # A policy with two votes: progress in the answer, a second vote refused, a vote handed over.

@@ -179,10 +179,16 @@ async def test_edit_and_reject_from_teams(teams: Teams, smtp_server: SmtpServer)
     status, answer = await teams.post(teams.click(approval_id, "countersign.edit", subject="Edited in Teams",
                                                   body="New body from Rita"))
     assert status == 200 and answer["statusCode"] == 200
+    # The card answered and the posted card show what the edit changed against the draft.
+    changes = ["Changes from the draft", r"\- Your refund", r"\+ Edited in Teams", r"\- Dear Ann,",
+               r"\- Kind regards,", r"\+ New body from Rita"]
+    assert set(changes) <= set(_texts(answer["value"]))
     await teams.service.wait_status(run_id, "completed")
     [message] = smtp_server.messages()
     assert message["Subject"] == "Edited in Teams"
     assert message.get_body(("plain",)).get_content().strip() == "New body from Rita"
+    update = (await teams.wait_calls("PUT", 1))[-1]
+    assert set(changes) <= set(_texts(update.body["attachments"][0]["content"]))
 
     run_id, approval_id = await teams.pending_run()
     status, answer = await teams.post(teams.click(approval_id, "countersign.reject", reason="   "))

@@ -141,10 +141,18 @@ async def test_an_edit_is_the_new_text_the_remaining_votes_are_about(voting: Rev
     # A reviewer who read the first text cannot approve the second by mistake.
     status, problem = await voting.vote(approval_id, SAM, draft_version=1)
     assert status == 409 and problem["type"].endswith("draft_changed")
+    assert run["approvals"][0]["diff"] is None  # not decided yet
     assert (await voting.vote(approval_id, SAM, draft_version=2))[1]["status"] == "approved"
-    await voting.service.wait_status(run_id, "completed")
+    run = await voting.service.wait_status(run_id, "completed")
     [message] = smtp_server.messages()
     assert "Refund issued." in message.get_body(("plain",)).get_content()
+    # The diff is against the draft the edit replaced (the approval's action is now the edit).
+    diff = run["approvals"][0]["diff"]
+    assert (diff["draft_version"], diff["approved_draft_version"], diff["subject"]) == (1, 2, None)
+    assert [(x["kind"], x["text"]) for x in diff["body"]["hunks"][0]["lines"]] == [
+        ("equal", "Dear Ann,"), ("equal", ""), ("removed", "Your refund was issued today."),
+        ("added", "Refund issued."), ("equal", ""), ("removed", "Kind regards,"), ("equal", "Support")]
+    assert "-Your refund was issued today.\n+Refund issued." in diff["unified"]
 
 
 async def test_delegation_hands_a_vote_over_within_the_rules(voting: Reviewers, smtp_server: SmtpServer) -> None:

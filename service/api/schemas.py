@@ -365,6 +365,41 @@ class AddedReviewerOut(BaseModel):
     by: str | None = None
 
 
+class DiffLineOut(BaseModel):
+    kind: Literal["equal", "added", "removed"] = Field(
+        description="equal: in both texts (context); removed: in the draft only; added: in the approved text only")
+    text: str = Field(description="The line, without its line end")
+    old_line: int | None = Field(description="1-based line number in the draft (null for an added line)")
+    new_line: int | None = Field(description="1-based line number in the approved text (null for a removed line)")
+
+
+class DiffHunkOut(BaseModel):
+    header: str = Field(description='As in a unified diff: "@@ -3,4 +3,5 @@"')
+    old_start: int
+    old_count: int
+    new_start: int
+    new_count: int
+    lines: list[DiffLineOut] = Field(description="The changed lines with up to 3 unchanged lines around them")
+
+
+class TextDiffOut(BaseModel):
+    added: int = Field(description="Lines added")
+    removed: int = Field(description="Lines removed")
+    hunks: list[DiffHunkOut]
+
+
+class EditDiffOut(BaseModel):
+    """What the reviewers' edits changed: the approved text against the draft, line by line
+    (computed from the stored texts when read)."""
+
+    draft_version: int = Field(description="The text compared from: 1, the draft as first proposed")
+    approved_draft_version: int = Field(description="The text that was approved (see draft_version)")
+    subject: TextDiffOut | None = Field(description="Null when the subject was not changed")
+    body: TextDiffOut | None = Field(description="Null when the body was not changed")
+    unified: str = Field(description="Both as unified-diff text: draft/subject -> approved/subject, then "
+                                     "draft/body -> approved/body")
+
+
 class ApprovalOut(BaseModel):
     id: str
     revision: int
@@ -391,6 +426,8 @@ class ApprovalOut(BaseModel):
     escalate_at: Timestamp | None
     expire_at: Timestamp | None
     added_reviewers: list[AddedReviewerOut] = Field(description="People escalation or delegation added")
+    diff: EditDiffOut | None = Field(description="Approved after an edit that changed the subject or body: what "
+                                                 "was approved against the draft; null otherwise")
 
 
 class ReviewerOut(BaseModel):

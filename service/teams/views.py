@@ -13,15 +13,19 @@ from adaptive_cards import (
     PROGRESS_LINE_CHARS,
     PROGRESS_LINES,
     ApprovalView,
+    ChangeHunk,
+    ChangeLine,
+    ChangesView,
     DeliveryView,
     SourceView,
     approvable_on_card,
 )
 
-from ..domain import Approval, ApprovalRefusal, DecisionKind, DecisionOutcome, NotFound
+from ..domain import Approval, ApprovalRefusal, ApprovalStatus, DecisionKind, DecisionOutcome, NotFound
 from ..policy import Policy
 from ..store import tables as t
 from ..store.db import Store
+from ..text_diff import EditDiff, diff_edit, first_draft
 from ..votes import Added, multi_vote, progress_lines, tally, votes_of
 
 
@@ -74,6 +78,21 @@ def shown_decider(reviewer: str, on_behalf_by: str | None) -> str:
     return f"{on_behalf_by} on behalf of {reviewer}" if on_behalf_by else reviewer
 
 
+def changes_view(diff: EditDiff | None) -> ChangesView | None:
+    """The card's view of what an edit changed (service.text_diff)."""
+    if diff is None:
+        return None
+    subject = None
+    if diff.subject:
+        lines = [line for hunk in diff.subject.hunks for line in hunk.lines]
+        subject = ("\n".join(x.text for x in lines if x.kind == "removed"),
+                   "\n".join(x.text for x in lines if x.kind == "added"))
+    hunks = tuple(ChangeHunk(draft_line=hunk.old_start if hunk.old_count else hunk.old_start - 1,
+                             lines=tuple(ChangeLine(x.kind, x.text) for x in hunk.lines))
+                  for hunk in (diff.body.hunks if diff.body else ()))
+    return ChangesView(subject=subject, hunks=hunks)
+
+
 async def load_view(store: Store, approval_id: str, links: ApiLinks) -> ApprovalView:
     async def q(conn: Any) -> ApprovalView:
         row = (await conn.execute(_VIEW, {"approval_id": approval_id})).first()
@@ -86,12 +105,19 @@ async def load_view(store: Store, approval_id: str, links: ApiLinks) -> Approval
         decided_by = (shown_decider(row.reviewer_name or row.reviewer_email or row.reviewer_id, row.actor)
                       if decided else row.decided_by)
         progress: tuple[str, ...] = ()
+        rows = []
+        # Edits that replaced the text (draft_version > 1) only happen under multi-vote policies.
+        if multi_vote(policy) or policy.timers.any or row.draft_version > 1:
+            rows = (await conn.execute(_VOTES_OF, {"approval_id": row.id})).all()
         if multi_vote(policy) or policy.timers.any:
-            votes = votes_of((await conn.execute(_VOTES_OF, {"approval_id": row.id})).all())
-            current = tally(policy, votes, draft_version=row.draft_version,
+            current = tally(policy, votes_of(rows), draft_version=row.draft_version,
                             added=[Added.from_dict(a) for a in row.added_reviewers or ()])
             progress = progress_lines(policy, current, remind_at=row.remind_at, escalate_at=row.escalate_at,
                                       expire_at=row.expire_at)
+        changes = None
+        if row.status == "approved" and row.approved_action is not None:
+            draft = first_draft(row.action, [(d.draft_version or 1, d.replaced_action) for d in rows])
+            changes = changes_view(diff_edit(draft, row.approved_action))
         return ApprovalView(
             approval_id=row.id, run_id=row.run_id, revision=row.revision, status=row.status,
             draft_version=row.draft_version, progress=progress, delegable=_delegable(policy),
@@ -100,7 +126,7 @@ async def load_view(store: Store, approval_id: str, links: ApiLinks) -> Approval
             reviewers=policy.reviewers, anyone=policy.anyone, decided_by=decided_by,
             decided_at=row.decided_at, read_at=links.run(row.run_id), decide_at=links.decisions(row.id),
             reason=row.reason if decided else None,
-            edited=decided and row.decision_kind == "edit",
+            edited=decided and row.decision_kind == "edit", changes=changes,
             sources=_sources(row.sources),
             delivery=DeliveryView(status=row.delivery_status, detail=row.smtp_reply or row.delivery_error,
                                   at=row.sent_at or row.sending_at or row.delivery_created_at)
@@ -118,6 +144,9 @@ def decided_view(outcome: DecisionOutcome, links: ApiLinks) -> ApprovalView:
     action = decision.final_action or approval.action
     reviewer = decision.reviewer
     policy = Policy.from_dict(approval.policy)
+    changes = None
+    if approval.status is ApprovalStatus.APPROVED and outcome.drafted is not None:
+        changes = changes_view(diff_edit(outcome.drafted.to_dict(), action.to_dict()))
     return ApprovalView(
         approval_id=approval.id, run_id=approval.run_id, revision=approval.revision, status=approval.status.value,
         draft_version=approval.draft_version, progress=progress_lines(policy, outcome.tally),
@@ -127,7 +156,8 @@ def decided_view(outcome: DecisionOutcome, links: ApiLinks) -> ApprovalView:
         anyone=policy.anyone, read_at=links.run(approval.run_id), decide_at=links.decisions(approval.id),
         decided_by=shown_decider(reviewer.name or reviewer.email or reviewer.id, decision.on_behalf_by),
         decided_at=approval.decided_at,
-        reason=decision.reason, edited=decision.kind is DecisionKind.EDIT, sources=_sources(approval.sources),
+        reason=decision.reason, edited=decision.kind is DecisionKind.EDIT, changes=changes,
+        sources=_sources(approval.sources),
         delivery=DeliveryView(status=delivery.status.value, detail=delivery.detail, at=delivery.at)
         if delivery is not None else None,
     )
