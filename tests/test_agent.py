@@ -126,8 +126,29 @@ async def test_edit_sends_the_edit_and_tells_the_llm_what_was_sent(
     await service.wait_status(run_id, "completed")
     [message] = smtp_server.messages()
     assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == edited + "\n"
+    # The model received the diff of the edit against its draft (in the request it was sent),
+    # and the text as sent.
     outcome = tool_messages(llm.chat_requests[2])[-1]["content"]
-    assert "approved after a reviewer edited it" in outcome and edited in outcome and DRAFT["body"] not in outcome
+    assert "approved after a reviewer edited it" in outcome and outcome.endswith(f"Body as sent:\n{edited}")
+    assert ("--- draft/body\n+++ approved/body\n@@ -1,5 +1,5 @@\n Dear Ann,\n \n"
+            "-Yes: unused items can be returned within 30 days.\n+Yes, and return shipping is free in the EU.\n"
+            " \n Support\n") in outcome
+    assert "draft/subject" not in outcome  # the subject was not changed
+    run = await service.run(run_id)
+    assert run["approvals"][0]["diff"]["unified"] in outcome  # the same diff the run shows
+
+
+@SQLITE_ONLY
+async def test_an_unchanged_approval_tells_the_llm_no_diff(
+    start_service: StartService, smtp_server: SmtpServer, llm: ScriptedLLM
+) -> None:
+    service, run_id, approval = await paused_run(start_service, smtp_server, llm, happy_script())
+    status, _ = await service.decide(approval["id"], {"decision": "edit", "reviewer": {"id": "rita@example.com"},
+                                                      "subject": DRAFT["subject"]})
+    assert status == 200
+    await service.wait_status(run_id, "completed")
+    outcome = tool_messages(llm.chat_requests[2])[-1]["content"]
+    assert outcome.startswith("The email was approved and sent to") and "unified diff" not in outcome
 
 
 @SQLITE_ONLY

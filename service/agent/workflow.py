@@ -21,6 +21,7 @@ from typing import Any
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from workflows import Context, Workflow, step
 
+from ..text_diff import diff_edit
 from . import messages as m
 from .events import (
     AgentStart,
@@ -156,12 +157,17 @@ class AgentWorkflow(Workflow):
                 state.sent = True
                 state.last_rejection = None
                 sent = ev.sent_action or call.action
-                edited = (sent["subject"], sent["body"]) != (call.action["subject"], call.action["body"])
+                # What the reviewers changed, not only the new text: a unified diff of what was
+                # sent against this call's draft (the same diff the run's JSON and the card show).
+                edit = diff_edit(call.action, sent)
                 content = (
-                    f"The email was approved{' after a reviewer edited it' if edited else ''} and sent to "
+                    f"The email was approved{' after a reviewer edited it' if edit else ''} and sent to "
                     f"{', '.join(sent['to'])} (Message-ID {ev.message_id}).\n"
-                    f"Subject as sent: {sent['subject']}\nBody as sent:\n{sent['body']}"
                 )
+                if edit:
+                    content += ("The reviewer's changes to your draft, as a unified diff (lines starting with - "
+                                f"were yours and were removed, lines starting with + were put in):\n{edit.unified()}\n")
+                content += f"Subject as sent: {sent['subject']}\nBody as sent:\n{sent['body']}"
                 return ToolResult(tool_call_id=call.tool_call_id, name=call.name, content=content)
             state.last_rejection = ev.reason or "no reason given"
             if state.revision >= self.max_revisions:
