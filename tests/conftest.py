@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import os
 import re
@@ -177,9 +176,13 @@ def _sqlite_template() -> Path:
         _in_a_thread(lambda: _migrate(f"sqlite+aiosqlite:///{path}"))
         leftovers = [p.name for p in path.parent.iterdir() if p != path]
         assert not leftovers, leftovers  # closed cleanly: no -wal/-shm to copy along
-        atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
         _SQLITE_TEMPLATE.append(path)
     return _SQLITE_TEMPLATE[0]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for path in _SQLITE_TEMPLATE:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def copy_migrated_sqlite(database: Path) -> bool:
