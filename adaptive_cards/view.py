@@ -57,6 +57,14 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return items
 
 
+def _items(value: Any, kind: type, what: str) -> tuple[Any, ...]:
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(f"{what} must contain {kind.__name__}, got {type(item).__name__}")
+    return items
+
+
 def _optional_text(value: Any, what: str) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
@@ -117,11 +125,7 @@ class ChangeHunk:
     def __post_init__(self) -> None:
         if isinstance(self.draft_line, bool) or not isinstance(self.draft_line, int) or self.draft_line < 0:
             raise ValueError(f"draft_line must be a non-negative integer, got {self.draft_line!r}")
-        lines = tuple(self.lines)
-        for line in lines:
-            if not isinstance(line, ChangeLine):
-                raise TypeError(f"hunk lines must be ChangeLine, got {type(line).__name__}")
-        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "lines", _items(self.lines, ChangeLine, "hunk lines"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +142,7 @@ class ChangesView:
             if len(subject) != 2 or not all(isinstance(s, str) for s in subject):
                 raise TypeError("subject must be a (draft, approved) pair of strings or None")
             object.__setattr__(self, "subject", subject)
-        hunks = tuple(self.hunks)
-        for hunk in hunks:
-            if not isinstance(hunk, ChangeHunk):
-                raise TypeError(f"hunks must be ChangeHunk, got {type(hunk).__name__}")
-        object.__setattr__(self, "hunks", hunks)
+        object.__setattr__(self, "hunks", _items(self.hunks, ChangeHunk, "hunks"))
 
     @property
     def added(self) -> int:
@@ -210,11 +210,7 @@ class ApprovalView:
         object.__setattr__(self, "progress", _strings(self.progress, "progress"))
         if isinstance(self.draft_version, bool) or not isinstance(self.draft_version, int) or self.draft_version < 1:
             raise ValueError(f"draft_version must be a positive integer, got {self.draft_version!r}")
-        sources = tuple(self.sources)
-        for source in sources:
-            if not isinstance(source, SourceView):
-                raise TypeError(f"sources must contain SourceView, got {type(source).__name__}")
-        object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "sources", _items(self.sources, SourceView, "sources"))
         if not isinstance(self.subject, str) or not isinstance(self.body, str):
             raise TypeError("subject and body must be strings")
         for name in ("in_reply_to", "requested_by", "policy", "decided_by", "reason", "read_at", "decide_at"):
