@@ -260,22 +260,30 @@ class JobQueue:
 
     async def renew(self, jobs: Iterable[Job]) -> set[str]:
         """Renew the leases of running jobs in one statement; returns the ids whose lease is
-        gone (another worker took the job over). Urgent: never waits behind queued writes."""
+        gone (another worker took the job over). Apart from the writer's batches: a batch
+        stuck on a row lock must not cost this process the leases of the jobs it runs."""
         held = {(job.id, job.lease_token) for job in jobs}
         if not held:
             return set()
+        ours = sa.and_(sa.tuple_(t.jobs.c.id, t.jobs.c.lease_token).in_(sorted(held)),
+                       t.jobs.c.status == JobStatus.QUEUED.value)
 
         async def op(tx: Tx) -> set[str]:
+            # A row locked by an open transaction (this process's own batch finishing the
+            # job, say) is skipped rather than waited for; it is lost only if it is no
+            # longer ours in what is committed.
+            unlocked = sa.select(t.jobs.c.id).where(ours).with_for_update(skip_locked=True).scalar_subquery()
             rows = await tx.execute(
-                t.jobs.update()
-                .where(sa.tuple_(t.jobs.c.id, t.jobs.c.lease_token).in_(sorted(held)),
-                       t.jobs.c.status == JobStatus.QUEUED.value)
+                t.jobs.update().where(t.jobs.c.id.in_(unlocked))
                 .values(leased_until=tx.now + self.lease_duration, updated_at=tx.now)
                 .returning(t.jobs.c.id)
             )
-            return {job_id for job_id, _ in held} - {r.id for r in rows}
+            renewed = {r.id for r in rows}
+            if len(renewed) < len(held):
+                renewed |= set((await tx.execute(sa.select(t.jobs.c.id).where(ours))).scalars())
+            return {job_id for job_id, _ in held} - renewed
 
-        return await self.store.write(op, urgent=True)
+        return await self.store.write_apart(op)
 
     async def _guard(self, tx: Tx, job: Job, **values: Any) -> None:
         result = await tx.execute(

@@ -402,3 +402,51 @@ async def test_a_wide_lane_runs_many_jobs_beside_the_default_slots(store: Store)
         await _wait_until(all_done)
     finally:
         await worker.stop()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_write_stuck_on_a_row_lock_does_not_cost_running_jobs_their_leases(store: Store, db_url: str) -> None:
+    """The writer's batch waits on a row another connection holds locked (another replica,
+    an operator's SELECT ... FOR UPDATE) for several leases; the job running meanwhile keeps
+    its lease, no other process takes it over, and it runs once."""
+    queue = JobQueue(store, max_attempts=3, lease_seconds=0.3, backoff_base=0.01, backoff_max=0.05)
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def slow(job: Job) -> None:
+        runs.append(job.id)
+        await release.wait()
+
+    queue.register("slow", JobHandler(run=slow, timeout_seconds=30))
+    [locked_id] = await _enqueue(queue, "parked", 1, due_at=store.clock() + timedelta(days=1))
+    [job_id] = await _enqueue(queue, "slow", 1)
+    worker = Worker(queue, concurrency=1, poll_seconds=0.05)
+    other = await _second_store(db_url)
+    rival = JobQueue(other, lease_seconds=0.3)
+    rival.register("slow", JobHandler(run=slow, timeout_seconds=30))
+    locker = sa.ext.asyncio.create_async_engine(db_url)
+    worker.start()
+    try:
+        await _wait_until(lambda: asyncio.sleep(0, bool(runs)))
+        async with locker.connect() as conn:
+            await conn.begin()
+            await conn.execute(sa.select(t.jobs.c.id).where(t.jobs.c.id == locked_id).with_for_update())
+
+            async def touch(tx: Tx) -> None:
+                await tx.execute(t.jobs.update().where(t.jobs.c.id == locked_id).values(last_error="touched"))
+
+            stuck = asyncio.create_task(store.write(touch))
+            for _ in range(12):  # four leases: the rival keeps trying to take the running job
+                assert await rival.lease(8) == []
+                await asyncio.sleep(0.1)
+            assert not stuck.done()  # the writer really was waiting on the lock all along
+            await conn.rollback()
+        await stuck
+        release.set()
+        await _wait_until(lambda: _status(store, job_id, JobStatus.DONE))
+    finally:
+        release.set()
+        await worker.stop()
+        await other.close()
+        await locker.dispose()
+    assert runs == [job_id]

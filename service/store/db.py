@@ -424,6 +424,17 @@ class Store:
         self._queued.set()
         return await future
 
+    async def write_apart(self, op: Op[T]) -> T:
+        """Run `op` now in a transaction of its own, beside the writer's batches. On
+        PostgreSQL a batch can wait on a row lock (another replica's transaction, an
+        operator's `SELECT ... FOR UPDATE`); what must not wait with it (lease renewals:
+        a replica whose writes are stuck must not also lose its leases, or the jobs it is
+        in the middle of run twice) goes here. SQLite has one writer, so there it is an
+        urgent write."""
+        if self._threads is not None:
+            return await self.write(op, urgent=True)
+        return await self._run_alone(op)
+
     def _next_batch(self) -> list[_Pending]:
         # Urgent ops go alone: a batch of them commits as fast as the database allows,
         # not after the ops of a burst queued before them.
