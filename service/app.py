@@ -145,7 +145,7 @@ def build_agent(settings: Settings, store: Store, runs: Runs, agent: AgentConfig
     # One step may make every LLM call of the run's budget (a model that keeps searching);
     # the worker renews the step's lease while it runs, so it is never taken over and
     # repeated while alive, and is taken over one lease after its process dies.
-    return LazyAgent(store, runs, agent,
+    return LazyAgent(store, runs, agent, route=settings.routed_policy,
                      timeout_seconds=settings.llm_timeout_seconds * settings.agent_max_llm_calls + 60)
 
 

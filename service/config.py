@@ -26,7 +26,7 @@ from .agent.knowledge import BUILTIN_CORPUS, RetrievalMode
 from .business_hours import Calendar
 from .policy import DEFAULT_POLICY, Policy
 from .policy_config import CalendarConfig, PolicyConfig, RouteConfig, check_references, describe_error
-from .policy_routes import Route
+from .policy_routes import Route, RouteMatch, RunFacts, match_route
 
 
 class SmtpSecurity(str, enum.Enum):
@@ -212,6 +212,17 @@ class Settings(BaseSettings):
     @property
     def policy_routes(self) -> tuple[Route, ...]:
         return tuple(r.to_route() for r in self.routes)
+
+    def routed_policy(self, facts: RunFacts) -> tuple[Policy, RouteMatch] | None:
+        """The configured policy of the first route that matches `facts`, and the route; None
+        when none matches. Start-up checked that every route names a configured policy."""
+        match = match_route(self.policy_routes, facts)
+        if match is None:
+            return None
+        policy = self.configured_policy(match.policy)
+        if policy is None:
+            raise RuntimeError(f"route {match.index} names policy {match.policy!r}, which is not configured")
+        return policy, match
 
     @property
     def effective_knowledge_dir(self) -> Path:

@@ -13,7 +13,8 @@ Fields (FIELDS):
   compared exactly (strings case-sensitively, numbers as numbers, booleans as booleans).
 - `action.to` / `action.to_domain`: the pre-drafted email's To and Cc addresses / their
   domains; `eq` and `in` hold when any recipient matches, `ne` when none does. An agent
-  run has no action when it is created (the agent drafts it later): these never match it.
+  run has no action when it is created: these match it only when the routes are tried
+  again on its draft (service/agent/runner.py), before anyone is asked.
 - `requested_by`, `customer.email`, `customer.domain` (the domain of `customer.email`).
 The text fields are compared case-insensitively.
 

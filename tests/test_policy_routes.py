@@ -182,14 +182,45 @@ async def test_an_inline_policy_narrows_the_routed_policy_not_its_base(
 async def test_agent_runs_are_routed_on_what_is_known_when_they_are_created(
     start_service: StartService, smtp_server: SmtpServer
 ) -> None:
-    # The email is drafted later: action.* cannot match, customer.* can.
-    service = await start_service(smtp_server, policies=POLICIES, routes=ROUTES[1:2])
+    # Before the draft: customer.* can match, action.* cannot (there is no email yet).
+    service = await start_service(smtp_server, policies=POLICIES, routes=ROUTES[2:])
     body = {"request": "Refund order 1042", "customer": {"email": "ann@vip.example.com"}, "policy": "lenient"}
     accepted = await service.create_run(body)
-    assert (await service.run(accepted["id"]))["policy"]["name"] == "lenient"
-    assert service.stop is not None
-    await service.stop()
-    service = await start_service(smtp_server, policies=POLICIES, routes=ROUTES)
-    accepted = await service.create_run(body)
     assert (await service.run(accepted["id"]))["policy"]["name"] == "vip"
-    assert (await created_event(service, accepted["id"]))["route"] == 3
+    assert (await created_event(service, accepted["id"]))["route"] == 1
+
+
+async def test_an_agent_run_is_routed_again_on_the_email_it_drafted(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    """The attack: name a lenient policy on an agent run whose draft goes to a domain a route
+    makes strict. The route on `action.to_domain` could not match at creation; it matches
+    the draft, before anyone is asked, and only the routed policy's reviewers may decide."""
+    service = await start_service(smtp_server, policies=POLICIES, routes=ROUTES[1:2])
+    accepted = await service.create_run({"request": "Where is my refund for order 1042?", "policy": "lenient",
+                                         "customer": {"email": "ann@vip.example.com", "name": "Ann"}})
+    assert (await service.run(accepted["id"]))["policy"]["name"] == "lenient"  # no email yet
+    run = await service.wait_status(accepted["id"], "awaiting_approval")
+    [approval] = run["approvals"]
+    assert approval["action"]["to"] == ["ann@vip.example.com"]
+    assert approval["policy"]["name"] == "vip" and run["policy"]["name"] == "vip"
+    status, audit, _ = await service.request("GET", "/api/audit")
+    [routed] = [e for e in audit["items"] if e["kind"] == "run.routed" and e["run_id"] == accepted["id"]]
+    assert routed["data"] | {"because": None} == {"route": 1, "policy": "vip", "previous_policy": "lenient",
+                                                  "revision": 1, "because": None}
+
+    kim = await service.make_key("kim", Scope.DECIDE, reviewer="kim@example.com")
+    status, problem = await service.decide(approval["id"], {"decision": "approve"}, auth=kim)
+    assert status == 403 and "not among the reviewers of policy 'vip'" in problem["detail"]
+    assert (await service.run(accepted["id"]))["decisions"] == [] and smtp_server.messages() == []
+    lee = await service.make_key("lee", Scope.DECIDE, reviewer="lee@example.com")
+    status, _ = await service.decide(approval["id"], {"decision": "approve"}, auth=lee)
+    assert status == 200
+    await service.wait_status(accepted["id"], "completed")
+    assert len(smtp_server.messages()) == 1
+
+    # A draft to nobody a route names keeps the policy the run got.
+    accepted = await service.create_run({"request": "Where is my refund for order 1042?", "policy": "lenient",
+                                         "customer": {"email": "bob@example.com", "name": "Bob"}})
+    run = await service.wait_status(accepted["id"], "awaiting_approval")
+    assert run["approvals"][0]["policy"]["name"] == "lenient"

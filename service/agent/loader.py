@@ -26,7 +26,7 @@ from .llm import LlmSettings
 from .tools import ToolRegistry
 
 if TYPE_CHECKING:
-    from .runner import AgentRunner
+    from .runner import AgentRunner, Router
     from .workflow import AgentWorkflow
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ class LazyAgent(AgentHooks):
     """The `agent.step` job as `serve` registers it: the store hooks at once, the agent itself
     (service/agent/runner.py) built in a thread by the first step, shared by all."""
 
-    def __init__(self, store: Store, runs: Runs, config: AgentConfig, *, timeout_seconds: float) -> None:
+    def __init__(self, store: Store, runs: Runs, config: AgentConfig, *, timeout_seconds: float,
+                 route: Router | None = None) -> None:
         super().__init__(runs)
         self.store = store
+        self.route = route
         self.config = config
         self.timeout_seconds = timeout_seconds
         self._runner: AgentRunner | None = None
@@ -95,7 +97,8 @@ class LazyAgent(AgentHooks):
         from .runner import AgentRunner
 
         started = time.monotonic()
-        runner = AgentRunner(self.store, self.runs, self.config.build_workflow(), timeout_seconds=self.timeout_seconds)
+        runner = AgentRunner(self.store, self.runs, self.config.build_workflow(), timeout_seconds=self.timeout_seconds,
+                             route=self.route)
         log.info("agent loaded in %.1f s (in a thread)", time.monotonic() - started)
         return runner
 

@@ -10,6 +10,7 @@ retry starts from the same snapshot; once committed, no LLM call and no email is
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from .. import metrics
 from ..domain import EmailAction, RunStatus
 from ..jobs import Job, JobHandler, PermanentError
 from ..policy import Policy
+from ..policy_routes import RouteMatch, RunFacts
 from ..runs import Runs, lock_run
 from ..store import tables as t
 from ..store.db import Op, Store, Tx
@@ -32,6 +34,9 @@ from .llm import job_error
 from .workflow import AgentWorkflow
 
 log = logging.getLogger(__name__)
+
+# The policy of the first [[routes]] table matching a run, and the route; None: no match.
+Router = Callable[[RunFacts], tuple[Policy, RouteMatch] | None]
 
 
 class StaleSnapshot(Exception):
@@ -49,9 +54,11 @@ class StepResult:
 
 
 class AgentRunner(AgentHooks):
-    def __init__(self, store: Store, runs: Runs, workflow: AgentWorkflow, *, timeout_seconds: float) -> None:
+    def __init__(self, store: Store, runs: Runs, workflow: AgentWorkflow, *, timeout_seconds: float,
+                 route: Router | None = None) -> None:
         super().__init__(runs)
         self.store = store
+        self.route = route
         self.workflow = workflow
         self.serializer = JsonSerializer()
         self.timeout_seconds = timeout_seconds
@@ -132,14 +139,35 @@ class AgentRunner(AgentHooks):
                 raise PermanentError(f"the agent paused with {len(result.requests)} approval requests; expected one")
             request = result.requests[0]
             assert result.state is not None
+            action = EmailAction.from_dict(request.action)
+            policy = await self._routed(tx, run, action, request.revision)
             await self.runs.add_approval(
-                tx, run_id, request.revision, EmailAction.from_dict(request.action), Policy.from_dict(run.policy),
+                tx, run_id, request.revision, action, policy,
                 run.requested_by, sources=request.sources, tool_call_id=request.tool_call_id)
             await self.runs.set_status(tx, run_id, RunStatus.AWAITING_APPROVAL, actor="agent",
                                        revision=request.revision, llm_calls=result.state.llm_calls)
             tx.after_commit(metrics.AGENT_DRAFTS.inc)
 
         return op
+
+    async def _routed(self, tx: Tx, run: Any, action: EmailAction, revision: int) -> Policy:
+        """The policy the draft is asked under. When the run was created the email did not
+        exist, so routes on `action.*` could not match; now it does: the first route that
+        matches the whole run wins over the policy the run got (named, inline or routed on
+        less), as it would have for a run created with this action."""
+        policy = Policy.from_dict(run.policy)
+        routed = self.route(RunFacts(
+            metadata=run.metadata or {}, recipients=(*action.to, *action.cc), requested_by=run.requested_by,
+            customer_email=(run.customer or {}).get("email"))) if self.route is not None else None
+        if routed is None or routed[0].name == policy.name:
+            return policy  # kept as it is, an inline narrowing of the routed policy included
+        routed_policy, match = routed
+        await tx.execute(t.runs.update().where(t.runs.c.id == run.id).values(
+            policy=routed_policy.to_dict(), updated_at=tx.now))
+        tx.audit("run.routed", run_id=run.id, actor="system", data={
+            "route": match.index, "policy": routed_policy.name, "previous_policy": policy.name,
+            "revision": revision, "because": "the drafted action matched the route"})
+        return routed_policy
 
     async def _save_snapshot(self, tx: Tx, run_id: str, version: int | None, result: StepResult) -> None:
         if result.snapshot is None:

@@ -13,7 +13,7 @@ from aiohttp import web
 from ..callback_policy import CallbackRefused
 from ..domain import EmailAction, RunStatus
 from ..policy import DEFAULT_POLICY, Narrowing, NarrowingRefused, Policy, PolicyMode, narrow
-from ..policy_routes import RouteMatch, RunFacts, match_route
+from ..policy_routes import RouteMatch, RunFacts
 from ..redact import redact_url
 from ..runs import Customer, NewRun, RunDetail, RunSummary
 from ..scopes import Scope
@@ -43,18 +43,21 @@ def _resolve_policy(services: Services, data: RunCreate) -> tuple[Policy, RouteM
     policy narrows the route's policy, else its `base`. Anything that would widen the
     policy it narrows is a 422."""
     settings, given = services.settings, data.policy
-    route = match_route(settings.policy_routes, run_facts(data))
-    if route is not None:
-        name, field = route.policy, "policy"
-    elif given is None or isinstance(given, str):
-        name, field = given or DEFAULT_POLICY.name, "policy"
+    routed = settings.routed_policy(run_facts(data))
+    route: RouteMatch | None = None
+    if routed is not None:
+        base, route = routed
     else:
-        name, field = given.base or DEFAULT_POLICY.name, "policy.base"
-    base = settings.configured_policy(name)
-    if base is None:  # never for a route's policy: start-up checks that it is configured
-        known = ", ".join(sorted({*settings.policies, DEFAULT_POLICY.name}))
-        raise ApiError(422, "validation_error", f"unknown policy {name!r}",
-                       [{"field": field, "message": f"no policy named {name!r} (known: {known})"}])
+        if given is None or isinstance(given, str):
+            name, field = given or DEFAULT_POLICY.name, "policy"
+        else:
+            name, field = given.base or DEFAULT_POLICY.name, "policy.base"
+        named = settings.configured_policy(name)
+        if named is None:
+            known = ", ".join(sorted({*settings.policies, DEFAULT_POLICY.name}))
+            raise ApiError(422, "validation_error", f"unknown policy {name!r}",
+                           [{"field": field, "message": f"no policy named {name!r} (known: {known})"}])
+        base = named
     if not isinstance(given, PolicyIn):
         return base, route
     try:
