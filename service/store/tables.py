@@ -335,3 +335,39 @@ signature_uses = sa.Table(
     # same key is answered (with its run), since the header itself is not signed.
     sa.Column("idempotency_key", sa.String(255)),
 )
+
+# Email review links (service/email_review/): one per reviewer and request email. Only a
+# SHA-256 of the link's token is stored (256 random bits); the token is in the email alone.
+# A link is spent by the first decision on its approval (in any channel) or by its expiry.
+# With `email_confirm = "code"`, the one-time code sent to the reviewer is stored hashed too.
+review_links = sa.Table(
+    "review_links",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("approval_id", ID, sa.ForeignKey("approvals.id"), nullable=False, index=True),
+    sa.Column("reviewer", sa.String(320), nullable=False),  # the email address the link was sent to
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("purpose", sa.String(32), nullable=False),  # "request" | "reminder" | "escalation" | "delegation" | "fallback"
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("spent_at", UtcDateTime),
+    sa.Column("spent_reason", sa.String(64)),  # "decided" | "delegated" | "approval_ended" | ...
+    sa.Column("code_sha256", sa.String(64)),
+    sa.Column("code_expires_at", UtcDateTime),
+    sa.Column("code_attempts", sa.Integer, nullable=False, server_default="0"),
+)
+
+# Operator console sessions (service/console/): the cookie holds a random session id, the
+# table its SHA-256, the key it was opened with and that key's scopes at login.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_sha256", sa.String(64), primary_key=True),
+    sa.Column("key_id", ID, sa.ForeignKey("api_keys.id")),  # None: the legacy COUNTERSIGN_API_TOKEN
+    sa.Column("actor", sa.String(320), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("last_seen_at", UtcDateTime, nullable=False),
+    sa.Column("ended_at", UtcDateTime),
+)
