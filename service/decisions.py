@@ -39,6 +39,7 @@ from .domain import (
     EmailAction,
     NotAllowed,
     NotFound,
+    PersonLookup,
     Reviewer,
     RunStatus,
     apply_decision,
@@ -149,6 +150,21 @@ class Decisions:
         self.jobs = jobs
         self.runs = runs
         self.message_id_domain = message_id_domain
+        # Who a channel knows a person to be under their other ids (Teams' member records),
+        # set where the channels are wired: one person is one voter whatever id they use.
+        self.people: PersonLookup | None = None
+
+    async def _known_as(self, tx: Tx, reviewer: Reviewer) -> Reviewer:
+        """`reviewer` with the ids a channel knows for the same person (their email for an
+        object id, their object id for an email); as it is when nobody (or several) match."""
+        if self.people is None:
+            return reviewer
+        person = await self.people(tx, reviewer.email or reviewer.id)
+        if person is None or not ({person.id.casefold(), *(i for i in (person.email, person.upn) if i)}
+                                  & reviewer.identities()):
+            return reviewer
+        return replace(reviewer, email=reviewer.email or person.email, upn=reviewer.upn or person.upn,
+                       aliases=reviewer.aliases | {person.id} | ({person.email} if person.email else set()))
 
     async def decide(self, request: DecisionRequest) -> DecisionOutcome:
         """Take a decision. Refusals (not allowed, already decided) are outcomes, not errors,
@@ -180,7 +196,11 @@ class Decisions:
         approval = _approval_from_row(row)
         policy = Policy.from_dict(approval.policy)
         reviewer = request.reviewer
-        if needs_email(policy, approval.requested_by) and not (reviewer.email or reviewer.upn):
+        added = added_of(approval)
+        email_needed = needs_email(policy, approval.requested_by, [a.identity for a in added])
+        if email_needed and request.known_email is None:
+            reviewer = await self._known_as(tx, reviewer)  # an API key bound to one id, say
+        if email_needed and not (reviewer.email or reviewer.upn):
             known = await request.known_email(tx) if request.known_email is not None else None
             if known is not None and (known[0] or known[1]):
                 email, upn = known
@@ -201,7 +221,6 @@ class Decisions:
                     "cannot check that the reviewer did not request it themselves; nothing was decided. Decide with "
                     "a key bound to the reviewer's email (countersign keys create --reviewer EMAIL).",
                     reviewer=reviewer.id, policy=policy.name))
-        added = added_of(approval)
         multi = multi_vote(policy)
         votes = await read_votes(tx, approval.id, approval.draft_version) if multi else []
         before = tally(policy, votes, draft_version=approval.draft_version, added=added)
@@ -341,6 +360,11 @@ class Decisions:
                 policy = Policy.from_dict(approval.policy)
                 added = added_of(approval)
                 votes = await read_votes(tx, approval.id, approval.draft_version)
+                reviewer = await self._known_as(tx, request.reviewer)
+                # The delegate under every id a channel knows them by: handing a vote to
+                # someone's object id must not let their email's vote count again.
+                delegate = await self.people(tx, to) if self.people is not None else None
+                to_ids = {to.casefold()} | (delegate.identities() if delegate is not None else set())
 
                 def refuse(reason: str, message: str, approval: Approval = approval) -> DelegationOutcome:
                     # Not keyed by `to`: a key holder could name another delegate each time.
@@ -357,45 +381,50 @@ class Decisions:
                 if policy.anyone:
                     return refuse("not_allowed", f"policy {policy.name!r} lets anyone decide: there is no vote to "
                                                  "hand over")
-                stage = stage_of_reviewer(policy, added, request.reviewer)
+                stage = stage_of_reviewer(policy, added, reviewer)
                 if stage is None:
                     return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
                                                  f"{approval.id}")
-                slot = next(s for s, h in holders(policy, stage, added).items() if h in request.reviewer.identities())
-                if requester_unmatched(policy, approval.requested_by, request.reviewer):
+                slot = next(s for s, h in holders(policy, stage, added).items() if h in reviewer.identities())
+                if requester_unmatched(policy, approval.requested_by, reviewer):
                     return refuse("not_allowed", (
                         f"this run was requested by an email address and {request.reviewer.id!r} carries none, so "
                         "Countersign cannot check that the vote handed over is not the requester's"))
                 if (not policy.allow_self_approval and approval.requested_by
-                        and approval.requested_by.casefold() in request.reviewer.identities()):
+                        and approval.requested_by.casefold() in reviewer.identities()):
                     # The requester's vote never counts: handing it over would let them pick who
                     # approves in their place.
                     return refuse("not_allowed", f"{request.reviewer.id} requested this action and policy "
                                                  f"{policy.name!r} forbids self-approval: their vote cannot be "
                                                  "handed over")
-                if any(v.slot == slot or v.cast_by(request.reviewer.identities()) for v in votes):
+                if any(v.slot == slot or v.cast_by(reviewer.identities()) for v in votes):
                     return refuse("already_voted", f"{request.reviewer.id} already voted on this text; a vote cast "
                                                    "cannot be handed over")
+                handed = next((a for a in added if a.stage == stage and a.handed_by(reviewer.identities())), None)
+                if handed is not None:  # one named twice holds two slots, and is still one vote
+                    return refuse("already_voted", f"{request.reviewer.id} already handed their vote to "
+                                                   f"{handed.identity}")
                 folded = to.casefold()
                 allowed = {d.casefold() for d in (*policy.delegates, *policy.timers.escalate_to)}
                 holders_now = {h for i in range(len(stages_of(policy))) for h in holders(policy, i, added).values()}
                 voters = ({v.reviewer_id.casefold() for v in votes} | {v.slot for v in votes}
                           | {v.reviewer_email.casefold() for v in votes if v.reviewer_email}
                           | {v.reviewer_upn.casefold() for v in votes if v.reviewer_upn})
-                if folded in request.reviewer.identities():
+                if to_ids & reviewer.identities():
                     return refuse("invalid_delegate", "a vote cannot be handed to oneself")
-                if approval.requested_by and folded == approval.requested_by.casefold():
+                if approval.requested_by and approval.requested_by.casefold() in to_ids:
                     return refuse("invalid_delegate", f"{to} requested this action: a vote can never be handed "
                                                       "to the requester")
-                if folded in voters:
+                if to_ids & voters:
                     return refuse("invalid_delegate", f"{to} already voted on this approval")
-                if folded in holders_now:
+                if to_ids & holders_now:
                     return refuse("invalid_delegate", f"{to} already holds a vote on this approval; handing them "
                                                       "another would count one person twice")
                 if folded not in allowed:
                     return refuse("invalid_delegate", f"policy {policy.name!r} does not allow handing a vote to "
                                                       f"{to} (allowed: {', '.join(sorted(allowed)) or 'nobody'})")
-                entry = Added(identity=to, slot=slot, via=DELEGATION, stage=stage, at=tx.now, by=request.reviewer.id)
+                entry = Added(identity=to, slot=slot, via=DELEGATION, stage=stage, at=tx.now, by=request.reviewer.id,
+                              by_ids=tuple(sorted(reviewer.identities())))
                 won = await tx.execute(
                     t.approvals.update()
                     .where(t.approvals.c.id == approval.id, t.approvals.c.version == approval.version)

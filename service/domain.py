@@ -200,12 +200,19 @@ class Reviewer:
     name: str | None = None
     email: str | None = None
     upn: str | None = None  # Teams: the user principal name, often but not always the email
+    # Other ids a channel knows for the same person (their AAD object id, for one named by
+    # email): so that one person is one voter whichever id they come with.
+    aliases: frozenset[str] = frozenset()
 
     def identities(self) -> set[str]:
-        return {v.casefold() for v in (self.id, self.email, self.upn) if v}
+        return {v.casefold() for v in (self.id, self.email, self.upn, *self.aliases) if v}
 
 
 ApprovalRefusal = Callable[["Approval"], "str | None"]
+# The one person a channel knows by an identity (Teams: the member record of an AAD object
+# id, email or UPN), read in the decision's transaction (its first argument, the store's
+# `Tx`): their ids as a Reviewer (id = the object id); None for nobody, or more than one.
+PersonLookup = Callable[[Any, str], Awaitable["Reviewer | None"]]
 # Reads, in the decision's own transaction (its argument: the store's `Tx`), the email and
 # UPN a channel already learnt for the reviewer; None when it knows neither.
 KnownEmail = Callable[[Any], Awaitable["tuple[str | None, str | None] | None"]]

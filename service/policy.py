@@ -14,6 +14,7 @@ strand requests already waiting).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Final
@@ -140,10 +141,6 @@ class Policy:
             raise ValueError(f"policy {self.name!r}: reviewers are named, so it cannot also let anyone decide")
         if not self.anyone and not self.reviewers:
             raise ValueError(f"policy {self.name!r} names no reviewers; say anyone=True to let anyone decide")
-
-    @property
-    def names_reviewers_by_email(self) -> bool:
-        return any("@" in r for r in self.reviewers)
 
     def may_be_decided_by(self, identities: set[str]) -> bool:
         """Whether one of a person's identities (casefolded) is among the reviewers."""
@@ -302,8 +299,12 @@ def requester_unmatched(policy: Policy, requested_by: str | None, reviewer: Revi
             and not (reviewer.email or reviewer.upn) and "@" not in reviewer.id)
 
 
-def needs_email(policy: Policy, requested_by: str | None) -> bool:
+def needs_email(policy: Policy, requested_by: str | None, added: Iterable[str] = ()) -> bool:
     """Whether deciding needs the reviewer's email (or UPN), not only a channel's id: to
-    match reviewers named by email, and to tell the requester apart from a reviewer
-    (`requested_by` is usually an email; an AAD object id alone could never match it)."""
-    return policy.names_reviewers_by_email or (bool(requested_by) and not policy.allow_self_approval)
+    match reviewers named by email, to know one person under both their ids (so a vote by
+    object id and one by email are one vote), and to tell the requester apart from a
+    reviewer (`requested_by` is usually an email; an AAD object id alone never matches it).
+    Named by email means anywhere a vote may come from: the reviewers, `escalate_to`,
+    `delegates` and the people `added` since (escalations, delegations)."""
+    named = (*policy.reviewers, *policy.timers.escalate_to, *policy.delegates, *added)
+    return any("@" in r for r in named) or (bool(requested_by) and not policy.allow_self_approval)

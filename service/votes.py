@@ -70,15 +70,23 @@ class Added:
     stage: int
     at: datetime
     by: str | None = None  # delegation: who handed the slot over
+    # delegation: every id (casefolded) the one who handed it over was known by then; older
+    # entries have only `by`.
+    by_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"identity": self.identity, "slot": self.slot, "via": self.via, "stage": self.stage,
-                "at": self.at.isoformat(), **({"by": self.by} if self.by else {})}
+                "at": self.at.isoformat(), **({"by": self.by} if self.by else {}),
+                **({"by_ids": list(self.by_ids)} if self.by_ids else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Added:
         return cls(identity=data["identity"], slot=data["slot"], via=data["via"], stage=int(data.get("stage", 0)),
-                   at=datetime.fromisoformat(data["at"]), by=data.get("by"))
+                   at=datetime.fromisoformat(data["at"]), by=data.get("by"), by_ids=tuple(data.get("by_ids") or ()))
+
+    def handed_by(self, identities: set[str]) -> bool:
+        """Whether this is a delegation by someone with one of `identities` (casefolded)."""
+        return self.via == DELEGATION and bool({i.casefold() for i in (self.by, *self.by_ids) if i} & identities)
 
 
 ESCALATION = "escalation"
@@ -212,10 +220,13 @@ def check_vote(policy: Policy, current: Tally, added: Sequence[Added], reviewer:
                requested_by: str | None) -> str:
     """The slot `reviewer` votes with now, or `NotAllowed` saying why they may not."""
     slot = slot_of(policy, current.stage, added, reviewer)
-    if slot is None:
+    # Who handed their vote over has none left in that stage, even one named twice (by
+    # object id and by email) who still holds the other slot.
+    handed = next((a for a in added if a.stage == current.stage and a.handed_by(reviewer.identities())), None)
+    if slot is None or handed is not None:
         later = stage_of_reviewer(policy, added, reviewer)
-        handed = next((a for a in added if a.via == DELEGATION and a.by and a.by.casefold() in reviewer.identities()),
-                      None)
+        if handed is None:
+            handed = next((a for a in added if a.handed_by(reviewer.identities())), None)
         if handed is not None:
             message = f"reviewer {reviewer.id!r} handed their vote to {handed.identity}"
         elif later is not None and later > current.stage:

@@ -420,3 +420,63 @@ async def test_an_automatic_approval_at_expiry_never_sends_a_text_one_reviewer_e
     assert [d["kind"] for d in run["decisions"]] == ["edit"]
     await asyncio.sleep(0.2)
     assert smtp_server.messages() == []
+
+
+# ---- one person under two ids, through delegations --------------------------------------------
+
+BY_OBJECT_ID: dict[str, Any] = {"objids": {"reviewers": ["aad-rita", "aad-sam", "aad-lee"], "mode": "quorum",
+                                           "required": 2, "teams_channel": CHANNEL, "delegates": [RITA, DANA]}}
+
+
+async def test_a_vote_handed_to_the_email_of_someone_holding_one_by_object_id_is_refused(
+        start_service: StartService, smtp_server: SmtpServer) -> None:
+    """The policy names people by object id and allows handing a vote to rita@example.com.
+    Rita (aad-rita, known to the bot) must not get Sam's vote under her email as well."""
+    async with teams_service(start_service, smtp_server, BY_OBJECT_ID) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        _, warmup = await pending(teams.service, "objids")
+        await teams.post(teams.click(warmup, "countersign.reject", sender="rita", reason="warm-up"))  # the bot meets her
+        run_id, approval_id = await pending(teams.service, "objids")
+        status, problem = await voters.delegate(approval_id, "aad-sam", RITA)
+        assert status == 422 and problem["type"].endswith("invalid_delegate"), problem
+        assert "already holds a vote" in problem["errors"][0]["message"]
+        await _only_voters(voters, run_id, smtp_server, [])
+
+
+async def test_a_vote_handed_to_the_email_of_someone_the_bot_has_not_met_still_counts_them_once(
+        start_service: StartService, smtp_server: SmtpServer) -> None:
+    """The same, before the bot has met Rita: the delegation cannot be told apart and goes
+    through; her Teams vote then learns her email (an email now holds a vote), so her
+    second vote, under the email, is refused and nothing is sent on one person's word."""
+    async with teams_service(start_service, smtp_server, BY_OBJECT_ID) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "objids")
+        status, _ = await voters.delegate(approval_id, "aad-sam", RITA)
+        assert status == 201
+        status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="rita"))
+        assert status == 200 and "1 of 2 approvals" in " ".join(_texts(answer["value"]))
+        status, problem = await voters.vote(approval_id, RITA)
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        await _only_voters(voters, run_id, smtp_server, ["aad-rita"])
+
+
+async def test_one_named_twice_who_handed_a_vote_over_votes_with_neither(start_service: StartService,
+                                                                        smtp_server: SmtpServer) -> None:
+    """Rita is named by object id and by email (two slots). Handing one to Dana hands her
+    vote: she may not then vote with the other slot, nor hand that one over as well."""
+    policies = {"twice": {**TWICE["twice"], "delegates": [DANA, LEE]}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "twice")
+        status, _ = await voters.delegate(approval_id, RITA, DANA)
+        assert status == 201
+        status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="rita"))
+        assert status == 200 and f"handed their vote to {DANA}" in " ".join(_texts(answer["value"]))
+        status, problem = await voters.delegate(approval_id, "aad-rita", LEE)  # the bot knows her now
+        assert status == 409 and problem["type"].endswith("already_voted"), problem
+        assert f"already handed their vote to {DANA}" in problem["detail"]
+        assert (await voters.vote(approval_id, DANA))[1]["status"] == "pending"  # one vote of two
+        await _only_voters(voters, run_id, smtp_server, [DANA])

@@ -83,6 +83,8 @@ class TeamsChannel:
         if not self.tenants.tenants:  # app.check_teams_settings says so at start-up first
             raise TeamsNotConfigured("Teams needs COUNTERSIGN_TEAMS_ALLOWED_TENANTS")
         self.conversations = Conversations(store, self.tenants)
+        # One person is one voter under their object id and their email, in every channel.
+        decisions.people = self.conversations.person
         links = ApiLinks(settings.effective_public_url)
         card_fit = CardFit(links)  # the posted card's verdict serves the Approve click
         self.bot = ApprovalBot(store, decisions, self.conversations, links, card_fit=card_fit)

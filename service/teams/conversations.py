@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from botbuilder.schema import ConversationReference
 
-from ..domain import KnownEmail
+from ..domain import KnownEmail, Reviewer
 from ..store import tables as t
 from ..store.db import Store, Tx
 from .tenants import AllowedTenants, TenantNotAllowed
@@ -201,19 +201,31 @@ class Conversations:
 
         return lookup
 
+    async def person(self, tx: Any, identity: str) -> Reviewer | None:
+        """For `Decisions.people`: the one member known by `identity` (object id, email or
+        UPN), as a Reviewer carrying all three; None for nobody or for more than one."""
+        rows = await self._members_named(tx, identity)
+        exact = [r for r in rows if r.aad_object_id == identity]
+        if len(exact) != 1 and len(rows) != 1:
+            return None
+        row = (exact or rows)[0]
+        email = row.email or row.user_principal_name
+        return Reviewer(id=row.aad_object_id, name=row.name, email=email, upn=row.user_principal_name,
+                        aliases=frozenset({row.aad_object_id}))
+
+    async def _members_named(self, conn: Any, identity: str) -> list[Any]:
+        folded = identity.casefold()
+        return list((await conn.execute(sa.select(t.teams_members).where(sa.or_(
+            t.teams_members.c.aad_object_id == identity,
+            sa.func.lower(t.teams_members.c.email) == folded,
+            sa.func.lower(t.teams_members.c.user_principal_name) == folded,
+        ), self._allowed(t.teams_members.c.tenant_id)).limit(2))).all())
+
     async def member(self, identity: str) -> Member | None:
         """A person by AAD object id, email or UPN (case-insensitive), within the allowed
         tenants. Raises `AmbiguousMember` when the email or UPN names more than one person
         (a guest in two tenants, a reused address)."""
-        async def q(conn: Any) -> list[Any]:
-            folded = identity.casefold()
-            return (await conn.execute(sa.select(t.teams_members).where(sa.or_(
-                t.teams_members.c.aad_object_id == identity,
-                sa.func.lower(t.teams_members.c.email) == folded,
-                sa.func.lower(t.teams_members.c.user_principal_name) == folded,
-            ), self._allowed(t.teams_members.c.tenant_id)).limit(2))).all()
-
-        rows = await self.store.read(q)
+        rows = await self.store.read(lambda conn: self._members_named(conn, identity))
         exact = [r for r in rows if r.aad_object_id == identity]
         if exact:
             return _member(exact[0])
