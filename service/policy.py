@@ -107,6 +107,36 @@ class Timers:
         )
 
 
+class EmailConfirm(str, enum.Enum):
+    NONE = "none"  # the link alone: whoever holds the email decides as its reviewer
+    CODE = "code"  # and a one-time code sent to the reviewer's address when they decide
+
+
+@dataclass(frozen=True, slots=True)
+class EmailReview:
+    """Reviewers asked by email (service/email_review/): each gets a personal link."""
+
+    reviewers: tuple[str, ...] = ()  # email addresses
+    fallback: bool = False  # the policy's email reviewers get the request when a Teams post fails for good
+    link_ttl: timedelta | None = None  # a link expires then, or with the approval, whichever is first
+    confirm: EmailConfirm = EmailConfirm.NONE
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.reviewers) or self.fallback
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reviewers": list(self.reviewers), "fallback": self.fallback, "confirm": self.confirm.value,
+                **({"link_ttl": self.link_ttl.total_seconds()} if self.link_ttl is not None else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmailReview:
+        ttl = data.get("link_ttl")
+        return cls(reviewers=tuple(data.get("reviewers") or ()), fallback=bool(data.get("fallback", False)),
+                   link_ttl=timedelta(seconds=ttl) if ttl is not None else None,
+                   confirm=EmailConfirm(data.get("confirm", EmailConfirm.NONE.value)))
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The rules of one approval.
@@ -132,6 +162,7 @@ class Policy:
     # personal chat (AAD object ids or emails of people the bot knows).
     teams_channel: str | None = None
     teams_chat: tuple[str, ...] = ()
+    email: EmailReview = field(default_factory=EmailReview)
     # True when a run narrowed the configured policy `name` with an inline policy.
     inline: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +187,7 @@ class Policy:
             "allow_self_approval": self.allow_self_approval,
             "teams_channel": self.teams_channel,
             "teams_chat": list(self.teams_chat),
+            **({"email": self.email.to_dict()} if self.email.configured else {}),
             **({"required": self.required} if self.required is not None else {}),
             **({"reject": self.reject.value} if self.reject is not RejectRule.ANY else {}),
             **({"stages": [s.to_dict() for s in self.stages]} if self.stages else {}),
@@ -184,6 +216,7 @@ class Policy:
             delegates=tuple(data.get("delegates") or ()),
             teams_channel=data.get("teams_channel") or None,
             teams_chat=tuple(data.get("teams_chat") or ()),
+            email=EmailReview.from_dict(data["email"]) if data.get("email") else EmailReview(),
             inline=bool(data.get("inline", False)),
             extra=dict(data.get("extra") or {}),
         )
@@ -287,6 +320,9 @@ def narrow(base: Policy, ask: Narrowing) -> Policy:
         allow_self_approval=base.allow_self_approval if ask.allow_self_approval is None else ask.allow_self_approval,
         teams_channel=ask.teams_channel or base.teams_channel,
         teams_chat=tuple(dict.fromkeys((*base.teams_chat, *ask.teams_chat))),
+        # Only those still allowed to decide get a review link.
+        email=replace(base.email, reviewers=tuple(
+            r for r in base.email.reviewers if anyone or r.casefold() in {x.casefold() for x in reviewers})),
         inline=True,
     )
 

@@ -27,7 +27,18 @@ from pydantic_core import ErrorDetails
 
 from .business_hours import WEEKDAYS, Calendar
 from .durations import parse_duration
-from .policy import ANYONE, DEFAULT_POLICY, ExpiryOutcome, Policy, PolicyMode, RejectRule, Stage, Timers
+from .policy import (
+    ANYONE,
+    DEFAULT_POLICY,
+    EmailConfirm,
+    EmailReview,
+    ExpiryOutcome,
+    Policy,
+    PolicyMode,
+    RejectRule,
+    Stage,
+    Timers,
+)
 from .policy_routes import Condition, ConditionsInvalid, Route, parse_conditions
 
 _MAX_IDENTITY = 320  # the longest email address; also the API's limit
@@ -204,6 +215,11 @@ class PolicyConfig(BaseModel):
     delegates: tuple[str, ...] = ()
     teams_channel: str | None = None
     teams_chat: tuple[str, ...] = ()
+    # The email reviewer channel (service/email_review/).
+    email_reviewers: tuple[str, ...] = ()
+    email_fallback: StrictBool = False
+    email_link_ttl: timedelta | None = None
+    email_confirm: EmailConfirm = EmailConfirm.NONE
 
     @field_validator("reviewers", mode="plain")
     @classmethod
@@ -245,7 +261,24 @@ class PolicyConfig(BaseModel):
     def _counts(cls, value: Any) -> int:
         return _count(value)
 
-    @field_validator("remind_after", "escalate_after", "expire_after", mode="plain")
+    @field_validator("email_confirm", mode="plain")
+    @classmethod
+    def _email_confirm(cls, value: Any) -> EmailConfirm:
+        return _choice(EmailConfirm, value)
+
+    @field_validator("email_reviewers", mode="plain")
+    @classmethod
+    def _email_reviewers(cls, value: Any) -> tuple[str, ...]:
+        addresses = _identities(value, what="email addresses")
+        _no_duplicates(addresses)
+        for address in addresses:
+            local, _, domain = address.partition("@")
+            if not local or "." not in domain or any(c.isspace() for c in address):
+                raise ValueError(f"{address!r} is not an email address; each email reviewer gets a personal link "
+                                 "at that address")
+        return addresses
+
+    @field_validator("remind_after", "escalate_after", "expire_after", "email_link_ttl", mode="plain")
     @classmethod
     def _durations(cls, value: Any) -> timedelta:
         return _duration(value)
@@ -278,7 +311,7 @@ class PolicyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> PolicyConfig:
-        problems = [*self._who_decides(), *self._timer_problems()]
+        problems = [*self._who_decides(), *self._timer_problems(), *self._email_problems()]
         _raise_if(problems)
         return self
 
@@ -334,6 +367,27 @@ class PolicyConfig(BaseModel):
                 'with mode = "all", "quorum" or "sequential"')))
         return problems
 
+    def _email_problems(self) -> list[Problem]:
+        problems = []
+        if isinstance(self.reviewers, tuple) or self.stages:
+            named = {r.casefold() for r in (*(self.reviewers if isinstance(self.reviewers, tuple) else ()),
+                                            *(r for s in self.stages for r in s.reviewers))}
+            for address in self.email_reviewers:
+                if address.casefold() not in named:
+                    problems.append(Problem(("email_reviewers",), (
+                        f"has {address!r}, who is not among the reviewers: a review link can only be sent to "
+                        "someone who may decide")))
+        if self.email_fallback and not self.email_reviewers and not any(
+                "@" in r for r in (self.reviewers if isinstance(self.reviewers, tuple) else ())):
+            problems.append(Problem(("email_fallback",), (
+                "has nobody to fall back to: it emails the policy's email reviewers (email_reviewers, or reviewers "
+                "named by email) when the Teams post fails")))
+        if ("email_link_ttl" in self.model_fields_set or "email_confirm" in self.model_fields_set) and not (
+                self.email_reviewers or self.email_fallback):
+            key = "email_link_ttl" if "email_link_ttl" in self.model_fields_set else "email_confirm"
+            problems.append(Problem((key,), "has no effect without email_reviewers or email_fallback"))
+        return problems
+
     def _timer_problems(self) -> list[Problem]:
         given, problems = self.model_fields_set, []
         if "max_reminders" in given and self.remind_after is None:
@@ -379,6 +433,8 @@ class PolicyConfig(BaseModel):
                           escalate_after=self.escalate_after, escalate_to=self.escalate_to,
                           expire_after=self.expire_after, on_expiry=self.on_expiry, calendar=calendar),
             delegates=self.delegates, teams_channel=self.teams_channel, teams_chat=self.teams_chat,
+            email=EmailReview(reviewers=self.email_reviewers, fallback=self.email_fallback,
+                              link_ttl=self.email_link_ttl, confirm=self.email_confirm),
         )
 
 

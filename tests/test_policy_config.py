@@ -167,6 +167,17 @@ CASES = [
      P + "key \"reviewers\" names 'RITA@example.com' twice ('rita@example.com'): one person, one vote"),
     (R + 'reject = "most"', P + "key \"reject\" must be one of any, majority (got 'most')"),
     (R + 'reject = "majority"', P + 'key "reject" is "majority", but under mode = "first" the first vote decides'),
+    # the email reviewer channel
+    (R + 'email_reviewers = ["lee@example.com"]',
+     P + "key \"email_reviewers\" has 'lee@example.com', who is not among the reviewers"),
+    (R + 'email_reviewers = ["rita"]', P + "key \"email_reviewers\" 'rita' is not an email address"),
+    (R + 'email_reviewers = ["rita@example.com"]\nemail_confirm = "sms"',
+     P + "key \"email_confirm\" must be one of none, code (got 'sms')"),
+    (R + 'email_reviewers = ["rita@example.com"]\nemail_link_ttl = "2 days"', P + 'key "email_link_ttl"'),
+    (R + 'email_link_ttl = "1d"', P + 'key "email_link_ttl" has no effect without email_reviewers or email_fallback'),
+    ('[policies.refunds]\nreviewers = ["aad-1"]\nemail_fallback = true',
+     P + 'key "email_fallback" has nobody to fall back to'),
+    (R + 'email_fallback = "yes"', P + 'key "email_fallback"'),
     # sequential stages
     (SEQ, P + 'missing key "stages" (mode = "sequential" asks its stages in order'),
     (SEQ + 'reviewers = ["rita@example.com"]\n' + STAGE,
