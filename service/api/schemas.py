@@ -363,6 +363,8 @@ class AddedReviewerOut(BaseModel):
     stage: int = Field(description="0-based stage it was added to")
     at: Timestamp
     by: str | None = None
+    by_ids: list[str] | None = Field(default=None, description=(
+        "delegation: every id the one who handed the vote over was known by (casefolded); none left to vote with"))
 
 
 class DiffLineOut(BaseModel):
