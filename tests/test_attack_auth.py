@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from service.api.deps import SERVICES
+from service.approval_views import ApiLinks, load_view
 from service.scopes import Scope
 from service.store import tables as t
-from service.teams.views import ApiLinks, load_view
 
 from .conftest import AUDIT_KEY, Service, StartService, email_action, signed
 from .peers.smtp import SmtpServer

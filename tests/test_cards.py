@@ -48,7 +48,7 @@ from adaptive_cards import (
 )
 from adaptive_cards.elements import adaptive_card, input_text, text_block
 from adaptive_cards.text import BLANK_LINE, clip, escape_inline, format_datetime, markdown_lines, truncation_note
-from service.teams.views import changes_view
+from service.approval_views import changes_view
 from service.text_diff import diff_edit
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from service.api.deps import SERVICES
+from service.approval_views import ApiLinks, decided_view, load_view
 from service.domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, Reviewer
 from service.store import tables as t
 from service.store.db import Tx
-from service.teams.views import ApiLinks, decided_view, load_view
 
 from .conftest import SmtpServer, StartService, email_action
 
@@ -113,8 +113,8 @@ async def test_the_server_side_card_check_sees_the_view_the_card_is_built_from(
     must be the very view `load_view` gives the posted card, or the two could disagree."""
     import sqlalchemy as sa
 
+    from service.approval_views import pending_view
     from service.decisions import _approval_from_row
-    from service.teams.views import pending_view
 
     service = await start_service(smtp_server, worker_concurrency=0)
     accepted = await service.create_run({"action": email_action(cc=["boss@example.com"]),
@@ -195,8 +195,9 @@ async def test_the_card_fit_verdict_is_remembered_per_approval_and_revision(
     import sqlalchemy as sa
 
     from adaptive_cards import approvable_on_card, pending_card_and_fit
+    from service.approval_views import pending_view
     from service.decisions import _approval_from_row
-    from service.teams.views import CardFit, card_refusal, pending_view
+    from service.teams.card_fit import CardFit, card_refusal
 
     service = await start_service(smtp_server, worker_concurrency=0)
     store = service.app[SERVICES].store

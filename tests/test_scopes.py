@@ -22,9 +22,9 @@ import sqlalchemy as sa
 
 from service.api.deps import SERVICES
 from service.api.routes import ROUTES
+from service.approval_views import ApiLinks, load_view
 from service.scopes import Scope
 from service.store import tables as t
-from service.teams.views import ApiLinks, load_view
 
 from .conftest import API_TOKEN, AUDIT_KEY, WEBHOOK_SECRET, Service, StartService, email_action, signed
 from .peers.smtp import SmtpServer

@@ -36,13 +36,14 @@ from adaptive_cards import (
 from adaptive_cards.text import escape_inline
 
 from ..api.schemas import DecisionIn
+from ..approval_views import ApiLinks, decided_view, load_view
 from ..decisions import Decisions
 from ..domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, DelegationRequest, NotFound, Reviewer
 from ..store import tables as t
 from ..store.db import Store
+from .card_fit import CardFit, card_refusal
 from .conversations import Conversation, Conversations, Member
 from .invoke import ERROR_CONTENT_TYPE, JsonInvokeHandler
-from .views import ApiLinks, CardFit, card_refusal, decided_view, load_view
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,15 @@ from botbuilder.schema import (
 from adaptive_cards import ApprovalView, build_card, pending_card_and_fit
 
 from .. import metrics
+from ..approval_views import ApiLinks, load_view
 from ..jobs import Deferred, Job, JobHandler, JobQueue, PermanentError, TransientError
 from ..runs import NewApproval
 from ..store import tables as t
 from ..store.db import Op, Store, Tx
+from .card_fit import CardFit
 from .conversations import AmbiguousMember, Conversation, Conversations
 from .errors import Throttled, classify_sdk_error
 from .ratelimit import RateLimited, TeamsRateLimiter
-from .views import ApiLinks, CardFit, load_view
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from botbuilder.core import TurnContext
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from msrest.universal_http.requests import ClientRetryPolicy
 
+from ..approval_views import ApiLinks
 from ..config import Settings
 from ..decisions import Decisions
 from ..foreground import Foreground
@@ -24,6 +25,7 @@ from ..store.db import Store
 from . import TeamsNotConfigured as TeamsNotConfigured  # raised here, defined without the SDK
 from .auth import CountersignBotAuthentication
 from .bot import ApprovalBot
+from .card_fit import CardFit
 from .cards import TeamsCards
 from .conversations import Conversations
 from .credentials import CachedCredentialsFactory
@@ -32,7 +34,6 @@ from .notices import TeamsNotices
 from .ratelimit import TeamsRateLimiter
 from .tenants import AllowedTenants
 from .tokens import ChannelTokenValidator, validator_from_settings
-from .views import ApiLinks, CardFit
 
 log = logging.getLogger(__name__)
 
