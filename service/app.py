@@ -26,6 +26,9 @@ from .callback_policy import CallbackConfigError, CallbackPolicy
 from .callbacks import Callbacks
 from .config import WORKING_APP_TYPES, Settings
 from .decisions import SEND_EMAIL_JOB, Decisions
+from .email_review.channel import EmailReviewChannel
+from .email_review.handlers import ROUTE as REVIEW_ROUTE
+from .email_review.handlers import ReviewPages
 from .foreground import Foreground
 from .jobs import JobQueue, Worker
 from .keys import ApiKeys, ReplayGuard
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
     from .teams.channel import TeamsChannel  # the Bot Framework SDK: loaded only when Teams is configured
 
 TEAMS: web.AppKey[TeamsChannel | None] = web.AppKey("teams")
+REVIEW_PAGES: web.AppKey[ReviewPages] = web.AppKey("review_pages", ReviewPages)
 CALLBACKS: web.AppKey[Callbacks] = web.AppKey("callbacks", Callbacks)
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ def create_app(settings: Settings, *, run_workers: bool = True,
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, agent, callbacks_allowed, run_workers, clock))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
+    app.router.add_get(REVIEW_ROUTE, _review_page)
+    app.router.add_post(REVIEW_ROUTE, _review_form)
     return app
 
 
@@ -178,6 +184,14 @@ async def _bot_messages(request: web.Request) -> web.StreamResponse:
     return await teams.endpoint.handle(request)
 
 
+async def _review_page(request: web.Request) -> web.StreamResponse:
+    return await request.app[REVIEW_PAGES].get(request)
+
+
+async def _review_form(request: web.Request) -> web.StreamResponse:
+    return await request.app[REVIEW_PAGES].post(request)
+
+
 async def _lifecycle(
     app: web.Application, settings: Settings, agent_settings: AgentConfig, callbacks_allowed: CallbackPolicy,
     run_workers: bool, clock: Callable[[], datetime],
@@ -236,7 +250,17 @@ async def _lifecycle(
     if teams is not None:
         timers.on_reminder.append(teams.notices.on_reminder)
         timers.on_escalation.append(teams.notices.on_escalation)
-    # The email channel (next issue) subscribes its reminders to `timers.on_reminder` here.
+    email_review = EmailReviewChannel(store, jobs, transport, sender=settings.mail_from,
+                                      public_url=settings.effective_public_url,
+                                      message_id_domain=settings.message_id_domain)
+    email_review.register()
+    runs.on_approval_created.append(email_review.on_approval_created)
+    runs.on_reviewers_added.append(email_review.on_reviewers_added)
+    timers.on_reminder.append(email_review.on_reminder)
+    if teams is not None:
+        teams.cards.on_post_failed.append(email_review.on_teams_post_failed)
+    app[REVIEW_PAGES] = ReviewPages(store, decisions, foreground, settings.effective_public_url,
+                                    email_review.send_code)
     worker = Worker(jobs, concurrency=settings.worker_concurrency, poll_seconds=settings.job_poll_seconds,
                     lanes={TIMER_LANE: TIMER_LANE_SLOTS},
                     timeout_seconds=settings.job_timeout_seconds, foreground=foreground)

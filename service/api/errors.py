@@ -112,6 +112,13 @@ def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
     return exc.text or exc.reason
 
 
+def loggable_path(request: web.Request) -> str:
+    """The path as logs may show it: a secret in it (an email review link's `{token}`) is
+    left out, since whoever reads the logs must not be able to decide with it."""
+    token = request.match_info.get("token")
+    return request.path.replace(token, "[token]") if token else request.path
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request.headers.get("X-Request-Id") or str(uuid.uuid4())
@@ -142,7 +149,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = problem(exc.status, exc.reason.lower().replace(" ", "_"), _http_detail(request, exc),
                                headers={k: v for k, v in exc.headers.items() if k == "Allow"})
         except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
+            log.exception("unhandled error in %s %s", request.method, loggable_path(request))
             response = problem(500, "internal_error", "an unexpected error occurred; it has been logged with this request id")
         response.headers["X-Request-Id"] = rid
         route = _route_name(request)
@@ -150,8 +157,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
         metrics.HTTP_DURATION.labels(route).observe(duration)
         if log.isEnabledFor(logging.INFO):
+            path = loggable_path(request)
             log.log(logging.ERROR if response.status >= 500 else logging.INFO, "%s %s %d", request.method,
-                    request.path, response.status, extra={"method": request.method, "path": request.path,
+                    path, response.status, extra={"method": request.method, "path": path,
                     "status": response.status, "duration_ms": round(duration * 1000, 2)})
         return response
     finally:

@@ -91,6 +91,8 @@ class TeamsCards:
         self.token_ready = token_ready
         self.update_delay = update_delay
         self.links = links
+        # (tx, approval id, error) when a card could not be posted for good (dead letter).
+        self.on_post_failed: list[Callable[[Tx, str, str], Awaitable[None]]] = []
 
     def register(self) -> None:
         self.jobs.register(POST_CARD_JOB, JobHandler(run=self.post, on_dead=self._on_dead, on_retry=self._on_retry))
@@ -291,8 +293,13 @@ class TeamsCards:
     # ---- dead letters -----------------------------------------------------------------
 
     async def _on_dead(self, tx: Tx, job: Job, error: str) -> None:
-        await tx.execute(t.teams_cards.update().where(t.teams_cards.c.id == job.payload["card_id"])
-                              .values(status="failed", error=error, updated_at=tx.now))
+        approval_id = (await tx.execute(
+            t.teams_cards.update().where(t.teams_cards.c.id == job.payload["card_id"])
+            .values(status="failed", error=error, updated_at=tx.now)
+            .returning(t.teams_cards.c.approval_id))).scalar_one_or_none()
+        if approval_id is not None:
+            for listener in self.on_post_failed:  # another channel may take over (email_fallback)
+                await listener(tx, approval_id, error)
 
     async def _on_retry(self, tx: Tx, job: Job) -> None:
         await tx.execute(t.teams_cards.update().where(t.teams_cards.c.id == job.payload["card_id"])
