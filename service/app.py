@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from . import console
 from .agent.knowledge import EmbeddingSettings, KnowledgeError, LazyKnowledgeBase, RetrievalMode
 from .agent.llm import LlmSettings, describe
 from .agent.loader import AgentConfig, LazyAgent
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, run_workers: bool = True,
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, agent, callbacks_allowed, run_workers, clock))
     add_routes(app)
     app.router.add_post("/api/messages", _bot_messages)
+    console.setup(app, settings)  # the operator console (service/console/): its routes, session secret, hooks
     return app
 
 
