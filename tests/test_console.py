@@ -16,8 +16,8 @@ from service.api.deps import SERVICES
 from service.console.escaping import shown
 from service.console.filters import FilterError, parse_filter
 from service.console.levels import Decided, Waiting, compute, percentile
+from service.console.pages import cookie_secure
 from service.console.tokens import Signer
-from service.console.web import cookie_secure
 from service.scopes import Scope
 from service.store import tables as t
 

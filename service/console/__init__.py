@@ -17,9 +17,9 @@ from . import views_audit, views_auth, views_jobs, views_levels, views_runs
 from .audit_check import AuditCheck
 from .decision_metrics import observe_decision
 from .identity import KeyLogin
+from .pages import CONSOLE, HEADERS, Console, cookie_secure, environment, redirect
 from .sessions import Sessions
 from .tokens import Signer
-from .web import CONSOLE, HEADERS, Console, cookie_secure, environment, redirect
 
 log = logging.getLogger(__name__)
 _CSS = (Path(__file__).with_name("static") / "console.css").read_bytes()  # one small file, read once

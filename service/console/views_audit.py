@@ -10,8 +10,8 @@ from aiohttp import web
 from ..scopes import Scope
 from ..store.db import Tx
 from . import queries
+from .pages import CONSOLE, HEADERS, error_page, page, render
 from .sessions import VIA, Session
-from .web import CONSOLE, HEADERS, error_page, page, render
 
 PAGE_SIZE = 100
 

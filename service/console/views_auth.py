@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from .identity import LoginRefused
+from .pages import CONSOLE, CSRF_FIELD, HEADERS, action, current_session, form_text, redirect, render
 from .sessions import Session
 from .tokens import new_secret_id
-from .web import CONSOLE, CSRF_FIELD, HEADERS, action, current_session, form_text, redirect, render
 
 LOGIN_NONCE_SECONDS = 3600
 

@@ -8,8 +8,8 @@ from ..api.params import valid_id
 from ..domain import DomainError, NotFound
 from ..scopes import Scope
 from . import queries
+from .pages import CONSOLE, action, error_page, page, redirect, render
 from .sessions import Session
-from .web import CONSOLE, action, error_page, page, redirect, render
 
 
 @page(Scope.RUNS_READ)

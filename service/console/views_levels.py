@@ -11,8 +11,8 @@ from ..store.db import utcnow
 from . import queries
 from .chart import bars
 from .levels import compute, duration
+from .pages import CONSOLE, page, render
 from .sessions import Session
-from .web import CONSOLE, page, render
 
 WEEKS = 8
 

@@ -13,8 +13,8 @@ from ..scopes import Scope
 from . import queries, timeline
 from .filters import FilterError, parse_filter
 from .filters import conditions as filter_conditions
+from .pages import CONSOLE, action, error_page, form_text, page, redirect, render
 from .sessions import Session
-from .web import CONSOLE, action, error_page, form_text, page, redirect, render
 
 PAGE_SIZE = 50
 
