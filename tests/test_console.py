@@ -18,6 +18,7 @@ from service.console.filters import FilterError, parse_filter
 from service.console.levels import Decided, Waiting, compute, percentile
 from service.console.pages import cookie_secure
 from service.console.tokens import Signer
+from service.console.views_auth import safe_next
 from service.scopes import Scope
 from service.store import tables as t
 
@@ -80,6 +81,12 @@ def test_cookie_is_secure_except_plain_http_on_loopback() -> None:
     assert cookie_secure("http://0.0.0.0:3978")
 
 
+def test_after_login_only_console_paths() -> None:
+    assert safe_next("/console/runs/1?x=1") == "/console/runs/1?x=1"
+    for bad in ("https://evil.example", "//evil.example", "/console//evil.example", "/\\evil", "/consolex\\", None, ""):
+        assert safe_next(bad) in ("/console", bad) and (bad is None or "evil" not in safe_next(bad))
+
+
 def test_filter_errors_name_the_field() -> None:
     for query, field in (({"status": "nope"}, "status"), ({"since": "yesterday"}, "since"),
                          ({"since": "2026-05-02", "until": "2026-05-01"}, "until"), ({"q": "x" * 201}, "q")):
@@ -117,6 +124,8 @@ async def test_unauthenticated_requests_are_refused(console_service: Service, cl
     for path in (f"/console/runs/{run['id']}/cancel", "/console/jobs/x/retry", "/console/logout"):
         status, text, _ = await client.post(path, {"csrf": "anything"})
         assert status == 401 and "Not logged in" in text, path
+    async with client.http.get(console_service.url + "/console/static/console.css") as r:
+        assert r.status == 200 and r.content_type == "text/css"  # the stylesheet needs no login
     # A made-up cookie is no session either.
     client.http.cookie_jar.update_cookies({"countersign_console": "a.k.b"})
     assert (await client.get("/console"))[0] == 303
