@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from . import console
 from .agent.knowledge import EmbeddingSettings, KnowledgeError, LazyKnowledgeBase, RetrievalMode
 from .agent.llm import LlmSettings, describe
 from .agent.loader import AgentConfig, LazyAgent
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, run_workers: bool = True,
     app.router.add_post("/api/messages", _bot_messages)
     app.router.add_get(REVIEW_ROUTE, _review_page)
     app.router.add_post(REVIEW_ROUTE, _review_form)
+    console.setup(app, settings)  # the operator console (service/console/): its routes, session secret, hooks
     return app
 
 

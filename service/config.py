@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # Signs outgoing callbacks (X-Countersign-Callback-Signature); none: `serve` generates
     # one into the data dir. Must differ from the inbound API credentials.
     callback_signing_secret: SecretStr | None = None
+    # Signs the operator console's session cookies and CSRF tokens (service/console/); none:
+    # `serve` generates one into the data dir. Several processes must share one.
+    session_secret: SecretStr | None = None
 
     # Store: how many concurrent writes one transaction may take (group commit).
     write_batch_max: int = 256

@@ -340,8 +340,9 @@ class JobQueue:
         metrics.JOBS.labels(kind=job.kind, outcome=outcome).inc()
         return status
 
-    async def retry_dead(self, job_id: str, actor: str) -> Job:
-        """Operator action: put a dead job back in the queue with a fresh attempt budget."""
+    async def retry_dead(self, job_id: str, actor: str, via: str | None = None) -> Job:
+        """Operator action: put a dead job back in the queue with a fresh attempt budget.
+        `via`: where the operator acted, when not the API ("console"), recorded in the audit event."""
         async def op(tx: Tx) -> Job:
             row = (await tx.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id))).first()
             if row is None:
@@ -354,7 +355,8 @@ class JobQueue:
                     status=JobStatus.QUEUED.value, attempts=0, due_at=tx.now, finished_at=None, updated_at=tx.now,
                 )
             )
-            tx.audit("job.retried", run_id=job.run_id, actor=actor, data={"job_id": job.id, "kind": job.kind})
+            tx.audit("job.retried", run_id=job.run_id, actor=actor,
+                     data={"job_id": job.id, "kind": job.kind, **({"via": via} if via else {})})
             handler = self.handlers.get(job.kind)
             if handler and handler.on_retry:
                 await handler.on_retry(tx, job)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -267,7 +267,7 @@ class Runs:
 
     async def finish(
         self, tx: Tx, run_id: str, status: RunStatus, *, actor: str, summary: str | None = None,
-        failure_reason: str | None = None,
+        failure_reason: str | None = None, via: str | None = None,
     ) -> None:
         """Move a run to a terminal state and queue its callback."""
         assert status.is_terminal, status
@@ -275,7 +275,7 @@ class Runs:
             "run_id": run_id, "status": status.value, "updated_at": tx.now, "summary": summary,
             "failure_reason": failure_reason})).scalar_one()
         tx.audit(f"run.{status.value}", run_id=run_id, actor=actor,
-                 data={k: v for k, v in (("summary", summary), ("failure_reason", failure_reason)) if v})
+                 data={k: v for k, v in (("summary", summary), ("failure_reason", failure_reason), ("via", via)) if v})
         if callback_url:
             await self.jobs.enqueue(tx, CALLBACK_JOB, {"run_id": run_id, "status": status.value}, run_id=run_id)
 
@@ -283,7 +283,8 @@ class Runs:
         await tx.execute(_SET_STATUS, {"run_id": run_id, "status": status.value, "updated_at": tx.now})
         tx.audit(f"run.{status.value}", run_id=run_id, actor=actor, data=data)
 
-    async def cancel(self, run_id: str, *, actor: str, reason: str | None) -> RunSummary:
+    async def cancel(self, run_id: str, *, actor: str, reason: str | None, via: str | None = None) -> RunSummary:
+        """`via`: where the operator acted, when not the API ("console"), recorded in the audit event."""
         async def op(tx: Tx) -> RunSummary:
             row = (await tx.execute(lock_run(tx, run_id))).first()
             if row is None:
@@ -307,7 +308,7 @@ class Runs:
             await self.jobs.cancel_for_run(tx, run_id)
             # A paused agent is dropped with its run: nothing will resume it.
             await tx.execute(t.agent_snapshots.delete().where(t.agent_snapshots.c.run_id == run_id))
-            await self.finish(tx, run_id, RunStatus.CANCELLED, actor=actor, failure_reason=reason)
+            await self.finish(tx, run_id, RunStatus.CANCELLED, actor=actor, failure_reason=reason, via=via)
             for approval_id in pending:
                 await self.approval_changed(tx, approval_id)
             new = (await tx.execute(sa.select(t.runs).where(t.runs.c.id == run_id))).one()
@@ -357,12 +358,15 @@ class Runs:
         return await self.store.read(q)
 
     async def list(
-        self, *, status: RunStatus | None, limit: int, cursor: tuple[datetime, str] | None
+        self, *, status: RunStatus | None, limit: int, cursor: tuple[datetime, str] | None,
+        where: Sequence[sa.ColumnElement[bool]] = (),
     ) -> tuple[list[RunSummary], tuple[datetime, str] | None]:
-        """Newest first; the cursor is the (created_at, id) of the last run of the previous page."""
+        """Newest first; the cursor is the (created_at, id) of the last run of the previous page.
+        `where`: further conditions on `runs` (the console's filters)."""
 
         async def q(conn: AsyncConnection) -> tuple[list[RunSummary], tuple[datetime, str] | None]:
-            query = sa.select(t.runs).order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc()).limit(limit + 1)
+            query = (sa.select(t.runs).where(*where)
+                     .order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc()).limit(limit + 1))
             if status is not None:
                 query = query.where(t.runs.c.status == status.value)
             if cursor is not None:

@@ -45,9 +45,37 @@ def ensure_callback_secret(settings: Settings) -> Settings:
     """Callbacks are always signed: with no secret configured, use (or make) one kept in
     the data directory, like the API token. Several processes must share one, so they need
     the setting (or one data directory); the log says where the secret is, never what."""
-    if settings.callback_signing_secret:
+    return _ensure_secret(settings, "callback_signing_secret", "callback-signing-secret", CallbackConfigError,
+                          "callbacks are signed with the secret in %s (give it to your callback receivers; "
+                          "several service processes must share one)")
+
+
+class SessionSecretError(ValueError):
+    """The console's session secret cannot be used."""
+
+
+def ensure_session_secret(settings: Settings) -> Settings:
+    """The operator console's cookies are signed: with no COUNTERSIGN_SESSION_SECRET, use (or
+    make) one kept in the data directory, as for callbacks."""
+    return _ensure_secret(settings, "session_secret", "session-secret", SessionSecretError,
+                          "console sessions are signed with the secret in %s (several service processes must "
+                          "share one)")
+
+
+def _ensure_secret(settings: Settings, field: str, filename: str, error: type[Exception], used: str) -> Settings:
+    if getattr(settings, field):
         return settings
-    path = settings.data_dir / "callback-signing-secret"
+    path = settings.data_dir / filename
+    secret = _file_secret(path)
+    variable = f"COUNTERSIGN_{field.upper()}"
+    if not secret:
+        raise error(f"{path.resolve()} is empty; delete it or set {variable}")
+    log.warning(f"no {variable} set; {used}", path.resolve())
+    return settings.model_copy(update={field: SecretStr(secret)})
+
+
+def _file_secret(path: Path) -> str:
+    """The secret in `path`, made first (random, 0600) if there is none."""
     ensure_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -56,12 +84,7 @@ def ensure_callback_secret(settings: Settings) -> Settings:
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
-    secret = path.read_text().strip()
-    if not secret:
-        raise CallbackConfigError(f"{path.resolve()} is empty; delete it or set COUNTERSIGN_CALLBACK_SIGNING_SECRET")
-    log.warning("no COUNTERSIGN_CALLBACK_SIGNING_SECRET set; callbacks are signed with the secret in %s "
-                "(give it to your callback receivers; several service processes must share one)", path.resolve())
-    return settings.model_copy(update={"callback_signing_secret": SecretStr(secret)})
+    return path.read_text().strip()
 
 
 AUDIT_KEY_FILE = "audit-key"

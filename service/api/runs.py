@@ -160,7 +160,7 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(detail_json(services, detail))
 
 
-def _decode_cursor(value: str) -> tuple[datetime, str]:
+def decode_cursor(value: str) -> tuple[datetime, str]:
     try:
         created, sep, run_id = base64.urlsafe_b64decode(value.encode()).decode().partition("|")
         at = datetime.fromisoformat(created)
@@ -172,7 +172,7 @@ def _decode_cursor(value: str) -> tuple[datetime, str]:
                        [{"field": "cursor", "message": "use the next_cursor value of a previous page"}]) from None
 
 
-def _encode_cursor(cursor: tuple[datetime, str]) -> str:
+def encode_cursor(cursor: tuple[datetime, str]) -> str:
     return base64.urlsafe_b64encode(f"{cursor[0].isoformat()}|{cursor[1]}".encode()).decode()
 
 
@@ -194,11 +194,11 @@ async def list_runs(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(422, "validation_error", "invalid limit",
                        [{"field": "limit", "message": "must be an integer from 1 to 200"}]) from None
-    cursor = _decode_cursor(query["cursor"]) if "cursor" in query else None
+    cursor = decode_cursor(query["cursor"]) if "cursor" in query else None
     page, next_cursor = await services.runs.list(status=status, limit=limit, cursor=cursor)
     return web.json_response({
         "items": [summary_json(services, r) for r in page],
-        "next_cursor": _encode_cursor(next_cursor) if next_cursor else None,
+        "next_cursor": encode_cursor(next_cursor) if next_cursor else None,
     })
 
 
