@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Set-up and run from a fresh clone with nothing but Python 3.11+:
 
+    python3 dev.py demo    # install into .venv, then `countersign demo`: the product with a sample request
     python3 dev.py serve   # install into .venv, then `countersign serve` on embedded defaults
     python3 dev.py test    # install with the test extras, then ruff, mypy and the whole test suite
     python3 dev.py test --no-lint -k NAME   # pytest only (arguments after `test` go to pytest)
@@ -120,9 +121,9 @@ def ensure_test_tools() -> None:
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "help"
     rest = sys.argv[2:]
-    if command == "serve":
+    if command in ("serve", "demo"):
         ensure_installed(None)
-        return subprocess.call([str(BIN / "countersign"), "serve", *rest], cwd=ROOT)
+        return subprocess.call([str(BIN / "countersign"), command, *rest], cwd=ROOT)
     if command == "lock":
         return lock()
     if command == "lint":

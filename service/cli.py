@@ -49,6 +49,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo import run_demo
+    from .private_files import ensure_private_dir
+    from .sqlite_lock import DatabaseInUse
+
+    # A few readable lines, not the service's start-up notes (which secret went where: the
+    # demo's data directory holds them all) nor the retriever's progress bars.
+    logs.configure("ERROR")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    data_dir = Path(args.data_dir).resolve()
+    try:
+        ensure_private_dir(data_dir)
+        return asyncio.run(run_demo(data_dir, args.port))
+    except DatabaseInUse as exc:
+        print(f"countersign demo: {exc} (is another demo running on this data directory?)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"countersign demo: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .private_files import ensure_private_dir, ensure_private_sqlite
     from .startup import sqlite_file
@@ -370,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    demo = sub.add_parser("demo", help="the whole product on embedded defaults, with a sample request")
+    demo.add_argument("--data-dir", default="demo-data", help="where the demo keeps its state (default: demo-data)")
+    demo.add_argument("--port", type=int, default=3978, help="the port to listen on, or the next free one")
+    demo.set_defaults(func=cmd_demo)
 
     index = sub.add_parser("index", help="(re)build the knowledge-base index (COUNTERSIGN_KNOWLEDGE_DIR)")
     index.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

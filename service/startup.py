@@ -62,6 +62,13 @@ def ensure_session_secret(settings: Settings) -> Settings:
                           "share one)")
 
 
+def ensure_webhook_secret(settings: Settings) -> Settings:
+    """`countersign demo` triggers its sample run through the signed webhook, as an operations
+    system would: with no COUNTERSIGN_WEBHOOK_SECRET, one kept in the data directory."""
+    return _ensure_secret(settings, "webhook_secret", "webhook-secret", ValueError,
+                          "webhooks are signed with the secret in %s")
+
+
 def _ensure_secret(settings: Settings, field: str, filename: str, error: type[Exception], used: str) -> Settings:
     if getattr(settings, field):
         return settings
