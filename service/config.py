@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Signs the operator console's session cookies and CSRF tokens (service/console/); none:
     # `serve` generates one into the data dir. Several processes must share one.
     session_secret: SecretStr | None = None
+    # A Maildir the console shows at /console/mailbox: `countersign demo` sets it to its
+    # capture SMTP server's (nothing there is delivered). Unset, there is no mailbox page.
+    capture_mailbox_dir: Path | None = None
 
     # Store: how many concurrent writes one transaction may take (group commit).
     write_batch_max: int = 256

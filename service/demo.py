@@ -66,6 +66,7 @@ def demo_settings(data_dir: Path, port: int, smtp_port: int) -> Settings:
         data_dir=data_dir, host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
         smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_security="none",
         mail_from="Countersign demo <support@demo.example>", log_level="ERROR",
+        capture_mailbox_dir=data_dir / "demo-mailbox",
         # Every run gets it: the demo reviewer decides, asked by email (the review page).
         policies={"default": {"reviewers": [REVIEWER], "email_reviewers": [REVIEWER]}},
     )
@@ -99,7 +100,8 @@ def describe(places: DemoPlaces) -> str:
         f"Countersign demo running at {places.url}",
         f"  Review page ({REVIEWER}): {places.review_page or '(the draft is not ready yet: see the mailbox)'}",
         f"  Console:      {places.url}/console  (log in with the operator token in {token})",
-        f"  Captured mail: {places.mailbox}  (every email the service sent; none leaves this machine)",
+        f"  Captured mail: {places.url}/console/mailbox  (every email the service sent, kept in {places.mailbox};"
+        " none leaves this machine)",
         f"  Another request: COUNTERSIGN_DATA_DIR={places.data_dir} countersign trigger --url {places.url} "
         f"--request \"Can I change my delivery address?\" --to {CUSTOMER}",
         "Ctrl-C stops it.",

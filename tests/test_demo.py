@@ -6,6 +6,7 @@ data directory (with its port taken) works too."""
 from __future__ import annotations
 
 import asyncio
+import html
 import mailbox
 import os
 import re
@@ -15,10 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 
 from .conftest import free_port
+from .console_client import ConsoleClient
 
 CUSTOMER = "ann.customer@example.com"
 
@@ -81,7 +84,16 @@ async def test_the_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
         assert any(f"log in with the operator token in {data_dir}/api-token" in line for line in lines)
         assert any("countersign trigger --url" in line for line in lines)
         await _approve(link)
-        assert len(await _customer_email(data_dir / "demo-mailbox", 1)) == 1
+        [subject] = await _customer_email(data_dir / "demo-mailbox", 1)
+        # The console, logged in with the operator token the demo names, shows the captured mail.
+        console = ConsoleClient(SimpleNamespace(url=f"http://127.0.0.1:{port}"))  # type: ignore[arg-type]
+        try:
+            await console.login((data_dir / "api-token").read_text().strip())
+            status, page, _ = await console.get("/console/mailbox")
+            assert status == 200 and f'data-to="{CUSTOMER}"' in page and html.escape(subject) in page
+            assert 'data-to="reviewer@demo.example"' in page
+        finally:
+            await console.close()
         assert _stop(proc) == 0
         assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     finally:

@@ -13,7 +13,7 @@ from ..api.deps import SERVICES
 from ..audit import ChainKey
 from ..config import Settings
 from ..startup import ensure_session_secret
-from . import views_audit, views_auth, views_jobs, views_levels, views_runs
+from . import views_audit, views_auth, views_jobs, views_levels, views_mailbox, views_runs
 from .audit_check import AuditCheck
 from .decision_metrics import observe_decision
 from .identity import KeyLogin
@@ -59,6 +59,8 @@ def setup(app: web.Application, settings: Settings) -> None:
     add.add_get("/console/audit", views_audit.audit_log)
     add.add_get("/console/audit/export", views_audit.export)
     add.add_get("/console/levels", views_levels.service_levels)
+    if settings.capture_mailbox_dir is not None:
+        add.add_get("/console/mailbox", views_mailbox.mailbox)
     add.add_get("/console/static/console.css", _stylesheet)
 
 

@@ -100,7 +100,8 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     console = request.app[CONSOLE]
     session: Session | None = request.get(SESSION_KEY)
     html = console.templates.get_template(template).render(
-        session=session, csrf=console.signer.csrf(session.id) if session else "", Scope=Scope, **context)
+        session=session, csrf=console.signer.csrf(session.id) if session else "", Scope=Scope,
+        mailbox=console.services.settings.capture_mailbox_dir is not None, **context)
     return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
 
 

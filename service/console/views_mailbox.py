@@ -1,0 +1,50 @@
+"""`/console/mailbox`: what `countersign demo`'s capture SMTP server received (COUNTERSIGN_
+CAPTURE_MAILBOX_DIR), newest first: the review requests, the codes, the customers' emails."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox as maildir
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from aiohttp import web
+
+from ..scopes import Scope
+from .pages import CONSOLE, page, render
+from .sessions import Session
+
+SHOWN = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    date: str
+    sender: str
+    to: str
+    subject: str
+    text: str
+
+
+def read_mailbox(directory: Path, limit: int = SHOWN) -> list[Captured]:
+    """Blocking (a few files): in a thread."""
+    if not directory.exists():
+        return []
+    box = maildir.Maildir(directory, create=False)
+    out = []
+    for key in sorted(box.keys(), reverse=True)[:limit]:  # keys begin with the time of arrival
+        message = message_from_bytes(box.get_bytes(key), policy=policy.default)
+        body = message.get_body(("plain",))
+        text = str(body.get_content()) if body is not None else ""
+        out.append(Captured(str(message["Date"] or ""), str(message["From"] or ""), str(message["To"] or ""),
+                            str(message["Subject"] or ""), text.replace("\r\n", "\n")))
+    return out
+
+
+@page(Scope.RUNS_READ)
+async def mailbox(request: web.Request, session: Session) -> web.StreamResponse:
+    directory = request.app[CONSOLE].services.settings.capture_mailbox_dir
+    assert directory is not None  # the route exists only when it is set
+    messages = await asyncio.to_thread(read_mailbox, directory)
+    return render(request, "mailbox.html.j2", messages=messages, directory=str(directory))
