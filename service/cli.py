@@ -39,9 +39,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
     for warning in unknown_variable_warnings(os.environ):
         logging.getLogger("service.config").warning(warning)
+    host, port = args.host or settings.host, args.port or settings.port
     try:
-        web.run_app(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                    access_log=None, print=None, **server_options(settings.http_header_timeout_seconds))
+        app = create_app(settings)
+
+        async def announce(app: web.Application) -> None:
+            # One line on stdout (the logs go to stderr): where it listens, where the key is.
+            token = (f"the API token is in {(settings.data_dir / 'api-token').resolve()}"
+                     if settings.api_token is None and settings.webhook_secret is None
+                     else "API credentials from the settings")
+            print(f"countersign: listening on http://{host}:{port} (public URL {settings.effective_public_url}); "
+                  f"{token}", flush=True)
+
+        app.on_startup.append(announce)
+        web.run_app(app, host=host, port=port, access_log=None, print=None,
+                    **server_options(settings.http_header_timeout_seconds))
     except (NotMigrated, TeamsNotConfigured, KnowledgeError, ToolConfigError, CallbackConfigError,
             AuditKeyError, DatabaseInUse) as exc:
         print(f"countersign: {exc}", file=sys.stderr)

@@ -101,3 +101,24 @@ async def test_an_agent_that_cannot_be_built_fails_its_runs_with_the_reason(
     accepted = await service.create_run({"action": {"type": "send_email", "to": ["ann@example.com"],
                                                     "subject": "Your refund", "body": "Dear Ann,\n\nDone."}})
     assert (await service.run(accepted["id"]))["status"] == "awaiting_approval"
+
+
+def test_serve_says_where_it_listens_and_where_the_key_is(tmp_path: Path) -> None:
+    """On embedded defaults: one line on stdout with the address and the token's file, and
+    the token itself nowhere in the output."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERSIGN_")}
+    env.update(COUNTERSIGN_DATA_DIR=str(tmp_path / "data"), COUNTERSIGN_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    token_file = (tmp_path / "data" / "api-token").resolve()
+    assert line.strip() == (f"countersign: listening on http://127.0.0.1:{port} (public URL http://127.0.0.1:{port}); "
+                            f"the API token is in {token_file}")
+    token = token_file.read_text().strip()
+    assert token not in line and token not in err
