@@ -56,14 +56,14 @@ class Settings(BaseSettings):
     # SQLite is migrated on start; PostgreSQL must be migrated with `countersign migrate`.
     auto_migrate: bool = True
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the address to listen on
     port: int = 3978  # the Bot Framework samples' port
     public_url: str = ""  # base URL in links handed out; default http://host:port
 
     # Ops API credentials. With neither set, `serve` generates a token into the data dir.
     api_token: SecretStr | None = None
-    webhook_secret: SecretStr | None = None
-    signature_tolerance_seconds: int = 300
+    webhook_secret: SecretStr | None = None  # signs webhook calls (v2: method, path, query, body)
+    signature_tolerance_seconds: int = 300  # how old a signed request may be
     # Accept the old body-only v1 signatures for a migration period (logged as deprecated).
     webhook_accept_v1: bool = False
     # A deliberate choice: let the operator token decide on a named reviewer's behalf
@@ -73,42 +73,42 @@ class Settings(BaseSettings):
     # on SQLite, generated into <data_dir>/audit-key; on PostgreSQL `serve` refuses to start
     # (every replica must share one key).
     audit_key: SecretStr | None = None
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = 256 * 1024  # largest request body the ops API reads
     # Slow clients (service/api/timeouts.py): a request head must arrive within this long of
     # the connection opening or going idle, and its body within this long of the head.
     http_header_timeout_seconds: float = 10.0
-    http_body_timeout_seconds: float = 30.0
+    http_body_timeout_seconds: float = 30.0  # see http_header_timeout_seconds
 
     # SMTP (aiosmtplib).
-    smtp_host: str = "localhost"
-    smtp_port: int = 1025
-    smtp_security: SmtpSecurity = SmtpSecurity.NONE
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_ca_file: Path | None = None
-    smtp_timeout_seconds: float = 30.0
-    smtp_pool_size: int = 4
+    smtp_host: str = "localhost"  # the SMTP server or relay the emails go through
+    smtp_port: int = 1025  # its port (587: STARTTLS, 465: TLS)
+    smtp_security: SmtpSecurity = SmtpSecurity.NONE  # none | starttls | tls
+    smtp_username: str | None = None  # SMTP AUTH user, if the server needs one
+    smtp_password: SecretStr | None = None  # and its password
+    smtp_ca_file: Path | None = None  # CA bundle to verify the server's certificate (a private CA)
+    smtp_timeout_seconds: float = 30.0  # each SMTP command's time limit
+    smtp_pool_size: int = 4  # SMTP connections kept open and reused
     # How long an idle pooled connection is kept (servers may drop one after 5 minutes);
     # one idle for more than 2 s is checked with NOOP before use.
     smtp_idle_seconds: float = 60.0
-    mail_from: str = "Countersign <countersign@localhost>"
-    mail_reply_to: str | None = None
-    message_id_domain: str = "countersign.local"
+    mail_from: str = "Countersign <countersign@localhost>"  # From of the customer emails and review emails
+    mail_reply_to: str | None = None  # Reply-To of the customer emails, if any
+    message_id_domain: str = "countersign.local"  # the right-hand side of Message-IDs
 
     # Jobs.
     worker_concurrency: int = 8  # 0: this process runs no jobs (API only)
     # A job is taken over this long after its process died; running jobs renew it every
     # third of it (one statement per worker), so a live slow job is never run twice.
     job_lease_seconds: float = Field(default=10.0, gt=0)
-    job_timeout_seconds: float = 60.0
-    job_max_attempts: int = 8
-    job_backoff_base_seconds: float = 2.0
-    job_backoff_max_seconds: float = 3600.0
-    job_poll_seconds: float = Field(default=1.0, gt=0)
+    job_timeout_seconds: float = 60.0  # a job attempt's time limit (an agent step has its own)
+    job_max_attempts: int = 8  # attempts before a job is dead-lettered
+    job_backoff_base_seconds: float = 2.0  # first retry delay; doubles per attempt, with jitter
+    job_backoff_max_seconds: float = 3600.0  # longest retry delay
+    job_poll_seconds: float = Field(default=1.0, gt=0)  # an idle worker looks for new work this often
     # New jobs wait while card clicks and decisions are being answered, for at most this
     # long from the start of a burst (0: jobs never wait). See service/foreground.py.
     job_defer_to_requests_seconds: float = 1.0
-    callback_timeout_seconds: float = 10.0
+    callback_timeout_seconds: float = 10.0  # a run's callback POST time limit
     # Callbacks (service/callback_policy.py): https only unless this is set (development).
     callback_allow_http: bool = False
     # Only these hosts are called when set: names ("ops.example.com", "*.example.com") or
@@ -128,18 +128,22 @@ class Settings(BaseSettings):
     write_batch_max: int = 256
 
     # Microsoft Teams through the Bot Framework. The names are the Bot Framework samples'.
-    microsoft_app_id: str = Field("", validation_alias=AliasChoices("MicrosoftAppId", "microsoft_app_id"))
+    microsoft_app_id: str = Field(  # the Azure Bot's app (client) id; empty: no Teams
+        "", validation_alias=AliasChoices("MicrosoftAppId", "microsoft_app_id"))
+    # The Azure Bot's client secret (MicrosoftAppPassword).
     microsoft_app_password: SecretStr | None = Field(
         None, validation_alias=AliasChoices("MicrosoftAppPassword", "microsoft_app_password"))
+    # MultiTenant | SingleTenant | UserAssignedMSI, as the Azure Bot is registered.
     microsoft_app_type: BotAppType = Field(
         BotAppType.MULTI_TENANT, validation_alias=AliasChoices("MicrosoftAppType", "microsoft_app_type"))
+    # The bot's own tenant (SingleTenant and UserAssignedMSI).
     microsoft_app_tenant_id: str = Field(
         "", validation_alias=AliasChoices("MicrosoftAppTenantId", "microsoft_app_tenant_id"))
     # Where the keys that sign the Bot Connector's tokens are published (sovereign clouds, tests).
     bot_openid_metadata_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
     # OAuth token endpoint for outgoing calls; default: login.microsoftonline.com for the app type.
     bot_token_url: str = ""
-    bot_token_scope: str = "https://api.botframework.com/.default"
+    bot_token_scope: str = "https://api.botframework.com/.default"  # scope of the outgoing calls' token
     # Microsoft Entra tenants whose users may reach the bot (decide, install, be sent cards).
     # Required when Teams is configured; SingleTenant adds MicrosoftAppTenantId by itself.
     # Environment: comma-separated ids or a JSON list.
@@ -149,31 +153,34 @@ class Settings(BaseSettings):
     # Development only: accept unauthenticated Bot Framework requests when there is no app id.
     bot_insecure_no_auth: bool = False
     bot_key_refresh_min_seconds: float = 60.0  # an unknown key id refetches the keys at most this often
-    bot_http_timeout_seconds: float = 10.0
+    bot_http_timeout_seconds: float = 10.0  # Bot Connector calls' time limit
     # How long after a decision the posted cards are updated for everyone (the clicker gets
     # the new card at once, in the answer to the click).
     teams_card_update_delay_seconds: float = 1.0
 
     # The agent (LlamaIndex). OpenAI's own variable names: OPENAI_API_KEY, OPENAI_BASE_URL.
     # With neither set, the offline drafter writes the drafts.
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    openai_api_key: SecretStr | None = Field(  # OpenAI's key (or the compatible server's)
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    # An OpenAI-compatible server (vLLM, Ollama, a gateway) instead of OpenAI's.
     openai_base_url: str = Field("", validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"))
-    llm_model: str = "gpt-4o-mini"
+    llm_model: str = "gpt-4o-mini"  # the model the agent asks
     llm_context_window: int = 32768  # for OpenAI-compatible servers, whose models OpenAI's table lacks
-    llm_temperature: float = 0.2
-    llm_timeout_seconds: float = 60.0
+    llm_temperature: float = 0.2  # its sampling temperature
+    llm_timeout_seconds: float = 60.0  # one LLM call's time limit
     llm_concurrency: int = 4  # LLM calls at once in this process
     agent_max_revisions: int = 3  # drafts per run, counting the first
     agent_max_llm_calls: int = 20  # per run: a model going round in circles stops here
     agent_tools: list[str] = Field(default_factory=list)  # empty: every registered tool
+    # Tools whose calls wait for a reviewer.
     tools_requiring_human_confirmation: list[str] = Field(default_factory=lambda: ["send_customer_email"])
     agent_plugins: list[str] = Field(default_factory=list)  # "package.module:attribute" naming ToolSpecs
     # Documents the agent searches; empty: the bundled sample policies (service/agent/corpus).
     knowledge_dir: Path | None = None
-    retrieval: RetrievalMode = RetrievalMode.BM25
+    retrieval: RetrievalMode = RetrievalMode.BM25  # bm25 (offline) | openai (embeddings)
     embedding_model: str = "text-embedding-3-small"  # with retrieval = "openai"
 
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR (JSON lines on stderr)
 
     # Named approval policies, from the TOML file's [policies.NAME] tables, checked strictly
     # (service/policy_config.py). Without a "default" table, runs get DEFAULT_POLICY (anyone).
