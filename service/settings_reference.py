@@ -87,7 +87,7 @@ def reference() -> str:
     found = meanings(Path(config.__file__).read_text())
     rows = ["| Setting | Default | Meaning |", "|---|---|---|"]
     for name in Settings.model_fields:
-        meaning = found.get(name, "").replace("|", "\\|")
+        meaning = found.get(name, "").replace("|", "\\|").replace("<", "&lt;")
         rows.append(f"| `{env_name(name)}` | {default_of(name)} | {meaning} |")
     return "\n".join(rows)
 
