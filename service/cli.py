@@ -1,4 +1,5 @@
-"""`countersign`: serve | migrate | index | trigger | keys create|list|revoke | audit verify|head|export."""
+"""`countersign`: serve | migrate | index | trigger | keys create|list|revoke | audit verify|head|export |
+teams-package."""
 
 from __future__ import annotations
 
@@ -395,6 +396,49 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _keys_command(work)
 
 
+def cmd_teams_package(args: argparse.Namespace) -> int:
+    """Write the Teams app package (manifest.json and the two icons) to upload to Teams."""
+    from pathlib import Path
+
+    from .teams.app_package import MANIFEST_VERSION, PackageError, package_files, package_spec, zip_bytes
+
+    try:
+        spec = package_spec(args.app_id, args.host, name=args.name, developer_name=args.developer_name,
+                            website=args.website, privacy_url=args.privacy_url, terms_url=args.terms_url,
+                            version=args.app_version or _service_version())
+    except PackageError as exc:
+        print(f"countersign teams-package: {exc.option}: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        print(f"countersign teams-package: --out: no directory {str(out.parent)!r}", file=sys.stderr)
+        return 2
+    partial = out.with_name(out.name + ".partial")  # never a half-written zip at --out
+    try:
+        partial.write_bytes(zip_bytes(package_files(spec)))
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(f"countersign teams-package: --out: cannot write {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: Teams app {spec.name!r} {spec.version} (manifest {MANIFEST_VERSION}) for bot "
+          f"{spec.app_id} at {spec.host}; upload it in Teams (Apps, Manage your apps, Upload an app) "
+          "or in the Teams admin center")
+    return 0
+
+
+def _service_version() -> str | None:
+    """The installed service's version when it is a plain x.y.z (the app's default version)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("countersign")
+    except PackageNotFoundError:
+        return None
+    return installed if re.fullmatch(r"\d+\.\d+\.\d+", installed) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="countersign", description="Human approval gateway for AI agent actions.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -452,6 +496,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--output", "-o")
     export.set_defaults(func=cmd_audit_export)
+
+    package = sub.add_parser("teams-package", help="build the Teams app package (manifest.json + icons) to upload")
+    package.add_argument("--app-id", required=True, help="the bot's Microsoft App ID (MicrosoftAppId), a GUID")
+    package.add_argument("--host", required=True,
+                         help="the public host name the bot is reached at (its messaging endpoint's), "
+                              "e.g. countersign.example.com")
+    package.add_argument("--out", required=True, help="the zip to write, e.g. app.zip")
+    package.add_argument("--name", help="the app's name in Teams, at most 30 characters (default Countersign)")
+    package.add_argument("--developer-name", help="who publishes the app, at most 32 characters (default: the host)")
+    package.add_argument("--website", help="default https://HOST/")
+    package.add_argument("--privacy-url", help="default https://HOST/privacy (Countersign serves no such page)")
+    package.add_argument("--terms-url", help="default https://HOST/terms (Countersign serves no such page)")
+    package.add_argument("--app-version", help="the app's version, x.y.z; raise it for each new upload "
+                                               "(default: the service's version)")
+    package.set_defaults(func=cmd_teams_package)
     return parser
 
 

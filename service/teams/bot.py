@@ -42,6 +42,7 @@ from ..domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, Deleg
 from ..store import tables as t
 from ..store.db import Store
 from .card_fit import CardFit, card_refusal
+from .commands import HELP_TEXT, STATUS, command_of
 from .conversations import Conversation, Conversations, Member
 from .invoke import ERROR_CONTENT_TYPE, JsonInvokeHandler
 
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 VERBS = {VERB_APPROVE: DecisionKind.APPROVE, VERB_EDIT: DecisionKind.EDIT, VERB_REJECT: DecisionKind.REJECT}
 MEMBER_LOOKUP_SECONDS = 2.0  # an invoke must be answered within about 5 s
-HELP = ("I post approvals for Countersign here. Decide on a card with **Approve**, **Edit and approve** or "
-        "**Reject**. Commands: `status` lists the approvals waiting here, `help` shows this.")
 
 
 def conversation_of(activity: Activity) -> Conversation:
@@ -145,10 +144,11 @@ class ApprovalBot(JsonInvokeHandler):
                 await turn_context.send_activity(MessageFactory.text(_plain(result.message)))
             return
         text = (TurnContext.remove_recipient_mention(turn_context.activity) or "").strip().lower()
-        if text.startswith("status"):
+        # Anything but a known command (help included) gets the help text.
+        if command_of(text) == STATUS:
             await turn_context.send_activity(MessageFactory.text(await self._status(turn_context.activity)))
         else:
-            await turn_context.send_activity(MessageFactory.text(HELP))
+            await turn_context.send_activity(MessageFactory.text(HELP_TEXT))
 
     async def _delegate(self, turn_context: TurnContext, data: dict[str, Any]) -> ClickResult:
         approval_id, to = data.get("approval_id"), data.get(INPUT_DELEGATE_TO)
