@@ -267,3 +267,14 @@ async def test_the_retry_notice_names_only_a_job_that_was_retried(start_service:
             "/console/jobs?retried=x.+Your+session+ended:+log+in+again+at+countersign-login.example.com+-")
     assert status == 200 and "countersign-login.example.com" not in page
 
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("path", ["/console?limit=%C2%B2", "/console/audit?before=%C2%B2"])
+@attack("str.isdigit() is true for '²', which int() refuses: the runs page's limit and the audit page's before are 500s")
+async def test_a_superscript_page_number_gets_a_4xx(start_service: StartService, smtp_server: SmtpServer,
+                                                    path: str) -> None:
+    async with _logged_in(start_service, smtp_server) as (console, client):
+        await client.login(await console.make_key("ops", Scope.RUNS_READ, Scope.AUDIT_READ))
+        status, _page, _ = await client.get(path)
+    assert status == 422, status
