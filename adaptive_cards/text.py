@@ -63,8 +63,9 @@ BLANK_LINE = _NBSP
 _TAB_WIDTH = 4
 _INNER_RUN = re.compile(r"[ \t]{2,}|\t")
 
-# Trojan-source characters: embeddings, overrides and isolates.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Trojan-source characters: embeddings, overrides and isolates, and the invisible direction
+# marks (LRM, RLM, ALM), which reorder neighbouring digits and punctuation.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
 def neutralise_controls(text: str) -> str:
@@ -79,7 +80,7 @@ def neutralise_controls(text: str) -> str:
         code = ord(ch)
         if ch in "\n\t":
             out.append(ch)
-        elif code < 0x20 or 0x7F <= code < 0xA0 or ch in _BIDI_CONTROLS:
+        elif code < 0x20 or 0x7F <= code < 0xA0 or ch in BIDI_CONTROLS:
             out.append(f"[U+{code:04X}]")
         else:
             out.append(ch)

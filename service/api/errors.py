@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -112,11 +113,14 @@ def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
     return exc.text or exc.reason
 
 
+_REVIEW_TOKEN = re.compile(r"^(/review/[^/]*/)[^/]+")
+
+
 def loggable_path(request: web.Request) -> str:
-    """The path as logs may show it: a secret in it (an email review link's `{token}`) is
-    left out, since whoever reads the logs must not be able to decide with it."""
-    token = request.match_info.get("token")
-    return request.path.replace(token, "[token]") if token else request.path
+    """The path as logs may show it: a secret in it (an email review link's token) is left
+    out, since whoever reads the logs must not be able to decide with it. By its place in
+    the path, not by the route: a method the route does not take (a 405) matches none."""
+    return _REVIEW_TOKEN.sub(r"\1[token]", request.path)
 
 
 @web.middleware

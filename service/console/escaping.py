@@ -13,8 +13,10 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-# Embeddings, overrides, isolates, marks (LRM, RLM, ALM).
-BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+from adaptive_cards.text import BIDI_CONTROLS as CONTROLS
+
+# Embeddings, overrides, isolates, marks (LRM, RLM, ALM): the cards' and the email channel's list.
+BIDI_CONTROLS = re.compile("[" + "".join(sorted(CONTROLS)) + "]")
 
 
 def shown(value: Any) -> Markup:

@@ -145,6 +145,24 @@ def page(scope: Scope | None = None) -> Callable[[Guarded], Handler]:
     return wrap
 
 
+class FormUnreadable(Exception):
+    """The body is not a form this server can decode (its bytes, its charset)."""
+
+
+async def read_form(request: web.Request) -> Any:
+    """The POSTed form, read once (aiohttp keeps it); `FormUnreadable` for a body that is not
+    UTF-8 or names a charset Python does not know, which would otherwise be a 500."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError) as exc:  # UnicodeDecodeError is a ValueError
+        raise FormUnreadable(str(exc)) from None
+
+
+def unreadable_form(request: web.Request) -> web.Response:
+    return error_page(request, 400, "Form not readable",
+                      "The form could not be read (send it as UTF-8). Nothing was changed.")
+
+
 def action(scope: Scope | None = None) -> Callable[[Guarded], Handler]:
     """A POST: 401 without a session, 403 without a valid CSRF token or without `scope`;
     in each case before anything is read or changed."""
@@ -153,7 +171,10 @@ def action(scope: Scope | None = None) -> Callable[[Guarded], Handler]:
             session = await current_session(request)
             if session is None:
                 return error_page(request, 401, "Not logged in", "Log in to the console first. Nothing was changed.")
-            form = await request.post()
+            try:
+                form = await read_form(request)
+            except FormUnreadable:
+                return unreadable_form(request)
             token = form.get(CSRF_FIELD)
             if not request.app[CONSOLE].signer.csrf_ok(session.id, token if isinstance(token, str) else None):
                 return error_page(request, 403, "Form expired",

@@ -5,7 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from .identity import LoginRefused
-from .pages import CONSOLE, CSRF_FIELD, HEADERS, action, current_session, form_text, redirect, render
+from .pages import (
+    CONSOLE,
+    CSRF_FIELD,
+    HEADERS,
+    FormUnreadable,
+    action,
+    current_session,
+    form_text,
+    read_form,
+    redirect,
+    render,
+    unreadable_form,
+)
 from .sessions import Session
 from .tokens import new_secret_id
 
@@ -41,7 +53,10 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except FormUnreadable:
+        return unreadable_form(request)
     token = form.get(CSRF_FIELD)
     if not console.signer.login_csrf_ok(request.cookies.get(console.login_cookie),
                                         token if isinstance(token, str) else None):

@@ -15,7 +15,10 @@ from .sessions import Session
 @page(Scope.RUNS_READ)
 async def dead_letters(request: web.Request, session: Session) -> web.StreamResponse:
     jobs = await queries.dead_jobs(request.app[CONSOLE].services.store)
-    return render(request, "jobs.html.j2", jobs=[j.to_dict() for j in jobs], notice=request.query.get("retried"))
+    retried = request.query.get("retried")
+    # Only a job id is named back: free text in the URL would be a notice on our own origin.
+    return render(request, "jobs.html.j2", jobs=[j.to_dict() for j in jobs],
+                  notice=retried if retried and valid_id(retried) else None)
 
 
 @action(Scope.JOBS_RETRY)

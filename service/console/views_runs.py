@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ..api.errors import ApiError
@@ -13,10 +15,12 @@ from ..scopes import Scope
 from . import queries, timeline
 from .filters import FilterError, parse_filter
 from .filters import conditions as filter_conditions
-from .pages import CONSOLE, action, error_page, form_text, page, redirect, render
+from .pages import CONSOLE, action, error_page, form_text, page, read_form, redirect, render
 from .sessions import Session
 
 PAGE_SIZE = 50
+
+_NUMBER = re.compile(r"[0-9]{1,18}", re.ASCII)  # str.isdigit() also takes "²", which int() refuses
 
 
 @page(Scope.RUNS_READ)
@@ -27,7 +31,7 @@ async def runs_list(request: web.Request, session: Session) -> web.StreamRespons
     except FilterError as exc:
         return error_page(request, 422, "Filter not valid", f"The filter {exc.field} {exc.message}.")
     limit_text = request.query.get("limit") or str(PAGE_SIZE)
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 200:
+    if not _NUMBER.fullmatch(limit_text) or not 1 <= int(limit_text) <= 200:
         return error_page(request, 422, "Filter not valid", "The filter limit must be a number from 1 to 200.")
     limit = int(limit_text)
     cursor = None
@@ -75,7 +79,7 @@ async def cancel(request: web.Request, session: Session) -> web.StreamResponse:
     run_id = _run_id(request)
     if run_id is None:
         return error_page(request, 404, "No such run", "There is no run with this id. Nothing was changed.")
-    reason = form_text(await request.post(), "reason", 1000)
+    reason = form_text(await read_form(request), "reason", 1000)  # read (and checked) by @action already
     try:
         await services.runs.cancel(run_id, actor=session.actor, reason=reason, via="console")
     except NotFound:

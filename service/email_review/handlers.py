@@ -15,6 +15,7 @@ never framed and send no Referer to any other site (the token is in the URL).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ _HEADERS = {
 }
 _FIELDS = ("action", "draft_version", "subject", "body", "reason", "to")
 _MAX_FORM_BYTES = 256 * 1024
+_VERSION = re.compile(r"[0-9]{1,9}", re.ASCII)
 _VOTES = (sa.select(t.decisions).where(t.decisions.c.approval_id == sa.bindparam("approval_id"))
           .order_by(t.decisions.c.created_at))
 _APPROVAL = sa.select(t.approvals.c.policy, t.approvals.c.run_id).where(
@@ -117,7 +119,11 @@ class ReviewPages:
         mine = any(link.reviewer.casefold() in {(r.reviewer_email or "").casefold(), r.reviewer_id.casefold()}
                    for r in rows if (r.draft_version or 1) == view.draft_version)
         if state is None:
-            if link.spent_at is not None:
+            if link.spent_at is not None and link.spent_reason == "locked":
+                state, message = PageState.EXPIRED, (
+                    "This link is locked after too many wrong codes. A reminder brings a new one, or ask for a new "
+                    "request.")
+            elif link.spent_at is not None:
                 state = PageState.DONE
                 message = message or "Your decision with this link is recorded."
             elif not view.is_pending:
@@ -165,7 +171,7 @@ class ReviewPages:
             return _answer(await self._page(opened, PageState.REFUSED, "The form is too large."), 413)
         try:
             form = await request.post()
-        except (ValueError, web.HTTPException):
+        except (ValueError, LookupError, web.HTTPException):  # a bad encoding, an unknown charset
             return _answer(await self._page(opened, PageState.REFUSED, "The form could not be read."), 400)
         fields = {k: v for k in (*_FIELDS, "csrf", "code") if isinstance(v := form.get(k), str)}
         # A used or expired link says so first (what a GET shows anyway), forged or not.
@@ -198,8 +204,9 @@ class ReviewPages:
             if action not in ("approve", "edit", "reject"):
                 return "The form names no decision (approve, edit, reject or delegate)."
             version = fields.get("draft_version", "")
-            body: dict[str, Any] = {"decision": action,
-                                    "draft_version": int(version) if version.isdigit() else None}
+            if version and not _VERSION.fullmatch(version):
+                return "draft_version: must be the text's version number, as the page gives it"
+            body: dict[str, Any] = {"decision": action, "draft_version": int(version) if version else None}
             if action == "reject":
                 body["reason"] = fields.get("reason", "")
             if action == "edit":
@@ -211,26 +218,39 @@ class ReviewPages:
             return f"{where}: {first['msg']}"
 
     async def _confirmed(self, opened: _Opened, fields: dict[str, str]) -> web.Response | None:
-        """None when the code given is right; else the page asking for it (a new code sent
-        when none is given, or the one sent has expired or been tried too often)."""
-        link, now = opened.link, self.store.clock()
+        """None when the code given is right; else the page asking for it. A code is sent
+        only when none works (so asking again mails nothing more), and every try counts
+        against the link's `CODE_ATTEMPTS`, which lock it when used up."""
+        link = opened.link
         kept = {k: fields[k] for k in _FIELDS if k in fields}
         code = fields.get("code", "").strip()
-        if code and link.code_valid(opened.token, code, now):
-            return None
-        if code and link.code_sha256 is not None and link.code_expires_at is not None \
-                and now < link.code_expires_at and link.code_attempts + 1 < links.CODE_ATTEMPTS:
-            await self.store.write(lambda tx: links.count_wrong_code(tx, link.id))
-            return _answer(await self._page(opened, PageState.CONFIRM, "That code is not right; try again.", kept), 403)
-
+        if code and not links.well_formed_code(code):
+            return _answer(await self._page(opened, PageState.CONFIRM, (
+                "The code is the six digits (0-9) from the email."), kept), 422)
+        if code:
+            check = await self.store.write(lambda tx: links.try_code(tx, link.id, opened.token, code))
+            if check is links.CodeCheck.RIGHT:
+                return None
+            if check is links.CodeCheck.LOCKED:
+                return _answer(await self._page(opened, PageState.REFUSED, (
+                    "Too many wrong codes: this link is locked and decides nothing more. A reminder brings a new "
+                    "link, or ask for a new request.")), 403)
+            if check is links.CodeCheck.WRONG:
+                return _answer(await self._page(opened, PageState.CONFIRM, "That code is not right; try again.",
+                                                kept), 403)
         new_code = links.mint_code()
 
-        async def record(tx: Tx) -> None:
-            await links.set_code(tx, link.id, opened.token, new_code)
+        async def record(tx: Tx) -> bool:
+            if not await links.set_code(tx, link.id, opened.token, new_code):
+                return False
             tx.audit("review.code_sent", run_id=opened.run_id, actor="system",
                      data={"approval_id": link.approval_id, "reviewer": link.reviewer})
+            return True
 
-        await self.store.write(record)
+        if not await self.store.write(record):  # the code sent before still works: no second email
+            return _answer(await self._page(opened, PageState.CONFIRM, (
+                f"A code was sent to {link.reviewer}; enter it to confirm your decision (a new one can be sent once "
+                "it expires, 10 minutes after it was sent)."), kept), 202)
         # Sent now, not by a job: the code is never stored in the clear (a job's payload is).
         try:
             page = await self._page(opened, PageState.CONFIRM, None, kept)

@@ -5,12 +5,15 @@ SHA-256, so a copy of the database opens no review page. A link is bound to one 
 one reviewer (the address it was sent to), expires with the approval or the policy's
 `email_link_ttl`, and is spent by the decision taken with it. With `email_confirm = "code"`
 a decision also needs a six-digit code sent to the reviewer's address: stored as a SHA-256
-of the token and the code, so the table alone cannot be searched for it, and refused after
-`CODE_ATTEMPTS` wrong tries.
+of the token and the code, so the table alone cannot be searched for it. Every try uses up
+one of the link's `CODE_ATTEMPTS` before it is compared (so parallel guesses are counted
+too), the count is never reset by a new code, and the link is locked (spent) when it runs
+out; a new code is sent only when none is valid.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import re
@@ -28,6 +31,7 @@ from ..store.db import Tx
 TOKEN_BYTES = 32
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # what token_urlsafe(32) makes
 CODE_DIGITS = 6
+_CODE = re.compile(r"[0-9]{6}", re.ASCII)
 CODE_TTL = timedelta(minutes=10)
 CODE_ATTEMPTS = 5
 # A link of an approval that never expires still does, and a reminder brings a fresh one.
@@ -50,8 +54,12 @@ def mint_code() -> str:
     return f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
 
 
+def well_formed_code(code: str) -> bool:
+    return _CODE.fullmatch(code) is not None
+
+
 def code_sha256(token: str, code: str) -> str:
-    return hashlib.sha256(f"{token}:{code}".encode("ascii")).hexdigest()
+    return hashlib.sha256(f"{token}:{code}".encode()).hexdigest()
 
 
 def csrf_token(token: str, approval_id: str) -> str:
@@ -61,7 +69,8 @@ def csrf_token(token: str, approval_id: str) -> str:
 
 
 def csrf_ok(token: str, approval_id: str, given: str | None) -> bool:
-    return given is not None and hmac.compare_digest(csrf_token(token, approval_id), given)
+    return given is not None and hmac.compare_digest(csrf_token(token, approval_id).encode(),
+                                                     given.encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +95,9 @@ class ReviewLink:
     def expired(self, now: datetime) -> bool:
         return now >= self.expires_at
 
-    def code_valid(self, token: str, code: str, now: datetime) -> bool:
-        return (self.code_sha256 is not None and self.code_expires_at is not None and now < self.code_expires_at
-                and self.code_attempts < CODE_ATTEMPTS
-                and hmac.compare_digest(self.code_sha256, code_sha256(token, code.strip())))
+    def code_pending(self, now: datetime) -> bool:
+        """A code was sent and still works: no other is sent before it expires."""
+        return self.code_sha256 is not None and self.code_expires_at is not None and now < self.code_expires_at
 
 
 def expiry(now: datetime, approval_expires_at: datetime | None, link_ttl: timedelta | None) -> datetime:
@@ -126,11 +134,40 @@ async def spend(tx: Tx, link_id: str, reason: str) -> bool:
     return bool(done.rowcount)
 
 
-async def set_code(tx: Tx, link_id: str, token: str, code: str) -> None:
-    await tx.execute(t.review_links.update().where(t.review_links.c.id == link_id).values(
-        code_sha256=code_sha256(token, code), code_expires_at=tx.now + CODE_TTL, code_attempts=0))
+async def set_code(tx: Tx, link_id: str, token: str, code: str) -> bool:
+    """Store a new code, unless one still works or the link is spent (False: send nothing)."""
+    c = t.review_links.c
+    done = await tx.execute(t.review_links.update().where(
+        c.id == link_id, c.spent_at.is_(None), sa.or_(c.code_expires_at.is_(None), c.code_expires_at <= tx.now))
+        .values(code_sha256=code_sha256(token, code), code_expires_at=tx.now + CODE_TTL))
+    return bool(done.rowcount)
 
 
-async def count_wrong_code(tx: Tx, link_id: str) -> None:
-    await tx.execute(t.review_links.update().where(t.review_links.c.id == link_id).values(
-        code_attempts=t.review_links.c.code_attempts + 1))
+class CodeCheck(enum.Enum):
+    RIGHT = "right"
+    WRONG = "wrong"
+    LOCKED = "locked"  # the link's tries are used up: it is spent
+    NONE = "none"  # no code works now (none sent, or it expired): send one
+
+
+async def try_code(tx: Tx, link_id: str, token: str, code: str) -> CodeCheck:
+    """Use up one try, then compare: a guess is counted before it is checked."""
+    c = t.review_links.c
+    row = (await tx.execute(t.review_links.update().where(
+        c.id == link_id, c.spent_at.is_(None), c.code_sha256.is_not(None), c.code_expires_at > tx.now,
+        c.code_attempts < CODE_ATTEMPTS).values(code_attempts=c.code_attempts + 1)
+        .returning(c.code_sha256, c.code_attempts))).first()
+    if row is None:
+        attempts = (await tx.execute(sa.select(c.code_attempts).where(c.id == link_id))).scalar_one()
+        if attempts >= CODE_ATTEMPTS:
+            await spend(tx, link_id, "locked")
+            return CodeCheck.LOCKED
+        return CodeCheck.NONE
+    if hmac.compare_digest(row.code_sha256.encode(), code_sha256(token, code).encode()):
+        # Once: a decision refused after it needs a new code.
+        await tx.execute(t.review_links.update().where(c.id == link_id).values(code_sha256=None, code_expires_at=None))
+        return CodeCheck.RIGHT
+    if row.code_attempts >= CODE_ATTEMPTS:
+        await spend(tx, link_id, "locked")
+        return CodeCheck.LOCKED
+    return CodeCheck.WRONG

@@ -72,7 +72,8 @@ def build_request(request: RequestEmail, *, sender: str, message_id: str, date: 
 def build_code(reviewer: str, code: str, view: ApprovalView, *, sender: str, message_id: str, date: datetime) -> bytes:
     env = environment()
     context = {"code": code, "v": view, "reviewer": reviewer}
-    return _mime(sender, reviewer, f"Your Countersign code: {code}", message_id, date,
+    # Not in the subject: that shows on lock screens and in mail gateways' logs.
+    return _mime(sender, reviewer, "Your Countersign confirmation code", message_id, date,
                  env.get_template("code.txt.j2").render(context), None)
 
 
