@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from llama_index.core.base.llms.types import ChatResponse
 
-from service.agent.offline import LABEL
+from service.agent import messages as m
+from service.agent import offline_reply
+from service.agent.knowledge import BUILTIN_CORPUS, KnowledgeBase, RetrievalMode, open_index
+from service.agent.offline import LABEL, OfflineDrafter, next_message
+from service.agent.offline_reply import Found
+from service.agent.plain_text import Section, sections
+from service.agent.tools import SearchArgs, ToolContext, search_knowledge_base
 from service.api.deps import SERVICES
 from service.jobs import TransientError
 from service.store import tables as t
@@ -310,6 +317,115 @@ async def test_offline_drafter_runs_the_whole_flow_without_a_key_or_network(
     assert run["summary"].startswith("Sent the reply")
     [message] = smtp_server.messages()
     assert LABEL in message.get_body(("plain",)).get_content()
+
+
+HEADPHONES = ("Hello, I sent my headphones back (order 1042) two weeks ago. When will I get my refund, and will the "
+              "shipping cost be refunded too?")
+MARKUP = ("**", "#", "](", "<", "__")
+
+
+def assert_written_like_a_person(body: str) -> None:
+    assert LABEL in body and "Kind regards," in body
+    assert "Here is what our policies say" not in body
+    for mark in MARKUP:
+        assert mark not in body, (mark, body)
+    titles = ("Returns and refunds", "Shipping and delivery", "Damaged", "Warranty", "Price match", "Subscriptions",
+              "Account", "Privacy")
+    for line in body.splitlines():
+        assert not line.startswith(titles), line  # no answer opens with its document's heading
+    lines = [line for line in body.splitlines() if line.strip() and line != "--"]
+    assert len(lines) == len(set(lines)), body  # nothing said twice
+
+
+@pytest.fixture(scope="module")
+def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
+    return open_index(BUILTIN_CORPUS, tmp_path_factory.mktemp("kb") / "index", RetrievalMode.BM25)
+
+
+async def offline_draft(knowledge: KnowledgeBase, request: str, name: str | None = "Ann Customer") -> tuple[list[str], str]:
+    """The offline drafter's searches and draft body, through the tool protocol the workflow
+    runs: its calls, the real search tool's answers as TOOL messages, its next message."""
+    conversation = [m.system(m.SYSTEM_PROMPT), m.user(m.user_prompt(request, "ann@example.com", name))]
+    tools = {"search_knowledge_base", "send_customer_email"}
+    turn = next_message(m.to_chat(conversation), tools)
+    calls = get_tool_calls(turn)
+    conversation.append(m.assistant("", calls))
+    ctx = ToolContext(run_id="r", customer_email="ann@example.com", customer_name=name, knowledge=knowledge)
+    for c in reversed(calls):  # the workflow hands results back in whatever order the tools finish
+        found = await search_knowledge_base(ctx, SearchArgs(**c.tool_kwargs))
+        conversation.append(m.tool(c.tool_id, c.tool_name, found.content))
+    [email] = get_tool_calls(next_message(m.to_chat(conversation), tools))
+    assert email.tool_name == "send_customer_email"
+    return [c.tool_kwargs["query"] for c in calls], email.tool_kwargs["body"]
+
+
+def get_tool_calls(message: Any) -> list[Any]:
+    return OfflineDrafter().get_tool_calls_from_response(ChatResponse(message=message), error_on_no_tool_call=False)
+
+
+async def test_offline_drafter_answers_each_question_from_its_own_passage(knowledge: KnowledgeBase) -> None:
+    queries, body = await offline_draft(knowledge, HEADPHONES)
+    assert len(queries) == 2 and queries[0].endswith("When will I get my refund")
+    assert queries[1].endswith("will the shipping cost be refunded too?")
+    assert body.startswith("Hello Ann Customer,\n\nThank you for your message.\n\n")
+    assert "5 to 7 business days" in body  # when the refund comes
+    assert "Return shipping is free" in body  # whether the shipping is refunded
+    # Neither the shipping times nor the damaged-items procedure: nobody asked.
+    for unrelated in ("3 to 5 business days", "Express", "photo", "replacement", "tracking"):
+        assert unrelated not in body, unrelated
+    assert_written_like_a_person(body)
+    assert "colleague will" not in body
+
+
+async def test_offline_drafter_one_question_one_answer(knowledge: KnowledgeBase) -> None:
+    _, body = await offline_draft(knowledge, "I forgot my password. How do I reset it?", name=None)
+    greeting, thanks, answer, offer, closing, label = body.split("\n\n")
+    assert (greeting, thanks, offer) == ("Hello,", "Thank you for your message.",
+                                         "If anything is still unclear, just reply to this email.")
+    assert answer.startswith("To reset a password, use") and "\n" not in answer
+    assert closing == "Kind regards,\nCustomer support" and label == f"--\n{LABEL}"
+    assert_written_like_a_person(body)
+
+
+async def test_offline_drafter_answers_a_message_without_a_question(knowledge: KnowledgeBase) -> None:
+    queries, body = await offline_draft(knowledge, "Hi,\n\nThe zip of my tent broke after a year.\n\nThanks, Ann")
+    assert queries == ["The zip of my tent broke after a year."]
+    assert "five-year warranty on seams and zips" in body
+    assert "Thanks, Ann" not in body
+    assert_written_like_a_person(body)
+
+
+async def test_offline_drafter_hands_what_it_cannot_answer_to_a_colleague(knowledge: KnowledgeBase) -> None:
+    _, body = await offline_draft(knowledge, "Do you have a shop in Berlin where I can try things on?")
+    assert "A colleague will look into your question" in body
+    assert body.count("\n\n") == 4 and "If anything is still unclear" not in body
+    _, body = await offline_draft(knowledge, "How long does standard shipping take? Can I pick it up at your Berlin shop?")
+    assert "3 to 5 business days" in body
+    assert "A colleague will follow up on your other question (“Can I pick it up at your Berlin shop?”)" in body
+    assert_written_like_a_person(body)
+
+
+async def test_offline_drafter_quotes_plain_text_from_any_markup() -> None:
+    passages = [Found("Returns", "returns.md", "# Returns\n\nReturns are accepted within **30 days** of "
+                      "[delivery](https://example.com/d).\n\n- _Clearance_ items are final sale<br>", 1)]
+    [answer] = offline_reply.answer("Can I return my boots?", [passages], offline_reply.questions("Can I return my boots?"))
+    assert answer.text == "Returns are accepted within 30 days of delivery."
+    assert sections("<h1>Price match</h1>\nPrice match\nWe refund the difference &amp; more.") == [
+        Section("Price match", ("We refund the difference & more.",))]
+
+
+async def test_offline_drafter_answers_several_questions_through_the_service(
+    start_service: StartService, smtp_server: SmtpServer
+) -> None:
+    # Two searches in one turn, run by the real workflow, then one draft that answers both.
+    service = await start_service(smtp_server)
+    accepted = await service.create_run({"request": HEADPHONES, "customer": CUSTOMER, "requested_by": "ops-bot"})
+    approval = await pending_approval(service, accepted["id"])
+    body = approval["action"]["body"]
+    assert "5 to 7 business days" in body and "Return shipping is free" in body and "3 to 5" not in body
+    assert_written_like_a_person(body)
+    # The run's sources are every passage the two searches found, for the reviewer to check.
+    assert "returns-and-refunds.md" in {s["location"] for s in approval["sources"]}
 
 
 @SQLITE_ONLY

@@ -1,9 +1,10 @@
 """The offline drafter: a LlamaIndex function-calling LLM that needs no key and no network.
 
 It follows the same tool protocol as a real model, so the whole workflow (search, gated
-email, decision, summary) runs unchanged: search the knowledge base for the customer's
-message, propose a plain reply quoting the best passages, and after the outcome summarise
-it. It cannot revise a rejected draft; it stops and says so. Its drafts say they were
+email, decision, summary) runs unchanged: search the knowledge base once per question the
+customer asks (parallel calls in one turn), propose a plain reply that answers each with a
+sentence or two of the passage that fits it (service/agent/offline_reply.py), and after
+the outcome summarise it. It cannot revise a rejected draft; it stops and says so. Its drafts say they were
 assembled automatically, so neither reviewer nor customer mistakes them for a person's.
 """
 
@@ -28,6 +29,8 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+
+from . import offline_reply as reply
 
 MODEL_NAME = "countersign-offline-drafter"
 LABEL = ("This reply was assembled automatically from our help articles and checked by a member of our "
@@ -105,9 +108,12 @@ class OfflineDrafter(FunctionCallingLLM):
         return gen()
 
 
+def _block(name: str, arguments: dict[str, Any]) -> ToolCallBlock:
+    return ToolCallBlock(tool_call_id=f"call_{uuid.uuid4().hex[:24]}", tool_name=name, tool_kwargs=arguments)
+
+
 def _call(name: str, arguments: dict[str, Any]) -> ChatMessage:
-    return ChatMessage(role=MessageRole.ASSISTANT, blocks=[
-        ToolCallBlock(tool_call_id=f"call_{uuid.uuid4().hex[:24]}", tool_name=name, tool_kwargs=arguments)])
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=[_block(name, arguments)])
 
 
 def _answer(text: str) -> ChatMessage:
@@ -119,16 +125,21 @@ def next_message(messages: list[ChatMessage], tools: set[str]) -> ChatMessage:
     prompt = next((m.content or "" for m in messages if m.role == MessageRole.USER), "")
     fenced = _MESSAGE.search(prompt)
     request = (fenced.group(1).split("\n\n", 1)[-1] if fenced else prompt).strip()
-    last = messages[-1] if messages else None
-    if last is None or last.role != MessageRole.TOOL:
+    asked = reply.questions(request)
+    last_call = max((i for i, m in enumerate(messages) if m.role == MessageRole.ASSISTANT), default=-1)
+    results = [m for m in messages[last_call + 1:] if m.role == MessageRole.TOOL]
+    if not results:
         if "search_knowledge_base" in tools:
-            return _call("search_knowledge_base", {"query": request[:1000] or "customer question"})
-        return _call("send_customer_email", _draft(prompt, request, []))
-    tool = last.additional_kwargs.get("name")
-    content = last.content or ""
-    if tool == "search_knowledge_base":
-        passages = [] if content.startswith("Error") else _PASSAGE.findall(content)
-        return _call("send_customer_email", _draft(prompt, request, passages))
+            # One search per question, as parallel calls in one turn: the workflow runs them
+            # and hands back one TOOL message per call, matched by its call id.
+            return ChatMessage(role=MessageRole.ASSISTANT, blocks=[
+                _block("search_knowledge_base", {"query": _query(q)}) for q in asked or [reply.Question("customer question")]])
+        return _call("send_customer_email", _draft(prompt, request, asked, []))
+    outcome = next((m for m in results if m.additional_kwargs.get("name") != "search_knowledge_base"), None)
+    if outcome is None:
+        return _call("send_customer_email", _draft(prompt, request, asked, _found(messages[last_call], results)))
+    tool = outcome.additional_kwargs.get("name")
+    content = outcome.content or ""
     if content.startswith("The email was approved"):
         subject = re.search(r"^Subject as sent: (.*)$", content, re.M)
         return _answer(f"Sent the reply{f' “{subject.group(1)}”' if subject else ''} to the customer; it was "
@@ -139,26 +150,28 @@ def next_message(messages: list[ChatMessage], tools: set[str]) -> ChatMessage:
     return _answer(f"Stopped: the {tool} tool answered with an error: {content[:300]}")
 
 
-def _draft(prompt: str, request: str, passages: list[tuple[str, str, str]]) -> dict[str, str]:
+def _query(question: reply.Question) -> str:
+    # "How do I reset it?" finds nothing alone; the sentence before says what "it" is.
+    text = f"{question.before} {question.text}" if question.context() else question.text
+    return text.strip()[:1000]
+
+
+def _found(call: ChatMessage, results: list[ChatMessage]) -> list[list[reply.Found]]:
+    """What each of the turn's searches found, in the order they were called."""
+    by_id = {m.additional_kwargs.get("tool_call_id"): m.content or "" for m in results}
+    found: list[list[reply.Found]] = []
+    for block in (b for b in call.blocks if isinstance(b, ToolCallBlock)):
+        content = by_id.get(block.tool_call_id, "")
+        passages = [] if content.startswith("Error") else _PASSAGE.findall(content)
+        found.append([reply.Found(title, location, text, rank) for rank, (title, location, text)
+                      in enumerate(passages, 1)])
+    return found
+
+
+def _draft(prompt: str, request: str, asked: list[reply.Question], found: list[list[reply.Found]]) -> dict[str, str]:
     customer = _CUSTOMER.search(prompt)
     name = customer.group(1) if customer and customer.group(1) else None
     first_line = request.splitlines()[0] if request else ""
     subject = f"Re: {first_line[:70]}" if 0 < len(first_line) <= 70 else "Re: your message"
-    lines = [f"Hello {name}," if name else "Hello,", "", "Thank you for your message."]
-    if passages:
-        lines += ["", "Here is what our policies say about it:", ""]
-        for title, _location, text in passages[:2]:
-            lines.append(f"{title}: {_sentences(text, 3)}")
-            lines.append("")
-        lines.append("If this does not fully answer your question, just reply to this email and a colleague "
-                     "will follow up.")
-    else:
-        lines += ["", "A colleague will look into your question and get back to you shortly."]
-    lines += ["", "Kind regards,", "Customer support", "", "--", LABEL]
-    return {"subject": subject, "body": "\n".join(lines)}
-
-
-def _sentences(text: str, count: int) -> str:
-    flat = " ".join(line.strip("# ").strip() for line in text.splitlines() if line.strip())
-    parts = re.split(r"(?<=[.!?])\s+", flat)
-    return " ".join(parts[:count])
+    answers = reply.answer(request, found, asked) if found else [reply.Answer(q.text, None) for q in asked]
+    return {"subject": subject, "body": reply.body(name, answers, LABEL)}
