@@ -234,7 +234,9 @@ class ApprovalTimers:
         policy = Policy.from_dict(row.policy)
         timers = policy.timers
         number = row.reminders_sent + 1
-        next_at = (deadline(timers, due, timers.remind_after)
+        # Counted from now when it fires late (the service was down for several periods):
+        # the reminders missed meanwhile are not sent in a burst, one after the other.
+        next_at = (deadline(timers, max(due, tx.now), timers.remind_after)
                    if timers.remind_after and number < timers.max_reminders else None)
         won = await tx.execute(
             t.approvals.update()

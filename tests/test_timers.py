@@ -343,6 +343,35 @@ async def test_a_timer_overdue_while_the_service_was_down_fires_at_start(
     assert len(await events(second, reminded_id, "approval.reminded")) == 1
 
 
+async def test_reminders_overdue_after_downtime_do_not_fire_in_a_burst(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    """Down for several remind_after periods: the overdue reminder fires once at start, and
+    the next is one period after that (not after when the missed one was due), still capped."""
+    clock = Clock()
+    first = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(first, timed(remind_after=HOUR, max_reminders=3))
+    assert first.stop is not None
+    await first.stop()
+    clock.now += 5 * HOUR + 30 * timedelta(minutes=1)  # four reminders' worth fell due while nothing ran
+    restarted = clock.now
+    second = await start_service(smtp_server, clock=clock)
+    [reminded] = await wait_events(second, run_id, "approval.reminded", 1)
+    await settle()
+    assert len(await events(second, run_id, "approval.reminded")) == 1  # no burst of the missed ones
+    assert reminded["number"] == 1 and reminded["next_at"] == (restarted + HOUR).isoformat()
+    row = await approval_row(second, approval_id)
+    assert row.remind_at == restarted + HOUR and row.reminders_sent == 1
+    for number in (2, 3):
+        await advance(clock, HOUR, second)
+        found = await wait_events(second, run_id, "approval.reminded", number)
+        assert found[-1]["number"] == number
+    await advance(clock, 5 * HOUR, second)
+    await settle()
+    assert len(await events(second, run_id, "approval.reminded")) == 3  # the cap still holds
+    assert (await approval_row(second, approval_id)).remind_at is None
+
+
 async def test_timers_count_working_hours_of_the_policy_calendar(
     start_service: StartService, smtp_server: SmtpServer,
 ) -> None:
