@@ -27,6 +27,7 @@ from .domain import (
     Approval,
     ApprovalStatus,
     Channel,
+    Contended,
     Decision,
     DecisionKind,
     DecisionOutcome,
@@ -183,8 +184,8 @@ class Decisions:
                 if result is not _LOST_RACE:
                     assert not isinstance(result, _LostRace)
                     return result
-            raise RuntimeError(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times while a vote was "
-                               "counted; try again")
+            raise Contended(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times while this vote was "
+                            "counted; it was not recorded: try again")
 
         outcome = await self.store.write(op)
         if outcome is None:
@@ -451,7 +452,8 @@ class Decisions:
                 await self.runs.reviewers_added(tx, approval.id, [to], DELEGATION)
                 await self.runs.approval_changed(tx, approval.id)
                 return DelegationOutcome(approval.id, approval.run_id, delegated=True, slot=slot)
-            raise RuntimeError(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times during a delegation")
+            raise Contended(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times during this delegation; "
+                            "it was not recorded: try again")
 
         outcome = await self.store.write(op)
         if outcome is None:
@@ -561,8 +563,8 @@ class Decisions:
             if won.rowcount == 1:
                 break
         else:
-            raise RuntimeError(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
-                               "the expiry job tries again")
+            raise Contended(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
+                            "the expiry job tries again")
         waited: dict[str, Any] = {"approval_id": approval.id, "due_at": due_at.isoformat(),
                                   "on_expiry": policy.timers.on_expiry.value}
         if policy.timers.on_expiry is ExpiryOutcome.APPROVE and not approve:

@@ -37,7 +37,7 @@ from service.teams.conversations import Member
 from service.teams.notices import mention_activity
 from service.timers import ESCALATE_JOB, EXPIRE_JOB, REMIND_JOB, TIMER_JOBS, ApprovalTimers
 
-from .conftest import API_TOKEN, AUDIT_KEY, Service, StartService, email_action, free_port
+from .conftest import API_TOKEN, AUDIT_KEY, Service, StartService, cas_always_loses, email_action, free_port
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 
@@ -555,6 +555,41 @@ async def test_an_expiry_that_loses_its_compare_and_set_to_a_pending_change_read
     assert row.status == "expired" and row.version == before.version + 2
     assert len(await events(service, run_id, "approval.expired")) == 1
     assert (await service.wait_status(run_id, "expired"))["approvals"][0]["status"] == "expired"
+
+
+async def test_an_expiry_that_keeps_losing_its_compare_and_set_waits_its_turn_and_never_dies(
+    start_service: StartService, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Contention is not a failure: the expiry job tries again a second later without using
+    up an attempt (more rounds than the job's 4 attempts here), and expires the approval once
+    the contention ends. A dead expiry job would leave the approval waiting for ever."""
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(expire_after=HOUR))
+    cas_always_loses(monkeypatch)
+
+    async def expiry_job() -> Any:
+        async def q(conn: Any) -> Any:
+            return (await conn.execute(sa.select(t.jobs).where(t.jobs.c.run_id == run_id,
+                                                               t.jobs.c.kind == EXPIRE_JOB))).one()
+
+        return await service.app[SERVICES].store.read(q)
+
+    await advance(clock, HOUR, service)
+    for _ in range(6):
+        deadline = time.monotonic() + 15
+        while (job := await expiry_job()).due_at <= clock.now and job.status == "queued":
+            assert time.monotonic() < deadline, job  # until it ran and was put back
+            await asyncio.sleep(0.02)
+        assert job.status == "queued" and job.attempts == 0 and "changed 20 times" in job.last_error, job
+        assert job.due_at == clock.now + timedelta(seconds=1)
+        await advance(clock, timedelta(seconds=1), service)
+    assert (await approval_row(service, approval_id)).status == "pending"
+    monkeypatch.undo()
+    await advance(clock, timedelta(seconds=1), service)
+    run = await service.wait_status(run_id, "expired")
+    assert run["approvals"][0]["status"] == "expired"
+    assert len(await events(service, run_id, "approval.expired")) == 1
 
 
 async def test_the_idle_worker_sleeps_until_the_next_due_job(store: Store) -> None:
