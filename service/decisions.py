@@ -19,7 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
-from .audit_throttle import AuditThrottle
+from .audit_summaries import AuditSummaries
+from .audit_throttle import AuditThrottle, Subject
 from .domain import (
     EMAIL_NEEDED,
     AlreadyDecided,
@@ -144,6 +145,7 @@ class Decisions:
         # Refused attempts are audited once per (approval, who, what, why) a minute: anyone
         # with a credential could otherwise grow the audit log as fast as we answer.
         self.refusals = refusals or AuditThrottle()
+        self.refusal_summaries = AuditSummaries(store, self.refusals)
         # For approvals created before From/Reply-To were frozen on them (migration 0005):
         # the settings at the decision, frozen on the delivery from then on.
         self.mail_from = mail_from
@@ -188,6 +190,7 @@ class Decisions:
                             "counted; it was not recorded: try again")
 
         outcome = await self.store.write(op)
+        await self.refusal_summaries.flush()  # a burst of refusals that stopped, of any key
         if outcome is None:
             raise NotFound("approval", request.approval_id)
         return outcome
@@ -456,6 +459,7 @@ class Decisions:
                             "it was not recorded: try again")
 
         outcome = await self.store.write(op)
+        await self.refusal_summaries.flush()
         if outcome is None:
             raise NotFound("approval", request.approval_id)
         return outcome
@@ -465,7 +469,7 @@ class Decisions:
         """Audit a refused attempt, unless the same one (`key`) was audited less than a
         minute ago: then it is counted (`countersign_audit_suppressed_total`), and the
         next one audited says how many were left out before it (`data.suppressed`)."""
-        left_out = self.refusals.admit((kind, *key), tx.now, attempt)
+        left_out = self.refusals.admit((kind, *key), tx.now, attempt, Subject(kind, run_id, actor, data))
         if left_out is None:
             def count() -> None:
                 self.refusals.left_out((kind, *key))

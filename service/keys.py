@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .audit_throttle import Subject
 from .domain import InvalidTransition, NotFound
 from .scopes import Principal, PrincipalKind, Scope, ScopeRuleError, check_grant, check_key_shape, key_actor
 from .store import tables as t
@@ -26,6 +27,8 @@ from .store.db import Store, Tx, utcnow
 KEY_PREFIX = "csk_"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch
 MAX_KEY_LIFETIME = timedelta(days=3650)
+
+REFUSED_KEY_EVENT = "key.refused"
 
 
 def key_sha256(secret: str) -> str:
@@ -149,11 +152,17 @@ class ApiKeys:
 
         return await self.store.read(q)
 
-    async def record_refused_use(self, key: ApiKey, status: str) -> None:
-        """Someone presented a revoked or expired key: worth an audit event."""
+    @staticmethod
+    def refused_use(key: ApiKey, status: str) -> Subject:
+        """The audit event of someone presenting a revoked or expired key."""
+        return Subject(REFUSED_KEY_EVENT, run_id=None, actor=key_actor(key.name),
+                       data={"name": key.name, "prefix": key.prefix, "status": status})
+
+    async def record_refused_use(self, event: Subject, suppressed: int = 0) -> None:
+        """Audit `event` (`refused_use`); `suppressed`: how many uses before it were left out."""
         async def op(tx: Tx) -> None:
-            tx.audit("key.refused", run_id=None, actor=key_actor(key.name),
-                     data={"name": key.name, "prefix": key.prefix, "status": status})
+            tx.audit(event.kind, run_id=event.run_id, actor=event.actor,
+                     data={**event.data, "suppressed": suppressed} if suppressed else dict(event.data))
 
         await self.store.write(op)
 

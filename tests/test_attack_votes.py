@@ -379,6 +379,46 @@ async def test_a_flood_of_refused_attempts_is_audited_once_a_minute_and_counted(
     assert run["status"] == "awaiting_approval"
 
 
+async def test_a_flood_that_stops_is_summarised_at_the_next_refusal_of_anyone_and_at_shutdown(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2}}
+    voters = Reviewers(await start_service(smtp_server, clock=clock, policies=policies))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    mallory, oscar = "mallory@example.com", "oscar@example.com"
+    for who in (mallory, oscar):
+        await voters.key(who)
+
+    async def summaries(service: Any) -> list[dict[str, Any]]:
+        run = await service.run(run_id)
+        return [e for e in run["timeline"] if e["event"] == "audit.suppressed"]
+
+    for _ in range(20):
+        assert (await voters.vote(approval_id, mallory))[0] == 403
+    assert await summaries(voters.service) == []  # within its window: nothing to say yet
+    # Mallory stops. A minute on, anyone's refused attempt is the occasion to say what was left out.
+    await advance(clock, timedelta(minutes=1), voters.service)
+    assert (await voters.vote(approval_id, oscar))[0] == 403
+    [summary] = await summaries(voters.service)
+    assert summary["actor"] == mallory and summary["data"]["summarises"] == "decision.refused"
+    assert summary["data"]["suppressed"] == 19 and summary["data"]["why"] == "window"
+    assert summary["data"]["of"]["attempted"] == "approve" and summary["data"]["of"]["reason"] == "not_allowed"
+
+    # Summarised once: Mallory's next refusal carries nothing; a new burst is said at shutdown.
+    for _ in range(5):
+        assert (await voters.vote(approval_id, mallory))[0] == 403
+    run = await voters.service.run(run_id)
+    last = [e for e in run["timeline"] if e["event"] == "decision.refused" and e["actor"] == mallory][-1]
+    assert "suppressed" not in last["data"]
+    assert voters.service.stop is not None
+    await voters.service.stop()
+    again = await start_service(smtp_server, clock=clock, policies=policies)
+    _, at_shutdown = await summaries(again)
+    assert at_shutdown["actor"] == mallory and at_shutdown["data"]["suppressed"] == 4
+    assert at_shutdown["data"]["why"] == "shutdown"
+
+
 async def test_a_key_bound_to_an_object_id_cannot_approve_or_hand_over_a_run_its_owner_requested_by_email(
     start_service: StartService, smtp_server: SmtpServer,
 ) -> None:
