@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .audit_throttle import Subject
 from .domain import InvalidTransition, NotFound
+from .identities import identity_problem
 from .scopes import Principal, PrincipalKind, Scope, ScopeRuleError, check_grant, check_key_shape, key_actor
 from .store import tables as t
 from .store.db import Store, Tx, utcnow
@@ -88,6 +89,8 @@ class ApiKeys:
         if not NAME_PATTERN.fullmatch(name):
             raise ScopeRuleError("a key name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
                                  "name")
+        if reviewer is not None and (problem := identity_problem(reviewer.strip())):
+            raise ScopeRuleError(f"the reviewer {problem}", "reviewer")  # the CLI comes here without the API's check
         check_key_shape(scopes, reviewer)
         if expires_in is not None and expires_in > MAX_KEY_LIFETIME:
             raise ScopeRuleError("a key lives at most 3650 days (10 years); leave the expiry out for a key without one",
