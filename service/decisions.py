@@ -385,7 +385,7 @@ class Decisions:
                 if policy.anyone:
                     return refuse("not_allowed", f"policy {policy.name!r} lets anyone decide: there is no vote to "
                                                  "hand over")
-                stage = stage_of_reviewer(policy, added, reviewer)
+                stage = stage_of_reviewer(policy, added, reviewer, approval.stage)
                 if stage is None:
                     return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
                                                  f"{approval.id}")

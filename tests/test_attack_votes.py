@@ -325,6 +325,59 @@ async def test_an_escalation_to_someone_known_only_in_a_tenant_no_longer_allowed
         await _no_card_reached(teams, "dana")
 
 
+async def _escalated_in_stage_1(start_service: StartService, smtp_server: SmtpServer,
+                                escalate_to: str) -> tuple[Clock, Reviewers, str, str]:
+    """Rita decides stage 1, Sam stage 2; each stage escalates to `escalate_to` after 2 h,
+    who may hand the vote to Dana. Stage 1 has escalated."""
+    clock = Clock()
+    policies = {"staged": {"mode": "sequential", "delegates": [DANA], "escalate_after": "2h",
+                           "escalate_to": [escalate_to], "stages": [{"reviewers": [RITA]}, {"reviewers": [SAM]}]}}
+    voters = Reviewers(await start_service(smtp_server, clock=clock, policies=policies))
+    run_id, approval_id = await pending(voters.service, "staged")
+    await advance(clock, timedelta(hours=2), voters.service)
+    await wait_events(voters.service, run_id, "approval.escalated", 1)
+    return clock, voters, run_id, approval_id
+
+
+async def test_a_delegation_made_in_stage_1_gives_no_vote_in_stage_2(start_service: StartService,
+                                                                     smtp_server: SmtpServer) -> None:
+    # Sam is stage 2's reviewer and also whom stage 1 escalates to: escalated in stage 1, he
+    # hands that vote to Dana. His own stage 2 vote stays his.
+    clock, voters, run_id, approval_id = await _escalated_in_stage_1(start_service, smtp_server, SAM)
+    status, answer = await voters.delegate(approval_id, SAM, DANA)
+    assert status == 201, answer
+    [handed] = [e for e in (await voters.service.run(run_id))["timeline"] if e["event"] == "approval.delegated"]
+    assert handed["data"]["stage"] == 1
+    status, answer = await voters.vote(approval_id, RITA)
+    assert status == 200 and answer["progress"]["stage"] == 2, answer
+    assert answer["progress"]["asked"] == [SAM], answer  # not Dana: her vote was stage 1's
+    status, problem = await voters.vote(approval_id, DANA)
+    assert status == 403 and "is over" in problem["detail"], problem
+    status, answer = await voters.vote(approval_id, SAM)
+    assert status == 200 and answer["status"] == "approved", answer
+    await voters.service.wait_status(run_id, "completed")
+
+
+async def test_a_delegation_made_in_stage_2_is_stage_2s_when_the_delegator_was_asked_in_both(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    # Lee is escalated to in both stages (he did not vote in stage 1); in stage 2 he hands
+    # over the vote stage 2 asks of him, not the one of the stage that is over.
+    clock, voters, run_id, approval_id = await _escalated_in_stage_1(start_service, smtp_server, LEE)
+    assert (await voters.vote(approval_id, RITA))[0] == 200
+    await advance(clock, timedelta(hours=2), voters.service)
+    await wait_events(voters.service, run_id, "approval.escalated", 2)
+    status, answer = await voters.delegate(approval_id, LEE, DANA)
+    assert status == 201, answer
+    run = await voters.service.run(run_id)
+    [handed] = [e for e in run["timeline"] if e["event"] == "approval.delegated"]
+    assert handed["data"]["stage"] == 2
+    assert run["approvals"][0]["progress"]["asked"] == [SAM, DANA]
+    status, answer = await voters.vote(approval_id, DANA)
+    assert status == 200 and answer["status"] == "approved", answer
+    await voters.service.wait_status(run_id, "completed")
+
+
 # ---- flooding the audit log with refused attempts ----------------------------------------------
 
 

@@ -338,3 +338,4 @@ async def test_a_vote_that_keeps_losing_the_compare_and_set_is_a_retryable_503(
         monkeypatch.undo()  # the contention ends: the same vote goes through
         status, answer = await voters.vote(approval_id, RITA)
         assert status == 200 and answer["status"] == "pending", answer
+
