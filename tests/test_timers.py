@@ -9,6 +9,7 @@ One restart test uses real, short durations with a real `countersign serve` proc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import random
@@ -418,7 +419,7 @@ async def test_timers_fire_once_with_several_services_on_one_database(
 
 @pytest.mark.parametrize("on_expiry", [ExpiryOutcome.REJECT, ExpiryOutcome.APPROVE])
 async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
-    start_service: StartService, smtp_server: SmtpServer, on_expiry: ExpiryOutcome,
+    start_service: StartService, smtp_server: SmtpServer, on_expiry: ExpiryOutcome, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
     service = await start_service(smtp_server, clock=clock)
@@ -428,15 +429,36 @@ async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
     # Made side by side (the order they are made in is not what races).
     runs = list(await asyncio.gather(*(create(service, policy, subject=f"Reply {i}", to=[f"c{i}@example.com"])
                                        for i in range(200))))
+    # The votes are timed by the worker, not by the clock on the wall: votes spread over a
+    # fixed time could all land before the worker began, or all after it was done, and race
+    # nothing. Half vote the moment the worker starts on the expiries (ahead of those whose
+    # turn comes later: its timer lane runs 64 at a time), half the moment it starts on their
+    # own approval's expiry; each side then waits a few random milliseconds.
+    expiring = services.jobs.handlers[EXPIRE_JOB]
+    begun = asyncio.Event()
+    started = {approval_id: asyncio.Event() for _, approval_id in runs}
+
+    async def expire_run(job: Job) -> Any:
+        begun.set()
+        started[job.payload["approval_id"]].set()
+        await asyncio.sleep(random.uniform(0, 0.005))
+        return await expiring.run(job)
+
+    monkeypatch.setitem(services.jobs.handlers, EXPIRE_JOB, dataclasses.replace(expiring, run=expire_run))
+    early = {approval_id for _, approval_id in runs if random.random() < 0.5}
     clock.now += HOUR  # every expiry is due: the worker starts on them at its next look
+    services.jobs.wakeup.set()
 
     async def vote(approval_id: str) -> bool:
-        await asyncio.sleep(random.uniform(0, 0.6))
+        await asyncio.wait_for((begun if approval_id in early else started[approval_id]).wait(), timeout=60)
+        await asyncio.sleep(random.uniform(0, 0.005))
         outcome = await decisions.decide(DecisionRequest(
             approval_id=approval_id, kind=DecisionKind.APPROVE, reviewer=Reviewer(RITA, email=RITA), channel=Channel.API))
         return outcome.decided
 
     decided = dict(zip([a for _, a in runs], await asyncio.gather(*(vote(a) for _, a in runs)), strict=True))
+    # Both orders happened: some votes won, some expiries did (else nothing raced).
+    assert 0 < sum(decided.values()) < 200, f"{sum(decided.values())} of 200 votes won"
 
     async def q(conn: Any) -> tuple[list[Any], list[Any], list[Any]]:
         audit = (await conn.execute(sa.select(t.audit_events.c.run_id, t.audit_events.c.kind, t.audit_events.c.actor)
