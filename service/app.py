@@ -277,6 +277,9 @@ async def _lifecycle(
     finally:
         lag_watch.cancel()
         await worker.stop()
+        # Refused attempts left out of the audit log, their window over or not, are said now.
+        await decisions.refusal_summaries.flush(everything=True)
+        await app[SERVICES].auth.refusal_summaries.flush(everything=True)
         if teams is not None:
             await teams.close()
         await transport.close()

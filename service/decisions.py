@@ -19,7 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import metrics
-from .audit_throttle import AuditThrottle
+from .audit_summaries import AuditSummaries
+from .audit_throttle import AuditThrottle, Subject
 from .domain import (
     EMAIL_NEEDED,
     AlreadyDecided,
@@ -27,6 +28,7 @@ from .domain import (
     Approval,
     ApprovalStatus,
     Channel,
+    Contended,
     Decision,
     DecisionKind,
     DecisionOutcome,
@@ -143,6 +145,7 @@ class Decisions:
         # Refused attempts are audited once per (approval, who, what, why) a minute: anyone
         # with a credential could otherwise grow the audit log as fast as we answer.
         self.refusals = refusals or AuditThrottle()
+        self.refusal_summaries = AuditSummaries(store, self.refusals)
         # For approvals created before From/Reply-To were frozen on them (migration 0005):
         # the settings at the decision, frozen on the delivery from then on.
         self.mail_from = mail_from
@@ -183,10 +186,11 @@ class Decisions:
                 if result is not _LOST_RACE:
                     assert not isinstance(result, _LostRace)
                     return result
-            raise RuntimeError(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times while a vote was "
-                               "counted; try again")
+            raise Contended(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times while this vote was "
+                            "counted; it was not recorded: try again")
 
         outcome = await self.store.write(op)
+        await self.refusal_summaries.flush()  # a burst of refusals that stopped, of any key
         if outcome is None:
             raise NotFound("approval", request.approval_id)
         return outcome
@@ -381,7 +385,7 @@ class Decisions:
                 if policy.anyone:
                     return refuse("not_allowed", f"policy {policy.name!r} lets anyone decide: there is no vote to "
                                                  "hand over")
-                stage = stage_of_reviewer(policy, added, reviewer)
+                stage = stage_of_reviewer(policy, added, reviewer, approval.stage)
                 if stage is None:
                     return refuse("not_allowed", f"reviewer {request.reviewer.id!r} holds no vote on approval "
                                                  f"{approval.id}")
@@ -451,9 +455,11 @@ class Decisions:
                 await self.runs.reviewers_added(tx, approval.id, [to], DELEGATION)
                 await self.runs.approval_changed(tx, approval.id)
                 return DelegationOutcome(approval.id, approval.run_id, delegated=True, slot=slot)
-            raise RuntimeError(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times during a delegation")
+            raise Contended(f"approval {request.approval_id} changed {_CAS_ATTEMPTS} times during this delegation; "
+                            "it was not recorded: try again")
 
         outcome = await self.store.write(op)
+        await self.refusal_summaries.flush()
         if outcome is None:
             raise NotFound("approval", request.approval_id)
         return outcome
@@ -463,7 +469,7 @@ class Decisions:
         """Audit a refused attempt, unless the same one (`key`) was audited less than a
         minute ago: then it is counted (`countersign_audit_suppressed_total`), and the
         next one audited says how many were left out before it (`data.suppressed`)."""
-        left_out = self.refusals.admit((kind, *key), tx.now, attempt)
+        left_out = self.refusals.admit((kind, *key), tx.now, attempt, Subject(kind, run_id, actor, data))
         if left_out is None:
             def count() -> None:
                 self.refusals.left_out((kind, *key))
@@ -561,8 +567,8 @@ class Decisions:
             if won.rowcount == 1:
                 break
         else:
-            raise RuntimeError(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
-                               "the expiry job tries again")
+            raise Contended(f"approval {approval_id} changed {_CAS_ATTEMPTS} times while its expiry was settled; "
+                            "the expiry job tries again")
         waited: dict[str, Any] = {"approval_id": approval.id, "due_at": due_at.isoformat(),
                                   "on_expiry": policy.timers.on_expiry.value}
         if policy.timers.on_expiry is ExpiryOutcome.APPROVE and not approve:

@@ -102,6 +102,18 @@ class NotFound(LookupError):
         self.ident = ident
 
 
+class Contended(Exception):
+    """The approval kept changing under a vote, delegation or expiry (each compare-and-set
+    lost to another writer, `_CAS_ATTEMPTS` times in a row): nothing was recorded, and the
+    same request can simply be sent again. Not a `DomainError` (a 409 says the request
+    conflicts with the state and must change; this one needs no change, only a retry)."""
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_seconds = retry_after_seconds
+
+
 class NotAllowed(DomainError):
     code = "not_allowed"
 

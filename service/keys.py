@@ -18,7 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .audit_throttle import Subject
 from .domain import InvalidTransition, NotFound
+from .identities import identity_problem
 from .scopes import Principal, PrincipalKind, Scope, ScopeRuleError, check_grant, check_key_shape, key_actor
 from .store import tables as t
 from .store.db import Store, Tx, utcnow
@@ -26,6 +28,8 @@ from .store.db import Store, Tx, utcnow
 KEY_PREFIX = "csk_"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch
 MAX_KEY_LIFETIME = timedelta(days=3650)
+
+REFUSED_KEY_EVENT = "key.refused"
 
 
 def key_sha256(secret: str) -> str:
@@ -85,6 +89,8 @@ class ApiKeys:
         if not NAME_PATTERN.fullmatch(name):
             raise ScopeRuleError("a key name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
                                  "name")
+        if reviewer is not None and (problem := identity_problem(reviewer.strip())):
+            raise ScopeRuleError(f"the reviewer {problem}", "reviewer")  # the CLI comes here without the API's check
         check_key_shape(scopes, reviewer)
         if expires_in is not None and expires_in > MAX_KEY_LIFETIME:
             raise ScopeRuleError("a key lives at most 3650 days (10 years); leave the expiry out for a key without one",
@@ -149,11 +155,17 @@ class ApiKeys:
 
         return await self.store.read(q)
 
-    async def record_refused_use(self, key: ApiKey, status: str) -> None:
-        """Someone presented a revoked or expired key: worth an audit event."""
+    @staticmethod
+    def refused_use(key: ApiKey, status: str) -> Subject:
+        """The audit event of someone presenting a revoked or expired key."""
+        return Subject(REFUSED_KEY_EVENT, run_id=None, actor=key_actor(key.name),
+                       data={"name": key.name, "prefix": key.prefix, "status": status})
+
+    async def record_refused_use(self, event: Subject, suppressed: int = 0) -> None:
+        """Audit `event` (`refused_use`); `suppressed`: how many uses before it were left out."""
         async def op(tx: Tx) -> None:
-            tx.audit("key.refused", run_id=None, actor=key_actor(key.name),
-                     data={"name": key.name, "prefix": key.prefix, "status": status})
+            tx.audit(event.kind, run_id=event.run_id, actor=event.actor,
+                     data={**event.data, "suppressed": suppressed} if suppressed else dict(event.data))
 
         await self.store.write(op)
 

@@ -18,6 +18,12 @@ DECISIONS_REFUSED = Counter("countersign_decisions_refused_total", "Decision att
 AUDIT_SUPPRESSED = Counter(
     "countersign_audit_suppressed_total",
     "Refused attempts left out of the audit log: the same one was audited less than a minute before", ["kind"])
+AUDIT_THROTTLE_EVICTED = Counter(
+    "countersign_audit_throttle_evicted_total",
+    "Keys the audit throttle forgot to stay within its bound (their counts are summarised in the audit log)")
+AUDIT_SUMMARIES_LOST = Counter(
+    "countersign_audit_summaries_lost_total",
+    "Summaries of refused attempts dropped unwritten (more waited than the throttle keeps)")
 JOBS = Counter("countersign_jobs_total", "Job attempts by outcome", ["kind", "outcome"])
 EMAILS_SENT = Counter("countersign_emails_sent_total", "Emails accepted by the SMTP server")
 AGENT_DRAFTS = Counter("countersign_agent_drafts_total", "Drafts the agent proposed for approval")

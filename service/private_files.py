@@ -74,6 +74,22 @@ def ensure_private_sqlite(database: Path) -> None:
             make_private(companion)
 
 
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700. Directories that already exist are
+    left as they are: one the service did not make (say the home directory holding the data
+    directory) is not its to tighten; its own data directory is checked at start."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours either
+        os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask: be exact
+
+
 def make_private_tree(root: Path, *, warn: bool = False) -> None:
     """Directories 0700 and files 0600 under `root` (and `root` itself), e.g. an index a
     library has just persisted with its own modes."""

@@ -30,8 +30,8 @@ import sqlalchemy as sa
 
 from . import metrics
 from .decisions import Decisions, _approval_from_row, current_tally, read_votes
-from .domain import Approval, ApprovalStatus
-from .jobs import Job, JobHandler, JobQueue, JobStatus
+from .domain import Approval, ApprovalStatus, Contended
+from .jobs import Deferred, Job, JobHandler, JobQueue, JobStatus
 from .policy import Policy, Timers
 from .runs import NewApproval, Runs
 from .store import tables as t
@@ -234,7 +234,9 @@ class ApprovalTimers:
         policy = Policy.from_dict(row.policy)
         timers = policy.timers
         number = row.reminders_sent + 1
-        next_at = (deadline(timers, due, timers.remind_after)
+        # Counted from now when it fires late (the service was down for several periods):
+        # the reminders missed meanwhile are not sent in a burst, one after the other.
+        next_at = (deadline(timers, max(due, tx.now), timers.remind_after)
                    if timers.remind_after and number < timers.max_reminders else None)
         won = await tx.execute(
             t.approvals.update()
@@ -298,5 +300,12 @@ class ApprovalTimers:
     async def _expire(self, tx: Tx, job: Job, due: datetime) -> None:
         # Decisions.expire settles by compare-and-set, reading the approval again when a
         # change that left it pending (an escalation, a vote) won in between.
-        if await self.decisions.expire(tx, job.payload["approval_id"], due_at=due):
+        try:
+            expired = await self.decisions.expire(tx, job.payload["approval_id"], due_at=due)
+        except Contended as exc:
+            # Votes kept winning: the job waits its turn rather than use up an attempt, since
+            # an expiry job gone dead would leave the approval waiting for ever.
+            log.warning("%s", exc.message)
+            raise Deferred(exc.message, retry_after=exc.retry_after_seconds) from exc
+        if expired:
             tx.after_commit(metrics.TIMERS_FIRED.labels(kind="expire").inc)

@@ -140,8 +140,10 @@ def _slots(policy: Policy, stage: int, added: Sequence[Added]) -> list[str]:
 
 
 def holders(policy: Policy, stage: int, added: Sequence[Added]) -> dict[str, str]:
-    """slot -> the identity (casefolded) who holds it now."""
-    handed = {a.slot: a.identity.casefold() for a in added if a.via == DELEGATION}
+    """slot -> the identity (casefolded) who holds it now. A delegation holds for the stage
+    it was made in: a slot of the same name in another stage (a stage 2 reviewer whom stage
+    1 escalated to) stays its reviewer's."""
+    handed = {a.slot: a.identity.casefold() for a in added if a.via == DELEGATION and a.stage == stage}
     return {slot: handed.get(slot, slot) for slot in _slots(policy, stage, added)}
 
 
@@ -156,8 +158,11 @@ def slot_of(policy: Policy, stage: int, added: Sequence[Added], reviewer: Review
     return None
 
 
-def stage_of_reviewer(policy: Policy, added: Sequence[Added], reviewer: Reviewer) -> int | None:
-    for index in range(len(stages_of(policy))):
+def stage_of_reviewer(policy: Policy, added: Sequence[Added], reviewer: Reviewer, current: int = 0) -> int | None:
+    """The stage where `reviewer` holds a vote: the first from `current` on (escalation may
+    ask one person in several stages: the one asked now is meant), else an earlier one."""
+    count = len(stages_of(policy))
+    for index in (*range(current, count), *range(min(current, count))):
         if slot_of(policy, index, added, reviewer) is not None:
             return index
     return None
@@ -224,7 +229,7 @@ def check_vote(policy: Policy, current: Tally, added: Sequence[Added], reviewer:
     # object id and by email) who still holds the other slot.
     handed = next((a for a in added if a.stage == current.stage and a.handed_by(reviewer.identities())), None)
     if slot is None or handed is not None:
-        later = stage_of_reviewer(policy, added, reviewer)
+        later = stage_of_reviewer(policy, added, reviewer, current.stage)
         if handed is None:
             handed = next((a for a in added if a.handed_by(reviewer.identities())), None)
         if handed is not None:

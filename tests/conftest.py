@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from aiohttp.test_utils import TestServer
 from sqlalchemy.engine import make_url
 
@@ -27,7 +28,8 @@ from service.app import create_app
 from service.config import Settings
 from service.scopes import Scope
 from service.signing import HEADER, sign_v2
-from service.store.db import Store, utcnow
+from service.store import tables as t
+from service.store.db import Store, Tx, utcnow
 from service.store.migrate import is_migrated, upgrade
 
 from .peers.certs import TlsFiles, make_tls_files
@@ -372,3 +374,21 @@ def email_action(**overrides: Any) -> dict[str, Any]:
               "body": "Dear Ann,\n\nYour refund was issued today.\n\nKind regards,\nSupport"}
     action.update(overrides)
     return action
+
+
+class _LostCompareAndSet:
+    rowcount = 0
+
+
+def cas_always_loses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on every compare-and-set on an approval row loses, as if another writer
+    always committed first (`monkeypatch.undo()` ends it): what a caller gets when the
+    decision path gives up. Our own code is patched here, not a peer."""
+    execute = Tx.execute
+
+    async def losing(self: Tx, statement: Any, parameters: Any = None) -> Any:
+        if isinstance(statement, sa.Update) and statement.table is t.approvals:
+            return _LostCompareAndSet()
+        return await execute(self, statement, parameters)
+
+    monkeypatch.setattr(Tx, "execute", losing)

@@ -325,6 +325,59 @@ async def test_an_escalation_to_someone_known_only_in_a_tenant_no_longer_allowed
         await _no_card_reached(teams, "dana")
 
 
+async def _escalated_in_stage_1(start_service: StartService, smtp_server: SmtpServer,
+                                escalate_to: str) -> tuple[Clock, Reviewers, str, str]:
+    """Rita decides stage 1, Sam stage 2; each stage escalates to `escalate_to` after 2 h,
+    who may hand the vote to Dana. Stage 1 has escalated."""
+    clock = Clock()
+    policies = {"staged": {"mode": "sequential", "delegates": [DANA], "escalate_after": "2h",
+                           "escalate_to": [escalate_to], "stages": [{"reviewers": [RITA]}, {"reviewers": [SAM]}]}}
+    voters = Reviewers(await start_service(smtp_server, clock=clock, policies=policies))
+    run_id, approval_id = await pending(voters.service, "staged")
+    await advance(clock, timedelta(hours=2), voters.service)
+    await wait_events(voters.service, run_id, "approval.escalated", 1)
+    return clock, voters, run_id, approval_id
+
+
+async def test_a_delegation_made_in_stage_1_gives_no_vote_in_stage_2(start_service: StartService,
+                                                                     smtp_server: SmtpServer) -> None:
+    # Sam is stage 2's reviewer and also whom stage 1 escalates to: escalated in stage 1, he
+    # hands that vote to Dana. His own stage 2 vote stays his.
+    clock, voters, run_id, approval_id = await _escalated_in_stage_1(start_service, smtp_server, SAM)
+    status, answer = await voters.delegate(approval_id, SAM, DANA)
+    assert status == 201, answer
+    [handed] = [e for e in (await voters.service.run(run_id))["timeline"] if e["event"] == "approval.delegated"]
+    assert handed["data"]["stage"] == 1
+    status, answer = await voters.vote(approval_id, RITA)
+    assert status == 200 and answer["progress"]["stage"] == 2, answer
+    assert answer["progress"]["asked"] == [SAM], answer  # not Dana: her vote was stage 1's
+    status, problem = await voters.vote(approval_id, DANA)
+    assert status == 403 and "is over" in problem["detail"], problem
+    status, answer = await voters.vote(approval_id, SAM)
+    assert status == 200 and answer["status"] == "approved", answer
+    await voters.service.wait_status(run_id, "completed")
+
+
+async def test_a_delegation_made_in_stage_2_is_stage_2s_when_the_delegator_was_asked_in_both(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    # Lee is escalated to in both stages (he did not vote in stage 1); in stage 2 he hands
+    # over the vote stage 2 asks of him, not the one of the stage that is over.
+    clock, voters, run_id, approval_id = await _escalated_in_stage_1(start_service, smtp_server, LEE)
+    assert (await voters.vote(approval_id, RITA))[0] == 200
+    await advance(clock, timedelta(hours=2), voters.service)
+    await wait_events(voters.service, run_id, "approval.escalated", 2)
+    status, answer = await voters.delegate(approval_id, LEE, DANA)
+    assert status == 201, answer
+    run = await voters.service.run(run_id)
+    [handed] = [e for e in run["timeline"] if e["event"] == "approval.delegated"]
+    assert handed["data"]["stage"] == 2
+    assert run["approvals"][0]["progress"]["asked"] == [SAM, DANA]
+    status, answer = await voters.vote(approval_id, DANA)
+    assert status == 200 and answer["status"] == "approved", answer
+    await voters.service.wait_status(run_id, "completed")
+
+
 # ---- flooding the audit log with refused attempts ----------------------------------------------
 
 
@@ -377,6 +430,46 @@ async def test_a_flood_of_refused_attempts_is_audited_once_a_minute_and_counted(
     last = [e for e in run["timeline"] if e["event"] == "decision.refused"][-1]
     assert last["actor"] == mallory and last["data"]["suppressed"] == 99
     assert run["status"] == "awaiting_approval"
+
+
+async def test_a_flood_that_stops_is_summarised_at_the_next_refusal_of_anyone_and_at_shutdown(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    clock = Clock()
+    policies = {"refunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2}}
+    voters = Reviewers(await start_service(smtp_server, clock=clock, policies=policies))
+    run_id, approval_id = await pending(voters.service, "refunds")
+    mallory, oscar = "mallory@example.com", "oscar@example.com"
+    for who in (mallory, oscar):
+        await voters.key(who)
+
+    async def summaries(service: Any) -> list[dict[str, Any]]:
+        run = await service.run(run_id)
+        return [e for e in run["timeline"] if e["event"] == "audit.suppressed"]
+
+    for _ in range(20):
+        assert (await voters.vote(approval_id, mallory))[0] == 403
+    assert await summaries(voters.service) == []  # within its window: nothing to say yet
+    # Mallory stops. A minute on, anyone's refused attempt is the occasion to say what was left out.
+    await advance(clock, timedelta(minutes=1), voters.service)
+    assert (await voters.vote(approval_id, oscar))[0] == 403
+    [summary] = await summaries(voters.service)
+    assert summary["actor"] == mallory and summary["data"]["summarises"] == "decision.refused"
+    assert summary["data"]["suppressed"] == 19 and summary["data"]["why"] == "window"
+    assert summary["data"]["of"]["attempted"] == "approve" and summary["data"]["of"]["reason"] == "not_allowed"
+
+    # Summarised once: Mallory's next refusal carries nothing; a new burst is said at shutdown.
+    for _ in range(5):
+        assert (await voters.vote(approval_id, mallory))[0] == 403
+    run = await voters.service.run(run_id)
+    last = [e for e in run["timeline"] if e["event"] == "decision.refused" and e["actor"] == mallory][-1]
+    assert "suppressed" not in last["data"]
+    assert voters.service.stop is not None
+    await voters.service.stop()
+    again = await start_service(smtp_server, clock=clock, policies=policies)
+    _, at_shutdown = await summaries(again)
+    assert at_shutdown["actor"] == mallory and at_shutdown["data"]["suppressed"] == 4
+    assert at_shutdown["data"]["why"] == "shutdown"
 
 
 async def test_a_key_bound_to_an_object_id_cannot_approve_or_hand_over_a_run_its_owner_requested_by_email(

@@ -209,6 +209,24 @@ async def test_failed_logins_are_refused_and_audited_boundedly(console_service: 
     assert (await client.get("/console"))[0] == 303
 
 
+async def test_failed_logins_left_out_of_the_audit_log_are_summarised_at_shutdown(
+        start_service: StartService, smtp_server: SmtpServer) -> None:
+    service = await start_service(smtp_server, public_url=LOOPBACK_URL)
+    client = ConsoleClient(service)
+    try:
+        for attempt in range(6):
+            await client.login(f"csk_not-a-key-{attempt}", expect=401)
+    finally:
+        await client.close()
+    assert len(await audit_events(service, "console.login_failed")) == 1  # the other five are counted
+    assert service.stop is not None
+    await service.stop()
+    again = await start_service(smtp_server, public_url=LOOPBACK_URL)
+    [summary] = await audit_events(again, "audit.suppressed")
+    assert summary["data"]["summarises"] == "console.login_failed" and summary["data"]["suppressed"] == 5
+    assert summary["actor"] == "anonymous" and summary["data"]["of"]["reason"] == "unknown_credential"
+
+
 @SQLITE_ONLY
 async def test_a_revoked_key_ends_its_sessions(console_service: Service, client: ConsoleClient) -> None:
     key = await console_service.make_key("ops-bob", Scope.RUNS_READ)
@@ -297,7 +315,8 @@ async def test_audit_page_and_export_need_audit_read(console_service: Service, c
 async def test_every_customer_and_model_string_is_escaped(console_service: Service, client: ConsoleClient) -> None:
     created = await console_service.create_run({
         "request": f"Please help {HOSTILE}", "customer": {"email": "ann@example.com", "name": f"Ann {HOSTILE}"},
-        "requested_by": f"ops {HOSTILE}"})
+        # An identity may not hold the bidi override (refused at intake: test_hostile_input); the markup it may.
+        "requested_by": f"ops {HOSTILE.replace(chr(0x202E), '')}"})
     await console_service.wait_status(created["id"], "awaiting_approval")
     edited = await new_run(console_service, subject=f"Re: {HOSTILE}", body=f"Hello\n{HOSTILE}\n<img src=x onerror=alert(2)>")
     status, _ = await console_service.decide(edited["approvals"][0]["id"], {

@@ -18,7 +18,7 @@ from playwright.async_api import Page, expect
 from service.api.deps import SERVICES
 from service.store import tables as t
 
-from .conftest import Service, StartService, email_action
+from .conftest import Service, StartService, cas_always_loses, email_action
 from .peers.browser import Tab
 from .peers.smtp import SmtpServer
 
@@ -323,3 +323,24 @@ async def test_customer_and_model_strings_are_escaped_in_the_email_and_the_page(
         if "[click here]" in hostile:
             assert 'href="https://evil.example"' not in rendered
     assert "\u202e" not in rita.get_body(("plain",)).get_content()
+
+
+async def test_a_decision_that_keeps_losing_the_compare_and_set_is_a_page_saying_try_again(
+        mail: Service, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id, approval_id = await _pending(mail)
+    [rita] = [m for m in await _requests(smtp_server, 2) if _to(m) == RITA]
+    link = _link(mail, rita)
+    async with aiohttp.ClientSession() as http:
+        cas_always_loses(monkeypatch)
+        async with http.get(link) as r:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+        assert csrf is not None
+        async with http.post(link, data={"csrf": csrf.group(1), "action": "approve", "draft_version": "1"}) as r:
+            assert r.status == 503 and int(r.headers["Retry-After"]) >= 1
+            assert r.content_type == "text/html" and "try again" in await r.text()
+        assert (await mail.run(run_id))["decisions"] == []
+        assert all(x.spent_at is None for x in await _links(mail, approval_id))  # the link still works
+        monkeypatch.undo()
+        status, page = await _form(http, link, action="approve", draft_version="1")
+        assert status == 200 and "Approved" in page
+    await mail.wait_status(run_id, "completed")

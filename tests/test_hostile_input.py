@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from service.api.deps import SERVICES
+from service.scopes import Scope, ScopeRuleError
+
 from .conftest import Service, StartService, email_action
 from .peers.smtp import SmtpServer
 from .test_bad_input import CUSTOMER, assert_problem, assert_still_pending, pending_approval, stored
@@ -111,3 +114,51 @@ async def test_line_breakers_in_an_edited_subject_decide_nothing(service: Servic
     assert status == 422 and "subject" in [e["field"] for e in problem["errors"]], problem
     assert await stored(service) == before
     await assert_still_pending(service, run_id)
+
+
+# Characters that leave an identity looking the same (or nearly) but compare unequal: zero
+# width, bidi controls, a byte order mark, a soft hyphen, a no-break space, fullwidth letters.
+DISGUISES = {"zero_width_space": "rita\u200b@example.com", "zero_width_joiner": "ri\u200dta@example.com",
+             "right_to_left_override": "rita@\u202eelpmaxe.com", "bom": "\ufeffrita@example.com",
+             "soft_hyphen": "ri\u00adta@example.com", "no_break_space": "rita\u00a0@example.com",
+             "fullwidth": "\uff52ita@example.com", "word_joiner": "rita\u2060@example.com"}
+
+
+@pytest.mark.parametrize("disguised", DISGUISES.values(), ids=DISGUISES.keys())
+async def test_a_disguised_identity_is_refused_wherever_identities_are_compared(
+    service: Service, disguised: str,
+) -> None:
+    run_id, approval_id = await pending_approval(service)
+    before = await stored(service)
+    status, problem, headers = await service.request("POST", "/api/runs",
+                                                     body={**_action(), "requested_by": disguised})
+    assert_problem(status, problem, headers, 422, "requested_by")
+    assert "U+" in problem["errors"][0]["message"], problem
+    for path, body, field in (
+        (f"/api/approvals/{approval_id}/decisions", {"decision": "approve", "reviewer": {"id": disguised}},
+         "reviewer.id"),
+        (f"/api/approvals/{approval_id}/decisions",
+         {"decision": "approve", "reviewer": {"id": "rita", "email": disguised}}, "reviewer.email"),
+        (f"/api/approvals/{approval_id}/delegations", {"to": disguised, "reviewer": {"id": "rita@example.com"}},
+         "to"),
+    ):
+        status, problem, headers = await service.request("POST", path, body=body, auth="decider")
+        assert_problem(status, problem, headers, 422, field)
+    status, problem, headers = await service.request("POST", "/api/keys", body={
+        "name": "disguised", "scopes": ["decide"], "reviewer": disguised})
+    assert_problem(status, problem, headers, 422, "reviewer")
+    with pytest.raises(ScopeRuleError) as refused:  # as `countersign keys create --reviewer` makes keys
+        await service.app[SERVICES].keys.create(name="disguised", scopes=frozenset({Scope.DECIDE}),
+                                                reviewer=disguised, expires_in=None, created_by="test")
+    assert refused.value.field == "reviewer"
+    assert await stored(service) == before
+    await assert_still_pending(service, run_id)
+
+
+async def test_an_identity_with_spaces_around_it_is_the_identity(service: Service) -> None:
+    # Python's strip(): a no-break space around it is trimmed too (inside, it is refused above).
+    status, accepted, _ = await service.request("POST", "/api/runs",
+                                                body={**_action(), "requested_by": "  rita@example.com\u00a0"})
+    assert status == 202, accepted
+    run = await service.run(accepted["id"])
+    assert run["requested_by"] == "rita@example.com"

@@ -95,6 +95,22 @@ async def test_every_format_is_read_with_its_location(tmp_path: Path) -> None:
     assert "javascript" not in (await kb.search("Lisbon store", 1))[0].text
 
 
+def test_building_an_index_makes_private_only_the_directories_it_creates(tmp_path: Path) -> None:
+    docs = tmp_path / "kb"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("Gift cards never expire and can be used online.")
+    shared = tmp_path / "shared"  # e.g. the home directory holding a data directory: the user's own, 0755
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    build_index(docs, shared / "index", RetrievalMode.BM25)
+    assert (shared.stat().st_mode & 0o777) == 0o755  # not ours to tighten
+    assert ((shared / "index").stat().st_mode & 0o777) == 0o700
+    build_index(docs, shared / "new" / "deeper" / "index", RetrievalMode.BM25)  # missing parents: made private
+    for made in (shared / "new", shared / "new" / "deeper", shared / "new" / "deeper" / "index"):
+        assert (made.stat().st_mode & 0o777) == 0o700, made
+    assert (shared.stat().st_mode & 0o777) == 0o755
+
+
 async def test_a_changed_knowledge_directory_is_indexed_again(tmp_path: Path) -> None:
     docs = tmp_path / "kb"
     docs.mkdir()

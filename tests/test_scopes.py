@@ -226,6 +226,36 @@ async def test_revoked_and_expired_keys_are_refused_on_every_replica_and_audited
     assert key not in json.dumps(page) and created.secret not in json.dumps(page)
 
 
+async def test_a_revoked_key_presented_again_and_again_is_audited_once_a_minute_counted_and_summarised(
+        start_service: StartService, smtp_server: SmtpServer) -> None:
+    service = await start_service(smtp_server)
+    key = await service.make_key("old", Scope.RUNS_READ)
+    assert (await service.request("POST", "/api/keys/old/revoke"))[0] == 200
+
+    async def suppressed() -> float:
+        _, text, _ = await service.request("GET", "/metrics", auth="none")
+        line = next((line for line in text.splitlines()
+                     if line.startswith('countersign_audit_suppressed_total{kind="key.refused"}')), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    before = await suppressed()
+    for _ in range(10):
+        status, problem, _ = await service.request("GET", "/api/runs", auth=key)
+        assert status == 401 and "revoked" in problem["detail"]
+    assert await suppressed() - before == 9
+    status, page, _ = await service.request("GET", "/api/audit")
+    assert [e["actor"] for e in page["items"] if e["kind"] == "key.refused"] == ["key:old"]
+
+    assert service.stop is not None
+    await service.stop()  # the nine left out are said in the log at shutdown
+    again = await start_service(smtp_server)
+    status, page, _ = await again.request("GET", "/api/audit")
+    [summary] = [e for e in page["items"] if e["kind"] == "audit.suppressed"]
+    assert summary["actor"] == "key:old" and summary["data"]["summarises"] == "key.refused"
+    assert summary["data"]["suppressed"] == 9 and summary["data"]["of"]["status"] == "revoked"
+    assert key not in json.dumps(page)
+
+
 def _cli(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COUNTERSIGN_DATA_DIR": str(tmp_path / "data"), "COUNTERSIGN_DATABASE_URL": db_url,
            "COUNTERSIGN_AUDIT_KEY": AUDIT_KEY}

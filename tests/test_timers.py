@@ -9,6 +9,7 @@ One restart test uses real, short durations with a real `countersign serve` proc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import random
@@ -37,7 +38,7 @@ from service.teams.conversations import Member
 from service.teams.notices import mention_activity
 from service.timers import ESCALATE_JOB, EXPIRE_JOB, REMIND_JOB, TIMER_JOBS, ApprovalTimers
 
-from .conftest import API_TOKEN, AUDIT_KEY, Service, StartService, email_action, free_port
+from .conftest import API_TOKEN, AUDIT_KEY, Service, StartService, cas_always_loses, email_action, free_port
 from .peers.smtp import SmtpServer
 from .processes import ServiceProcess
 
@@ -343,6 +344,35 @@ async def test_a_timer_overdue_while_the_service_was_down_fires_at_start(
     assert len(await events(second, reminded_id, "approval.reminded")) == 1
 
 
+async def test_reminders_overdue_after_downtime_do_not_fire_in_a_burst(
+    start_service: StartService, smtp_server: SmtpServer,
+) -> None:
+    """Down for several remind_after periods: the overdue reminder fires once at start, and
+    the next is one period after that (not after when the missed one was due), still capped."""
+    clock = Clock()
+    first = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(first, timed(remind_after=HOUR, max_reminders=3))
+    assert first.stop is not None
+    await first.stop()
+    clock.now += 5 * HOUR + 30 * timedelta(minutes=1)  # four reminders' worth fell due while nothing ran
+    restarted = clock.now
+    second = await start_service(smtp_server, clock=clock)
+    [reminded] = await wait_events(second, run_id, "approval.reminded", 1)
+    await settle()
+    assert len(await events(second, run_id, "approval.reminded")) == 1  # no burst of the missed ones
+    assert reminded["number"] == 1 and reminded["next_at"] == (restarted + HOUR).isoformat()
+    row = await approval_row(second, approval_id)
+    assert row.remind_at == restarted + HOUR and row.reminders_sent == 1
+    for number in (2, 3):
+        await advance(clock, HOUR, second)
+        found = await wait_events(second, run_id, "approval.reminded", number)
+        assert found[-1]["number"] == number
+    await advance(clock, 5 * HOUR, second)
+    await settle()
+    assert len(await events(second, run_id, "approval.reminded")) == 3  # the cap still holds
+    assert (await approval_row(second, approval_id)).remind_at is None
+
+
 async def test_timers_count_working_hours_of_the_policy_calendar(
     start_service: StartService, smtp_server: SmtpServer,
 ) -> None:
@@ -389,7 +419,7 @@ async def test_timers_fire_once_with_several_services_on_one_database(
 
 @pytest.mark.parametrize("on_expiry", [ExpiryOutcome.REJECT, ExpiryOutcome.APPROVE])
 async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
-    start_service: StartService, smtp_server: SmtpServer, on_expiry: ExpiryOutcome,
+    start_service: StartService, smtp_server: SmtpServer, on_expiry: ExpiryOutcome, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
     service = await start_service(smtp_server, clock=clock)
@@ -399,15 +429,36 @@ async def test_a_decision_racing_the_expiry_200_times_has_exactly_one_outcome(
     # Made side by side (the order they are made in is not what races).
     runs = list(await asyncio.gather(*(create(service, policy, subject=f"Reply {i}", to=[f"c{i}@example.com"])
                                        for i in range(200))))
+    # The votes are timed by the worker, not by the clock on the wall: votes spread over a
+    # fixed time could all land before the worker began, or all after it was done, and race
+    # nothing. Half vote the moment the worker starts on the expiries (ahead of those whose
+    # turn comes later: its timer lane runs 64 at a time), half the moment it starts on their
+    # own approval's expiry; each side then waits a few random milliseconds.
+    expiring = services.jobs.handlers[EXPIRE_JOB]
+    begun = asyncio.Event()
+    started = {approval_id: asyncio.Event() for _, approval_id in runs}
+
+    async def expire_run(job: Job) -> Any:
+        begun.set()
+        started[job.payload["approval_id"]].set()
+        await asyncio.sleep(random.uniform(0, 0.005))
+        return await expiring.run(job)
+
+    monkeypatch.setitem(services.jobs.handlers, EXPIRE_JOB, dataclasses.replace(expiring, run=expire_run))
+    early = {approval_id for _, approval_id in runs if random.random() < 0.5}
     clock.now += HOUR  # every expiry is due: the worker starts on them at its next look
+    services.jobs.wakeup.set()
 
     async def vote(approval_id: str) -> bool:
-        await asyncio.sleep(random.uniform(0, 0.6))
+        await asyncio.wait_for((begun if approval_id in early else started[approval_id]).wait(), timeout=60)
+        await asyncio.sleep(random.uniform(0, 0.005))
         outcome = await decisions.decide(DecisionRequest(
             approval_id=approval_id, kind=DecisionKind.APPROVE, reviewer=Reviewer(RITA, email=RITA), channel=Channel.API))
         return outcome.decided
 
     decided = dict(zip([a for _, a in runs], await asyncio.gather(*(vote(a) for _, a in runs)), strict=True))
+    # Both orders happened: some votes won, some expiries did (else nothing raced).
+    assert 0 < sum(decided.values()) < 200, f"{sum(decided.values())} of 200 votes won"
 
     async def q(conn: Any) -> tuple[list[Any], list[Any], list[Any]]:
         audit = (await conn.execute(sa.select(t.audit_events.c.run_id, t.audit_events.c.kind, t.audit_events.c.actor)
@@ -526,6 +577,41 @@ async def test_an_expiry_that_loses_its_compare_and_set_to_a_pending_change_read
     assert row.status == "expired" and row.version == before.version + 2
     assert len(await events(service, run_id, "approval.expired")) == 1
     assert (await service.wait_status(run_id, "expired"))["approvals"][0]["status"] == "expired"
+
+
+async def test_an_expiry_that_keeps_losing_its_compare_and_set_waits_its_turn_and_never_dies(
+    start_service: StartService, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Contention is not a failure: the expiry job tries again a second later without using
+    up an attempt (more rounds than the job's 4 attempts here), and expires the approval once
+    the contention ends. A dead expiry job would leave the approval waiting for ever."""
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(expire_after=HOUR))
+    cas_always_loses(monkeypatch)
+
+    async def expiry_job() -> Any:
+        async def q(conn: Any) -> Any:
+            return (await conn.execute(sa.select(t.jobs).where(t.jobs.c.run_id == run_id,
+                                                               t.jobs.c.kind == EXPIRE_JOB))).one()
+
+        return await service.app[SERVICES].store.read(q)
+
+    await advance(clock, HOUR, service)
+    for _ in range(6):
+        deadline = time.monotonic() + 15
+        while (job := await expiry_job()).due_at <= clock.now and job.status == "queued":
+            assert time.monotonic() < deadline, job  # until it ran and was put back
+            await asyncio.sleep(0.02)
+        assert job.status == "queued" and job.attempts == 0 and "changed 20 times" in job.last_error, job
+        assert job.due_at == clock.now + timedelta(seconds=1)
+        await advance(clock, timedelta(seconds=1), service)
+    assert (await approval_row(service, approval_id)).status == "pending"
+    monkeypatch.undo()
+    await advance(clock, timedelta(seconds=1), service)
+    run = await service.wait_status(run_id, "expired")
+    assert run["approvals"][0]["status"] == "expired"
+    assert len(await events(service, run_id, "approval.expired")) == 1
 
 
 async def test_the_idle_worker_sleeps_until_the_next_due_job(store: Store) -> None:

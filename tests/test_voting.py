@@ -14,7 +14,7 @@ import pytest
 
 from service.scopes import Scope
 
-from .conftest import Service, StartService, email_action
+from .conftest import Service, StartService, cas_always_loses, email_action
 from .peers.smtp import SmtpServer
 from .test_teams import CHANNEL, _actions, _texts, teams_service
 
@@ -301,3 +301,41 @@ async def test_an_inline_policy_cannot_change_who_votes_under_a_multi_vote_polic
         assert problem["errors"][0]["field"] == "policy.reviewers"
     status, page, _ = await voting.service.request("GET", "/api/runs")
     assert page["items"] == []
+
+
+
+async def test_a_vote_that_keeps_losing_the_compare_and_set_is_a_retryable_503(
+    start_service: StartService, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policies = {**POLICIES, "teamrefunds": {"reviewers": [RITA, SAM, LEE], "mode": "quorum", "required": 2,
+                                            "teams_channel": CHANNEL, "delegates": [DANA]}}
+    async with teams_service(start_service, smtp_server, policies) as teams:
+        await teams.install()
+        voters = Reviewers(teams.service)
+        run_id, approval_id = await pending(teams.service, "teamrefunds")
+        await voters.key(RITA)
+        await voters.key(SAM)
+        cas_always_loses(monkeypatch)
+        for path, body, who in ((f"/api/approvals/{approval_id}/decisions", {"decision": "approve"}, RITA),
+                                (f"/api/approvals/{approval_id}/delegations", {"to": DANA}, SAM)):
+            status, problem, headers = await teams.service.request("POST", path, body=body,
+                                                                   auth=await voters.key(who))
+            assert status == 503, problem
+            assert headers["Content-Type"].startswith("application/problem+json")
+            assert problem["type"].endswith("/approval_contended") and problem["status"] == 503
+            assert "try again" in problem["detail"] and problem["request_id"]
+            assert int(headers["Retry-After"]) >= 1
+        # A click is told to try again (the card stays as it is, its buttons with it).
+        status, answer = await teams.post(teams.click(approval_id, "countersign.approve", sender="lee"))
+        assert status == 200 and answer["statusCode"] == 503, answer
+        assert answer["value"]["code"] == "ServiceUnavailable" and "try again" in answer["value"]["message"]
+        status, answer = await teams.post(teams.click(approval_id, "countersign.delegate", sender="lee",
+                                                      delegate_to=DANA))
+        assert status == 200 and answer["statusCode"] == 503, answer
+        run = await teams.service.run(run_id)
+        assert run["decisions"] == [] and run["approvals"][0]["status"] == "pending"  # nothing changed
+
+        monkeypatch.undo()  # the contention ends: the same vote goes through
+        status, answer = await voters.vote(approval_id, RITA)
+        assert status == 200 and answer["status"] == "pending", answer
+

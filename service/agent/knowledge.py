@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..private_files import make_private, make_private_tree
+from ..private_files import make_private_dirs, make_private_tree
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def build_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
     nodes = _chunks(documents, source_dir, show_progress)
     staging = index_dir.with_name(f"{index_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    make_private_dirs(staging)  # and the parents it lacks; existing ones are not the index's to change
     if mode is RetrievalMode.BM25:
         from llama_index.retrievers.bm25 import BM25Retriever
 
@@ -142,7 +142,6 @@ def build_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
     }))
     # Private like the rest of the data directory, whatever modes the persister used.
     make_private_tree(staging)
-    make_private(staging.parent, warn=False)
     # Swap in whole, so a reader never sees half an index.
     shutil.rmtree(index_dir, ignore_errors=True)
     staging.rename(index_dir)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 
-from ..keys import KEY_PREFIX, ApiKey, ApiKeys, ReplayGuard
+from .. import metrics
+from ..audit_summaries import AuditSummaries
+from ..audit_throttle import AuditThrottle
+from ..keys import KEY_PREFIX, REFUSED_KEY_EVENT, ApiKey, ApiKeys, ReplayGuard
 from ..scopes import WEBHOOK_SCOPES, Principal, PrincipalKind, Scope
 from ..signing import HEADER, SignatureError, verify_request
 from ..store.db import utcnow
@@ -43,7 +45,8 @@ class ApiAuth:
         self.settings = settings
         self.keys = keys
         self.replays = replays
-        self._refusals_audited: dict[str, float] = {}
+        self.refusals = AuditThrottle()
+        self.refusal_summaries = AuditSummaries(keys.store, self.refusals)
 
     async def authenticate(self, request: web.Request, body: bytes,
                            scope: Scope | tuple[Scope, ...] | None) -> Principal:
@@ -77,15 +80,19 @@ class ApiAuth:
         raise unauthorized("the bearer token is not valid")
 
     async def _refused_use(self, key: ApiKey, status: str) -> None:
-        """Audit a revoked or expired key being presented: once per key per minute and
-        process, so that someone replaying an old key cannot grow the audit log at will."""
-        now = time.monotonic()
-        if now - self._refusals_audited.get(key.id, -math.inf) < 60:
-            return
-        if len(self._refusals_audited) > 10_000:
-            self._refusals_audited.clear()
-        self._refusals_audited[key.id] = now
-        await self.keys.record_refused_use(key, status)
+        """Audit a revoked or expired key being presented, throttled as refused decisions
+        are (service/audit_throttle.py): once per key and status per minute and process, so
+        that someone replaying an old key cannot grow the audit log at will; the uses left
+        out are counted and said by the next audited one or a summary."""
+        throttled = (REFUSED_KEY_EVENT, key.id, status)
+        event = ApiKeys.refused_use(key, status)
+        carried = self.refusals.admit(throttled, self.keys.store.clock(), object(), event)
+        if carried is None:
+            self.refusals.left_out(throttled)  # nothing to commit: counted at once
+            metrics.AUDIT_SUPPRESSED.labels(kind=REFUSED_KEY_EVENT).inc()
+        else:
+            await self.keys.record_refused_use(event, carried)
+        await self.refusal_summaries.flush()
 
     async def _signed(self, request: web.Request, header: str, body: bytes,
                       scope: Scope | tuple[Scope, ...] | None) -> Principal:

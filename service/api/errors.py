@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .. import metrics
-from ..domain import DomainError, NotFound
+from ..domain import Contended, DomainError, NotFound
 from ..logs import request_id
 from ..runs import IdempotencyConflict
 
@@ -141,6 +141,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = problem(404, "not_found", str(exc))
         except IdempotencyConflict as exc:
             response = problem(409, "idempotency_key_reused", str(exc))
+        except Contended as exc:  # nothing was recorded: the same request can be sent again
+            response = problem(503, "approval_contended", exc.message,
+                               headers={"Retry-After": str(exc.retry_after_seconds)})
         except DomainError as exc:
             field = exc.context.get("field")
             response = problem(409, exc.code, exc.message, [{"field": field, "message": exc.message}] if field else None)

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from ..domain import ActionType, ApprovalStatus, AttemptOutcome, Channel, DecisionKind, DeliveryStatus, RunStatus
+from ..identities import checked_identity
 from ..jobs import JobStatus
 from ..mail.fields import BodyText, HeaderText, header_text
 from ..policy import PolicyMode
@@ -89,6 +90,8 @@ def _message_id(value: str) -> str:
 
 MessageId = Annotated[str, Field(max_length=255), AfterValidator(_message_id)]
 ShortText = Annotated[str, Field(max_length=320), AfterValidator(header_text)]
+# An identity compared with others (service/identities.py): trimmed, no invisible or look-alike characters.
+Identity = Annotated[ShortText, AfterValidator(checked_identity)]
 ReasonText = Annotated[str, Field(max_length=2000), AfterValidator(_free_text)]
 RequestText = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_free_text),
                         AfterValidator(_not_blank)]
@@ -171,7 +174,7 @@ class RunCreate(Strict):
     customer: CustomerIn | None = None
     action: ActionIn | None = None
     policy: PolicyRef | None = Field(default=None, description="A configured policy's name, or an inline policy narrowing one")
-    requested_by: ShortText | None = None
+    requested_by: Identity | None = None
     callback_url: CallbackUrl | None = Field(
         default=None, description="https (http only where the service allows it), no user name or password; "
         "private, loopback, link-local and metadata addresses are refused (README: Callbacks)")
@@ -188,9 +191,9 @@ class RunCreate(Strict):
 
 
 class ReviewerIn(Strict):
-    id: ShortText
+    id: Identity
     name: ShortText | None = None
-    email: EmailStr | None = None
+    email: Annotated[EmailStr, AfterValidator(checked_identity)] | None = None
 
 
 class DecisionIn(Strict):
@@ -219,7 +222,7 @@ class DecisionIn(Strict):
 
 
 class DelegationIn(Strict):
-    to: ShortText = Field(description="Who gets the vote: an identity the policy allows (its `delegates` or "
+    to: Identity = Field(description="Who gets the vote: an identity the policy allows (its `delegates` or "
                                       "`escalate_to`), never the requester or someone who voted or holds a vote")
     reviewer: ReviewerIn | None = Field(
         default=None, description="With a `decide` key: absent, or the key's own reviewer. With `decide:on-behalf`: "
@@ -571,7 +574,7 @@ class Health(BaseModel):
 class KeyCreateIn(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
-    reviewer: ShortText | None = Field(default=None, description="Required with `decide`: the one reviewer the key "
+    reviewer: Identity | None = Field(default=None, description="Required with `decide`: the one reviewer the key "
                                                                  "decides as")
     expires: ShortText | None = Field(default=None, description="How long the key lives: 90d, 12h, P30D, ...")
 

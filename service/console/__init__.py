@@ -44,6 +44,8 @@ def setup(app: web.Application, settings: Settings) -> None:
                                AuditCheck(services.store, ChainKey(services.settings.audit_key.get_secret_value())))
         services.runs.on_approval_changed.append(observe_decision)
         yield
+        # Before the store closes (this context ends before the app's): failed logins left out, said now.
+        await app[CONSOLE].sessions.failure_summaries.flush(everything=True)
 
     app.cleanup_ctx.append(lifecycle)
     add = app.router

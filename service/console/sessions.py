@@ -16,7 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..audit_throttle import AuditThrottle
+from ..audit_summaries import AuditSummaries
+from ..audit_throttle import AuditThrottle, Subject
 from ..metrics import AUDIT_SUPPRESSED
 from ..scopes import Scope, parse_scopes
 from ..store import tables as t
@@ -66,6 +67,7 @@ class Sessions:
         # Failed logins are audited once a minute per key (or once for all unknown ones):
         # anyone can post the login form, and must not be able to grow the audit log at will.
         self.failures = AuditThrottle()
+        self.failure_summaries = AuditSummaries(store, self.failures)
 
     async def open(self, operator: Operator, remote: str | None) -> tuple[Session, str]:
         """A new session for `operator` and its signed cookie value; audited as console.login."""
@@ -91,9 +93,11 @@ class Sessions:
         """Audit a failed login, at most once a minute per key (unknown credentials share one)."""
         key = ("console.login_failed", refusal.key_id or refusal.reason)
         attempt = object()
+        data: dict[str, Any] = {**VIA, "reason": refusal.reason, "remote": remote}
+        event = Subject("console.login_failed", run_id=None, actor=refusal.actor, data=data)
 
         async def op(tx: Tx) -> None:
-            left_out = self.failures.admit(key, tx.now, attempt)
+            left_out = self.failures.admit(key, tx.now, attempt, event)
             if left_out is None:
                 def count() -> None:
                     self.failures.left_out(key)
@@ -101,12 +105,11 @@ class Sessions:
 
                 tx.after_commit(count)
                 return
-            data: dict[str, Any] = {**VIA, "reason": refusal.reason, "remote": remote}
-            if left_out:
-                data["suppressed"] = left_out
-            tx.audit("console.login_failed", run_id=None, actor=refusal.actor, data=data)
+            tx.audit("console.login_failed", run_id=None, actor=refusal.actor,
+                     data={**data, "suppressed": left_out} if left_out else data)
 
         await self.store.write(op)
+        await self.failure_summaries.flush()  # a burst of any key that stopped (service/audit_summaries.py)
 
     async def find(self, cookie: str | None) -> Session | None:
         """The live session a cookie names, or None (ending it first if its time or key ran out)."""

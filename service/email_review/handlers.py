@@ -30,7 +30,7 @@ from adaptive_cards import ApprovalView
 from ..api.schemas import DecisionIn, DelegationIn
 from ..approval_views import ApiLinks, load_view
 from ..decisions import Decisions
-from ..domain import Channel, DecisionKind, DecisionRequest, DelegationRequest, NotFound, Reviewer
+from ..domain import Channel, Contended, DecisionKind, DecisionRequest, DelegationRequest, NotFound, Reviewer
 from ..foreground import Foreground
 from ..policy import EmailConfirm, Policy
 from ..store import tables as t
@@ -268,16 +268,23 @@ class ReviewPages:
         link = opened.link
         reviewer = Reviewer(id=link.reviewer, email=link.reviewer)
         with self.foreground.request():
-            if isinstance(parsed, DelegationIn):
-                delegated = await self.decisions.delegate(DelegationRequest(
-                    approval_id=link.approval_id, reviewer=reviewer, to=parsed.to, channel=Channel.EMAIL))
-                done, detail = delegated.delegated, delegated.detail
-            else:
-                decided = await self.decisions.decide(DecisionRequest(
-                    approval_id=link.approval_id, kind=DecisionKind(parsed.decision), reviewer=reviewer,
-                    channel=Channel.EMAIL, reason=parsed.reason, subject=parsed.subject, body=parsed.body,
-                    draft_version=parsed.draft_version))
-                done, detail = decided.decided, decided.detail
+            try:
+                if isinstance(parsed, DelegationIn):
+                    delegated = await self.decisions.delegate(DelegationRequest(
+                        approval_id=link.approval_id, reviewer=reviewer, to=parsed.to, channel=Channel.EMAIL))
+                    done, detail = delegated.delegated, delegated.detail
+                else:
+                    decided = await self.decisions.decide(DecisionRequest(
+                        approval_id=link.approval_id, kind=DecisionKind(parsed.decision), reviewer=reviewer,
+                        channel=Channel.EMAIL, reason=parsed.reason, subject=parsed.subject, body=parsed.body,
+                        draft_version=parsed.draft_version))
+                    done, detail = decided.decided, decided.detail
+            except Contended as exc:  # nothing was recorded and the link is not spent: the same form again
+                answer = _answer(await self._page(opened, PageState.REFUSED, (
+                    "Many changes reached this request at once and yours was not recorded; nothing was decided. "
+                    "Please try again.")), 503)
+                answer.headers["Retry-After"] = str(exc.retry_after_seconds)
+                return answer
         if not done:
             status = {"not_allowed": 403, "invalid_delegate": 422}.get(str(detail.get("reason")), 409)
             return _answer(await self._page(opened, PageState.REFUSED, str(detail.get("message", "Refused."))), status)

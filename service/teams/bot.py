@@ -38,7 +38,16 @@ from adaptive_cards.text import escape_inline
 from ..api.schemas import DecisionIn
 from ..approval_views import ApiLinks, decided_view, load_view
 from ..decisions import Decisions
-from ..domain import EMAIL_NEEDED, Channel, DecisionKind, DecisionRequest, DelegationRequest, NotFound, Reviewer
+from ..domain import (
+    EMAIL_NEEDED,
+    Channel,
+    Contended,
+    DecisionKind,
+    DecisionRequest,
+    DelegationRequest,
+    NotFound,
+    Reviewer,
+)
 from ..store import tables as t
 from ..store.db import Store
 from .card_fit import CardFit, card_refusal
@@ -170,6 +179,8 @@ class ApprovalBot(JsonInvokeHandler):
             view = await load_view(self.store, approval_id, self.links)
         except NotFound:
             return ClickResult.error(404, "NotFound", "this approval no longer exists")
+        except Contended:
+            return _contended()
         if not outcome.delegated:
             return ClickResult.card(build_not_allowed_card(view, outcome.detail["message"]), outcome.detail["message"])
         return ClickResult.card(build_card(view))
@@ -215,6 +226,8 @@ class ApprovalBot(JsonInvokeHandler):
                     can_resolve_email=False, email_unresolved=not (email or upn), known_email=None))
         except NotFound:
             return ClickResult.error(404, "NotFound", "this approval no longer exists")
+        except Contended:
+            return _contended()
         if outcome.decided:  # the common case: the new state is known without reading it back
             return ClickResult.card(build_card(decided_view(outcome, self.links)))
         view = await load_view(self.store, approval_id, self.links)
@@ -284,3 +297,10 @@ class ClickResult:
     def error(cls, status: int, code: str, message: str) -> ClickResult:
         return cls(AdaptiveCardInvokeResponse(status_code=status, type=ERROR_CONTENT_TYPE,
                                               value={"code": code, "message": message}), message)
+
+
+def _contended() -> ClickResult:
+    # An error answer, not a card: Teams keeps the card the person clicked, buttons and all,
+    # so clicking again is the retry (the vote was not recorded).
+    return ClickResult.error(503, "ServiceUnavailable",
+                             "many changes reached this approval at once and yours was not recorded: try again")

@@ -175,14 +175,13 @@ class Conversations:
         None when the bot has met them in an allowed tenant, else the reason for the audit
         log. A person the bot knows only in a tenant no longer allowed is refused like any
         row of that tenant (`_allowed`). On a read connection or in a store op's `Tx`."""
-        folded = identity.casefold()
         allowed = sa.case((self._allowed(t.teams_members.c.tenant_id), 1), else_=0)
-        row = (await conn.execute(
-            sa.select(t.teams_members.c.tenant_id, allowed.label("allowed"))
-            .where(sa.or_(t.teams_members.c.aad_object_id == identity,
-                          sa.func.lower(t.teams_members.c.email) == folded,
-                          sa.func.lower(t.teams_members.c.user_principal_name) == folded))
-            .order_by(allowed.desc()).limit(1))).first()  # an allowed record first, if there is one
+        rows = (await conn.execute(
+            sa.select(t.teams_members.c.aad_object_id, t.teams_members.c.email,
+                      t.teams_members.c.user_principal_name, t.teams_members.c.tenant_id, allowed.label("allowed"))
+            .where(_candidates(identity)))).all()
+        matching = sorted((r for r in rows if _names(r, identity)), key=lambda r: -r.allowed)
+        row = matching[0] if matching else None  # an allowed record first, if there is one
         if row is not None and row.allowed:
             return None
         if row is not None:
@@ -214,12 +213,11 @@ class Conversations:
                         aliases=frozenset({row.aad_object_id}))
 
     async def _members_named(self, conn: Any, identity: str) -> list[Any]:
-        folded = identity.casefold()
-        return list((await conn.execute(sa.select(t.teams_members).where(sa.or_(
-            t.teams_members.c.aad_object_id == identity,
-            sa.func.lower(t.teams_members.c.email) == folded,
-            sa.func.lower(t.teams_members.c.user_principal_name) == folded,
-        ), self._allowed(t.teams_members.c.tenant_id)).limit(2))).all())
+        """The members of the allowed tenants `identity` names, compared as the decision
+        path compares identities (`_candidates`, `_names`)."""
+        rows = (await conn.execute(sa.select(t.teams_members).where(
+            _candidates(identity), self._allowed(t.teams_members.c.tenant_id)))).all()
+        return [r for r in rows if _names(r, identity)]
 
     async def member(self, identity: str) -> Member | None:
         """A person by AAD object id, email or UPN (case-insensitive), within the allowed
@@ -233,6 +231,28 @@ class Conversations:
             raise AmbiguousMember(f"{identity} matches more than one person in Teams "
                                   f"({', '.join(r.aad_object_id for r in rows)}); name the reviewer by object id")
         return _member(rows[0]) if rows else None
+
+
+# Emails and UPNs compare as the decision path compares identities (Python's casefold,
+# `Reviewer.identities()`). SQL cannot: SQLite's lower() folds only ASCII, PostgreSQL's
+# follows its locale and neither folds "ß" to "ss". So SQL only narrows the rows: for an
+# ASCII value lower() is casefold, and every value outside printable ASCII (rare: the
+# people the bot has met with such an address) is a candidate; `_names` decides in Python.
+_OUTSIDE_ASCII = "[^ -~]"
+
+
+def _candidates(identity: str) -> Any:
+    folded = identity.casefold()
+    email, upn = t.teams_members.c.email, t.teams_members.c.user_principal_name
+    return sa.or_(t.teams_members.c.aad_object_id == identity,
+                  sa.func.lower(email) == folded, sa.func.lower(upn) == folded,
+                  email.regexp_match(_OUTSIDE_ASCII), upn.regexp_match(_OUTSIDE_ASCII))
+
+
+def _names(row: Any, identity: str) -> bool:
+    folded = identity.casefold()
+    return row.aad_object_id == identity or any(
+        value is not None and value.casefold() == folded for value in (row.email, row.user_principal_name))
 
 
 def _member(row: Any) -> Member:
