@@ -111,7 +111,7 @@ def ensure_test_tools() -> None:
     ensure_system_tool(bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")),
                        ["postgresql"], "the tests start a real PostgreSQL server")
     ensure_system_tool(bool(shutil.which("node") and shutil.which("npm")), ["nodejs", "npm"],
-                       "the card tests run the official Adaptive Cards renderer")
+                       "the card tests run the official Adaptive Cards renderer, the Teams demo test the Agents Playground")
     # Playwright drives this browser (executable_path). Its wheel brings no browser and its install
     # downloads none; only `playwright install` would, and nothing here runs it.
     ensure_system_tool(Path("/usr/bin/chromium").exists(), ["chromium"],

@@ -50,6 +50,7 @@ from .startup import (
 )
 from .store.db import Store, utcnow
 from .teams import TeamsNotConfigured
+from .teams.playground import insecure_tenants_problem
 from .timers import TIMER_LANE, TIMER_LANE_SLOTS, ApprovalTimers
 
 if TYPE_CHECKING:
@@ -177,6 +178,8 @@ def check_teams_settings(settings: Settings) -> None:
         raise TeamsNotConfigured(
             "Teams is configured but COUNTERSIGN_TEAMS_ALLOWED_TENANTS is empty: list the Microsoft Entra tenant "
             "ids whose users may use the bot (a SingleTenant app allows MicrosoftAppTenantId without listing it)")
+    if not settings.microsoft_app_id and (problem := insecure_tenants_problem(settings.effective_teams_allowed_tenants)):
+        raise TeamsNotConfigured(problem)
 
 
 async def _bot_messages(request: web.Request) -> web.StreamResponse:

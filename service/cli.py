@@ -65,9 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .demo import run_demo
+    from .demo import run_demo, teams_demo
+    from .demo_teams import TeamsDemoError
     from .private_files import ensure_private_dir
     from .sqlite_lock import DatabaseInUse
+    from .teams import TeamsNotConfigured
 
     # A few readable lines, not the service's start-up notes (which secret went where: the
     # demo's data directory holds them all) nor the retriever's progress bars.
@@ -75,8 +77,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     data_dir = Path(args.data_dir).resolve()
     try:
+        teams = teams_demo(args.teams_reviewer) if args.teams else None
         ensure_private_dir(data_dir)
-        return asyncio.run(run_demo(data_dir, args.port))
+        return asyncio.run(run_demo(data_dir, args.port, teams=teams))
+    except (TeamsDemoError, TeamsNotConfigured) as exc:
+        print(f"countersign demo --teams: {exc}", file=sys.stderr)
+        return 2
     except DatabaseInUse as exc:
         print(f"countersign demo: {exc} (is another demo running on this data directory?)", file=sys.stderr)
         return 2
@@ -453,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole product on embedded defaults, with a sample request")
     demo.add_argument("--data-dir", default="demo-data", help="where the demo keeps its state (default: demo-data)")
     demo.add_argument("--port", type=int, default=3978, help="the port to listen on, or the next free one")
+    demo.add_argument("--teams", action="store_true",
+                      help="also post the card in Teams: Microsoft 365 Agents Playground without MicrosoftAppId, "
+                           "real Teams with it")
+    demo.add_argument("--teams-reviewer", metavar="IDENTITY",
+                      help="with MicrosoftAppId: who gets the card in Teams (email or AAD object id)")
     demo.set_defaults(func=cmd_demo)
 
     index = sub.add_parser("index", help="(re)build the knowledge-base index (COUNTERSIGN_KNOWLEDGE_DIR)")

@@ -150,7 +150,8 @@ class Settings(BaseSettings):
     teams_allowed_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Body limit of /api/messages, far below max_body_bytes (see README, Microsoft Teams).
     bot_max_body_bytes: int = 64 * 1024
-    # Development only: accept unauthenticated Bot Framework requests when there is no app id.
+    # Development only: accept unauthenticated Bot Framework requests when there is no app id;
+    # refuses to start unless the allowed tenants are the Agents Playground's alone.
     bot_insecure_no_auth: bool = False
     bot_key_refresh_min_seconds: float = 60.0  # an unknown key id refetches the keys at most this often
     bot_http_timeout_seconds: float = 10.0  # Bot Connector calls' time limit

@@ -14,7 +14,6 @@ import ast
 import html
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -50,6 +49,8 @@ from adaptive_cards.elements import adaptive_card, input_text, text_block
 from adaptive_cards.text import BLANK_LINE, clip, escape_inline, format_datetime, markdown_lines, truncation_note
 from service.approval_views import changes_view
 from service.text_diff import diff_edit
+
+from .peers.npm import ensure_npm_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS_JS = Path(__file__).resolve().parent / "cards_js"
@@ -374,35 +375,8 @@ def cards() -> dict[str, dict[str, Any]]:
     return {name: build() for name, build in CARD_CASES.items()}
 
 
-def _node_modules_match_lock() -> bool:
-    lock = json.loads((CARDS_JS / "package-lock.json").read_text())
-    for path, entry in lock["packages"].items():
-        if not path:
-            continue
-        manifest = CARDS_JS / path / "package.json"
-        if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != entry.get("version"):
-            return False
-    return True
-
-
 def _ensure_node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(
-            "Node.js is not installed: the card tests need `node` (18+) and `npm` to run the official "
-            "Adaptive Cards renderer (tests/cards_js). Install Node.js; these tests do not skip.",
-            pytrace=False,
-        )
-    if not _node_modules_match_lock():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("`npm` is not installed; it is needed to install tests/cards_js (npm ci)", pytrace=False)
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=CARDS_JS, capture_output=True, text=True, timeout=600
-        )
-        if done.returncode != 0 or not _node_modules_match_lock():
-            pytest.fail(f"`npm ci` in {CARDS_JS} failed:\n{done.stdout}\n{done.stderr}", pytrace=False)
-    return node
+    return ensure_npm_packages(CARDS_JS, "the card tests run the official Adaptive Cards renderer")
 
 
 @pytest.fixture(scope="session")

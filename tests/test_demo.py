@@ -6,6 +6,7 @@ data directory (with its port taken) works too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import mailbox
 import os
@@ -26,23 +27,27 @@ from .console_client import ConsoleClient
 CUSTOMER = "ann.customer@example.com"
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COUNTERSIGN_", "OPENAI_"))}
-    return subprocess.Popen([sys.executable, "-m", "service", "demo", "--data-dir", str(data_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def _start(data_dir: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    # No settings of this machine's: the demo's own defaults (MicrosoftAppId would mean real Teams).
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("COUNTERSIGN_", "OPENAI_", "Microsoft"))},
+           **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "service", "demo", "--data-dir", str(data_dir), "--port", str(port),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 async def _lines_until(proc: subprocess.Popen[str], last: str, timeout: float = 150) -> list[str]:
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if line.startswith(last):
-            return lines
+    with contextlib.suppress(TimeoutError):
+        while True:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), deadline - time.monotonic())
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if line.startswith(last):
+                return lines
+    proc.kill()  # so that its stderr ends (and the reading thread with it)
     raise AssertionError(f"the demo printed {lines}; stderr: {proc.stderr.read() if proc.stderr else ''}")
 
 

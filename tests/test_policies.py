@@ -18,6 +18,7 @@ from service.config import SettingsError, load_settings
 from service.scopes import Scope
 from service.store import tables as t
 from service.store.db import Tx
+from service.teams.playground import TENANT_ID as PLAYGROUND_TENANT
 
 from .conftest import Service, StartService, email_action
 from .peers.smtp import SmtpServer
@@ -114,7 +115,7 @@ async def test_adding_teams_destinations_under_an_open_policy_is_refused(
     start_service: StartService, smtp_server: SmtpServer
 ) -> None:
     # Teams on (in development mode: these requests are refused before any card would be posted).
-    service = await start_service(smtp_server, bot_insecure_no_auth=True, teams_allowed_tenants=["tenant-1"],
+    service = await start_service(smtp_server, bot_insecure_no_auth=True, teams_allowed_tenants=[PLAYGROUND_TENANT],
                                   policies={"refunds": {**REFUNDS, "teams_channel": CHANNEL}})
     for policy, field in (({"teams_channel": "19:elsewhere@thread.tacv2"}, "policy.teams_channel"),
                           ({"teams_chat": ["mallory@example.com"]}, "policy.teams_chat")):

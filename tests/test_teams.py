@@ -425,9 +425,12 @@ def test_teams_without_app_id_refuses_to_start(tmp_path, db_url: str) -> None:  
 
 async def test_insecure_development_mode_is_explicit_and_loud(start_service: StartService, smtp_server: SmtpServer,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    service = await start_service(smtp_server, bot_insecure_no_auth=True, teams_allowed_tenants=[TENANT])
+    from service.teams.playground import TENANT_ID as PLAYGROUND_TENANT  # the only tenant this mode serves
+
+    service = await start_service(smtp_server, bot_insecure_no_auth=True, teams_allowed_tenants=[PLAYGROUND_TENANT])
     activity = {"type": "conversationUpdate", "id": "1", "channelId": "msteams", "serviceUrl": "http://127.0.0.1:9",
-                "from": {"id": "29:x"}, "recipient": {"id": "28:bot"}, "channelData": {"tenant": {"id": TENANT}},
+                "from": {"id": "29:x"}, "recipient": {"id": "28:bot"},
+                "channelData": {"tenant": {"id": PLAYGROUND_TENANT}},
                 "conversation": {"id": CHANNEL, "conversationType": "channel"}, "membersAdded": []}
     for _ in range(2):
         status, _, _ = await service.request("POST", "/api/messages", body=activity, auth="none")

@@ -310,6 +310,21 @@ def test_teams_settings_that_cannot_work_refuse_to_start(tmp_path: Path, db_url:
         create_app(Settings(**base))
     with pytest.raises(TeamsNotConfigured, match="COUNTERSIGN_TEAMS_ALLOWED_TENANTS"):
         create_app(Settings(data_dir=tmp_path, api_token="x" * 20, bot_insecure_no_auth=True))
+    # The no-auth mode serves the Agents Playground's mock tenant and nothing else: anyone could
+    # claim to be any user of a real tenant listed next to it.
+    from service.teams.playground import TENANT_ID as PLAYGROUND_TENANT
+
+    insecure: dict[str, Any] = {"data_dir": tmp_path, "api_token": "x" * 20, "bot_insecure_no_auth": True}
+    for tenants in ([TENANT], [PLAYGROUND_TENANT, TENANT.upper()]):
+        with pytest.raises(TeamsNotConfigured, match=rf"INSECURE_NO_AUTH.*Playground's tenant {PLAYGROUND_TENANT}"
+                                                     rf".*also lists {TENANT}: remove them"):
+            create_app(Settings(**insecure, teams_allowed_tenants=tenants))
+    with pytest.raises(TeamsNotConfigured, match=f"also lists {TENANT}"):  # a SingleTenant's own counts too
+        create_app(Settings(**insecure, teams_allowed_tenants=[PLAYGROUND_TENANT], microsoft_app_type="SingleTenant",
+                            microsoft_app_tenant_id=TENANT))
+    create_app(Settings(**insecure, teams_allowed_tenants=[PLAYGROUND_TENANT.upper()]))
+    # With an app id, authentication is on whatever the flag says: real tenants are fine.
+    create_app(Settings(**base, bot_insecure_no_auth=True, teams_allowed_tenants=[TENANT]))
     with pytest.raises(TeamsNotConfigured, match=r"UserAssignedMSI.*MultiTenant, SingleTenant"):
         create_app(Settings(**base, microsoft_app_type="UserAssignedMSI", teams_allowed_tenants=[TENANT]))
     # SingleTenant allows its own tenant without listing it.

@@ -31,6 +31,7 @@ from .conversations import Conversations
 from .credentials import CachedCredentialsFactory
 from .endpoint import MessagesEndpoint
 from .notices import TeamsNotices
+from .playground import insecure_tenants_problem
 from .ratelimit import TeamsRateLimiter
 from .tenants import AllowedTenants
 from .tokens import ChannelTokenValidator, validator_from_settings
@@ -83,6 +84,8 @@ class TeamsChannel:
         self.tenants = AllowedTenants(settings.effective_teams_allowed_tenants)
         if not self.tenants.tenants:  # app.check_teams_settings says so at start-up first
             raise TeamsNotConfigured("Teams needs COUNTERSIGN_TEAMS_ALLOWED_TENANTS")
+        if self.validator is None and (problem := insecure_tenants_problem(self.tenants.tenants)):
+            raise TeamsNotConfigured(problem)  # app.check_teams_settings says so at start-up first
         self.conversations = Conversations(store, self.tenants)
         # One person is one voter under their object id and their email, in every channel.
         decisions.people = self.conversations.person

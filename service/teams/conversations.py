@@ -5,6 +5,7 @@ another tenant (stored before the allow-list changed) is never used for routing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,9 @@ class Conversations:
         self.store = store
         self.tenants = tenants
         self._member_select: tuple[frozenset[str], sa.Select[Any]] | None = None
+        # Called after each conversation or member saved (committed): `countersign demo
+        # --teams` waits here for the reviewer's chat before it sends its sample request.
+        self.on_saved: list[Callable[[], None]] = []
 
     def _allowed(self, column: Any) -> Any:
         return sa.func.lower(column).in_(sorted(self.tenants.tenants))
@@ -79,6 +83,7 @@ class Conversations:
                                "team_id": conversation.team_id, "tenant_id": conversation.tenant_id})
 
         await self.store.write(op)
+        self._saved()
 
     async def remove(self, *, conversation_id: str | None = None, team_id: str | None = None) -> int:
         async def op(tx: Tx) -> int:
@@ -151,6 +156,11 @@ class Conversations:
                 await tx.execute(t.teams_members.insert().values(aad_object_id=member.aad_object_id, **values))
 
         await self.store.write(op)
+        self._saved()
+
+    def _saved(self) -> None:
+        for saved in self.on_saved:
+            saved()
 
     async def member_by_object_id(self, aad_object_id: str) -> Member | None:
         return await self.store.read(lambda conn: self._member_by_object_id(conn, aad_object_id))
