@@ -283,9 +283,11 @@ class ApprovalTimers:
             if won.rowcount == 1:
                 break
         else:
-            log.warning("escalation of approval %s lost its compare-and-set 5 times; retrying later",
-                        job.payload["approval_id"])
-            raise RuntimeError(f"escalation of approval {job.payload['approval_id']} kept losing to votes")
+            # Like an expiry: the job waits its turn rather than use up an attempt (gone dead,
+            # nobody would ever be added).
+            message = f"escalation of approval {job.payload['approval_id']} lost its compare-and-set 5 times to votes"
+            log.warning("%s; trying again in a second", message)
+            raise Deferred(message, retry_after=1)
         added = tuple(a.identity for a in new)
         tx.audit("approval.escalated", run_id=row.run_id, actor=SYSTEM_ACTOR,
                  data={"approval_id": row.id, "added": list(added), "stage": row.stage})

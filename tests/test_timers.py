@@ -750,3 +750,32 @@ async def test_teams_reminder_and_escalation_are_replies_in_the_card_thread(
         await advance(clock, 10 * HOUR, teams.service)
         await settle()
         assert len(teams.connector.of("POST", f"/v3/conversations/{thread}/activities")) == 2  # once each
+
+
+async def test_an_escalation_that_keeps_losing_to_votes_waits_its_turn_and_never_goes_dead(
+    start_service: StartService, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    service = await start_service(smtp_server, clock=clock)
+    run_id, approval_id = await create(service, timed(escalate_after=HOUR, escalate_to=(LEE,)))
+    cas_always_loses(monkeypatch)
+
+    async def escalation_job() -> Any:
+        async def q(conn: Any) -> Any:
+            return (await conn.execute(sa.select(t.jobs).where(t.jobs.c.run_id == run_id,
+                                                               t.jobs.c.kind == ESCALATE_JOB))).one()
+
+        return await service.app[SERVICES].store.read(q)
+
+    await advance(clock, HOUR, service)
+    for _ in range(3):
+        deadline = time.monotonic() + 15
+        while (job := await escalation_job()).due_at <= clock.now and job.status == "queued":
+            assert time.monotonic() < deadline, job  # until it ran and was put back
+            await asyncio.sleep(0.02)
+        assert job.status == "queued" and job.attempts == 0 and "lost its compare-and-set" in job.last_error, job
+        await advance(clock, timedelta(seconds=1), service)
+    monkeypatch.undo()
+    await advance(clock, timedelta(seconds=1), service)
+    [escalated] = await wait_events(service, run_id, "approval.escalated", 1)
+    assert escalated["added"] == [LEE]
