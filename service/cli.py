@@ -72,9 +72,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .teams import TeamsNotConfigured
 
     # A few readable lines, not the service's start-up notes (which secret went where: the
-    # demo's data directory holds them all) nor the retriever's progress bars.
+    # demo's data directory holds them all).
     logs.configure("ERROR")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     data_dir = Path(args.data_dir).resolve()
     try:
         teams = teams_demo(args.teams_reviewer) if args.teams else None

@@ -129,7 +129,8 @@ def build_index(source_dir: Path, index_dir: Path, mode: RetrievalMode, *,
         from llama_index.retrievers.bm25 import BM25Retriever
 
         _quiet_bm25s()
-        BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=8).persist(str(staging))
+        # No progress bars on stderr (bm25s draws one while saving the corpus).
+        BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=8).persist(str(staging), show_progress=False)
     else:
         from llama_index.core import VectorStoreIndex
 
