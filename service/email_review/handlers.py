@@ -89,10 +89,6 @@ class ReviewPages:
         self.public_url = public_url.rstrip("/")
         self.api_links = ApiLinks(self.public_url)
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get(ROUTE, self.get)
-        app.router.add_post(ROUTE, self.post)
-
     # ---- reading ----------------------------------------------------------------------
 
     async def _open(self, request: web.Request) -> _Opened | web.Response:
