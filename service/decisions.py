@@ -162,12 +162,11 @@ class Decisions:
         object id, their object id for an email); as it is when nobody (or several) match."""
         if self.people is None:
             return reviewer
-        person = await self.people(tx, reviewer.email or reviewer.id)
-        if person is None or not ({person.id.casefold(), *(i for i in (person.email, person.upn) if i)}
-                                  & reviewer.identities()):
+        person = await self.people(tx, reviewer.email or reviewer.id)  # found by that id, so the same person
+        if person is None:
             return reviewer
         return replace(reviewer, email=reviewer.email or person.email, upn=reviewer.upn or person.upn,
-                       aliases=reviewer.aliases | {person.id} | ({person.email} if person.email else set()))
+                       aliases=reviewer.aliases | person.identities())
 
     async def decide(self, request: DecisionRequest) -> DecisionOutcome:
         """Take a decision. Refusals (not allowed, already decided) are outcomes, not errors,

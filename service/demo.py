@@ -153,7 +153,7 @@ async def run_demo(data_dir: Path, wanted_port: int, *, teams: TeamsDemo | None 
             print("countersign demo: the Teams chat is open; drafting the sample reply ...", file=out, flush=True)
         else:
             print(f"countersign demo: listening on {url}; drafting the sample reply ...", file=out, flush=True)
-        known = len(await asyncio.to_thread(capture.messages))  # a demo run before this one left mail
+        known = await asyncio.to_thread(capture.count)  # a demo run before this one left mail
         await trigger(settings)
         request = await capture.wait_for(lambda m: REVIEWER in str(m["To"]) and review_link(m) is not None,
                                          draft_timeout, after=known)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,6 +280,14 @@ async def test_dead_letter_retry_is_audited(console_service: Service, client: Co
     status, text, _ = await client.get("/console/jobs")
     assert status == 200 and job["id"] in text and "550 5.1.1 mailbox unavailable" in text
     assert (await client.post(f"/console/jobs/{job['id']}/retry", {}))[0] == 403
+    reader = ConsoleClient(console_service)  # a valid form, without jobs:retry
+    try:
+        await reader.login(await console_service.make_key("ops-read", Scope.RUNS_READ))
+        status, text, _ = await reader.action(f"/console/jobs/{job['id']}/retry")
+        assert status == 403 and "jobs:retry" in text
+    finally:
+        await reader.close()
+    assert (await console_service.run(run["id"]))["status"] == "failed"
     status, _, headers = await client.action(f"/console/jobs/{job['id']}/retry")
     assert status == 303 and headers["Location"] == f"/console/jobs?retried={job['id']}"
     done = await console_service.wait_status(run["id"], "completed")
@@ -379,3 +388,19 @@ async def test_time_to_decision_histogram_per_policy(console_service: Service) -
     status, text, _ = await console_service.request("GET", "/metrics", auth="none")
     lines = [line for line in text.splitlines() if line.startswith("countersign_time_to_decision_seconds")]
     assert lines and not any("rita" in line or "reviewer" in line for line in lines)
+
+
+@SQLITE_ONLY
+async def test_the_captured_mailbox_needs_a_login_and_exists_only_when_configured(
+        start_service: StartService, smtp_server: SmtpServer, client: ConsoleClient, console_service: Service,
+        tmp_path: Path) -> None:
+    await client.login(await console_service.make_key("ops", Scope.RUNS_READ))
+    assert (await client.get("/console/mailbox"))[0] == 404  # no capture mailbox: no page
+    demo = await start_service(smtp_server, public_url=LOOPBACK_URL, capture_mailbox_dir=tmp_path / "box",
+                               data_dir=tmp_path / "demo", database_url=f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
+    anonymous = ConsoleClient(demo)
+    try:
+        status, _, headers = await anonymous.get("/console/mailbox")
+        assert status in (302, 303) and headers["Location"].startswith("/console/login")
+    finally:
+        await anonymous.close()

@@ -248,9 +248,12 @@ async def test_tampered_other_approval_forged_and_cross_site_posts_are_refused(
         async with http.get(link) as r:
             csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
         assert csrf is not None
-        async with http.post(link, data={"action": "approve", "csrf": csrf.group(1)},
-                             headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}) as r:
-            assert r.status == 403
+        # The field alone is no guard (it comes with the link): each header check on its own refuses.
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Sec-Fetch-Site": "same-site"}):
+            async with http.post(link, data={"action": "approve", "csrf": csrf.group(1), "draft_version": "1"},
+                                 headers=headers) as r:
+                assert r.status == 403, headers
         # A bad decision is a page naming the field, and nothing changes.
         status, page = await _form(http, link, action="reject", reason="  ", draft_version="1")
         assert status == 422 and "reason" in page
@@ -344,3 +347,57 @@ async def test_a_decision_that_keeps_losing_the_compare_and_set_is_a_page_saying
         status, page = await _form(http, link, action="approve", draft_version="1")
         assert status == 200 and "Approved" in page
     await mail.wait_status(run_id, "completed")
+
+
+async def test_a_link_used_on_a_text_since_edited_opens_for_the_new_text(start_service: StartService,
+                                                                        smtp_server: SmtpServer) -> None:
+    """Under a multi-vote policy an edit is a new text that everyone is asked again: Sam's
+    link, spent by his approval of the draft, decides again on Rita's edit."""
+    service = await start_service(smtp_server, policies={
+        "both": {"reviewers": [RITA, SAM], "mode": "all", "email_reviewers": [RITA, SAM]}})
+    run_id, _ = await _pending(service, "both")
+    requests = await _requests(smtp_server, 2)
+    rita, sam = (_link(service, next(m for m in requests if _to(m) == who)) for who in (RITA, SAM))
+    async with aiohttp.ClientSession() as http:
+        assert (await _form(http, sam, action="approve", draft_version="1"))[0] == 200
+        status, page = await _form(http, sam, action="approve", draft_version="1")
+        assert status == 409  # the same text again: his vote is recorded
+        status, _ = await _form(http, rita, action="edit", draft_version="1", subject="Your refund, edited",
+                                body="Dear Ann,\n\nYour refund of 30 EUR was issued today.")
+        assert status == 200
+        assert (await service.run(run_id))["status"] == "awaiting_approval"  # Sam's vote was for the old text
+        async with http.get(sam) as r:
+            page = await r.text()
+        assert r.status == 200 and 'id="approve"' in page and "30 EUR" in page
+        assert (await _form(http, sam, action="approve", draft_version="2"))[0] == 200
+    await service.wait_status(run_id, "completed")
+    [sent] = _customer_emails(smtp_server)
+    assert sent["Subject"] == "Your refund, edited"
+
+
+async def test_wrong_codes_lock_the_link_and_a_right_code_works_once(mail: Service, smtp_server: SmtpServer) -> None:
+    run_id, approval_id = await _pending(mail, "coded")
+    [rita] = await _requests(smtp_server, 1)
+    link = _link(mail, rita)
+    async with aiohttp.ClientSession() as http:
+        assert (await _form(http, link, action="approve", draft_version="1"))[0] == 202
+        [code_mail] = [m for m in smtp_server.messages() if "confirmation code" in str(m["Subject"])]
+        code = re.search(r"\d{6}", _text(code_mail)).group(0)  # type: ignore[union-attr]
+        # A right code for a decision that is refused (a stale text version) is used up all the same.
+        status, _ = await _form(http, link, action="approve", draft_version="7", code=code)
+        assert status == 409
+        status, page = await _form(http, link, action="approve", draft_version="1", code=code)
+        assert status == 403 and "we sent a new one" in page  # it worked once: a new one is sent
+        codes = [re.search(r"\d{6}", _text(m)).group(0)  # type: ignore[union-attr]
+                 for m in smtp_server.messages() if "confirmation code" in str(m["Subject"])]
+        assert len(codes) == 2 and codes[1] != code
+        wrong = f"{(int(codes[1]) + 1) % 1_000_000:06d}"
+        pages = [await _form(http, link, action="approve", draft_version="1", code=wrong) for _ in range(4)]
+        # The right code above was one try of five: three more are "not right", the fourth locks.
+        assert [st for st, _ in pages] == [403] * 4
+        assert ["not right" in p for _, p in pages] == [True, True, True, False] and "locked" in pages[3][1]
+        status, page = await _form(http, link, action="approve", draft_version="1", code=codes[1])
+        assert status == 410 and "locked" in page
+    assert (await mail.run(run_id))["decisions"] == []
+    [row] = await _links(mail, approval_id)
+    assert row.spent_reason == "locked"

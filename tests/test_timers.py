@@ -579,6 +579,23 @@ async def test_an_expiry_that_loses_its_compare_and_set_to_a_pending_change_read
     assert (await service.wait_status(run_id, "expired"))["approvals"][0]["status"] == "expired"
 
 
+async def _deferred_while_contended(service: Service, clock: Clock, run_id: str, kind: str, rounds: int,
+                                    error: str) -> None:
+    """Each time the timer job of `kind` falls due it runs, loses, and is put back a second
+    later without using up an attempt (`rounds` times; the clock moves on each time)."""
+    async def job_row(conn: Any) -> Any:
+        return (await conn.execute(sa.select(t.jobs).where(t.jobs.c.run_id == run_id, t.jobs.c.kind == kind))).one()
+
+    for _ in range(rounds):
+        deadline = time.monotonic() + 15
+        while (job := await service.app[SERVICES].store.read(job_row)).due_at <= clock.now and job.status == "queued":
+            assert time.monotonic() < deadline, job  # until it ran and was put back
+            await asyncio.sleep(0.02)
+        assert job.status == "queued" and job.attempts == 0 and error in job.last_error, job
+        assert job.due_at == clock.now + timedelta(seconds=1)
+        await advance(clock, timedelta(seconds=1), service)
+
+
 async def test_an_expiry_that_keeps_losing_its_compare_and_set_waits_its_turn_and_never_dies(
     start_service: StartService, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -589,23 +606,8 @@ async def test_an_expiry_that_keeps_losing_its_compare_and_set_waits_its_turn_an
     service = await start_service(smtp_server, clock=clock)
     run_id, approval_id = await create(service, timed(expire_after=HOUR))
     cas_always_loses(monkeypatch)
-
-    async def expiry_job() -> Any:
-        async def q(conn: Any) -> Any:
-            return (await conn.execute(sa.select(t.jobs).where(t.jobs.c.run_id == run_id,
-                                                               t.jobs.c.kind == EXPIRE_JOB))).one()
-
-        return await service.app[SERVICES].store.read(q)
-
     await advance(clock, HOUR, service)
-    for _ in range(6):
-        deadline = time.monotonic() + 15
-        while (job := await expiry_job()).due_at <= clock.now and job.status == "queued":
-            assert time.monotonic() < deadline, job  # until it ran and was put back
-            await asyncio.sleep(0.02)
-        assert job.status == "queued" and job.attempts == 0 and "changed 20 times" in job.last_error, job
-        assert job.due_at == clock.now + timedelta(seconds=1)
-        await advance(clock, timedelta(seconds=1), service)
+    await _deferred_while_contended(service, clock, run_id, EXPIRE_JOB, 6, "changed 20 times")
     assert (await approval_row(service, approval_id)).status == "pending"
     monkeypatch.undo()
     await advance(clock, timedelta(seconds=1), service)
@@ -759,22 +761,8 @@ async def test_an_escalation_that_keeps_losing_to_votes_waits_its_turn_and_never
     service = await start_service(smtp_server, clock=clock)
     run_id, approval_id = await create(service, timed(escalate_after=HOUR, escalate_to=(LEE,)))
     cas_always_loses(monkeypatch)
-
-    async def escalation_job() -> Any:
-        async def q(conn: Any) -> Any:
-            return (await conn.execute(sa.select(t.jobs).where(t.jobs.c.run_id == run_id,
-                                                               t.jobs.c.kind == ESCALATE_JOB))).one()
-
-        return await service.app[SERVICES].store.read(q)
-
     await advance(clock, HOUR, service)
-    for _ in range(3):
-        deadline = time.monotonic() + 15
-        while (job := await escalation_job()).due_at <= clock.now and job.status == "queued":
-            assert time.monotonic() < deadline, job  # until it ran and was put back
-            await asyncio.sleep(0.02)
-        assert job.status == "queued" and job.attempts == 0 and "lost its compare-and-set" in job.last_error, job
-        await advance(clock, timedelta(seconds=1), service)
+    await _deferred_while_contended(service, clock, run_id, ESCALATE_JOB, 3, "lost its compare-and-set")
     monkeypatch.undo()
     await advance(clock, timedelta(seconds=1), service)
     [escalated] = await wait_events(service, run_id, "approval.escalated", 1)

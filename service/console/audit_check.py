@@ -15,6 +15,7 @@ from . import queries
 
 PAGE = 2000
 KEEP_SECONDS = 60.0
+FRESH_AT_MOST_EVERY = 10.0  # "check again" re-reads the whole log: not more often than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,8 @@ class AuditCheck:
     async def result(self, *, fresh: bool = False) -> Checked:
         async with self._lock:
             last = self._last
-            if last is not None and not fresh and time.monotonic() - last.at < KEEP_SECONDS:
+            age = time.monotonic() - last.at if last is not None else None
+            if last is not None and age is not None and age < (FRESH_AT_MOST_EVERY if fresh else KEEP_SECONDS):
                 return last
             self._last = await self._check()
             return self._last

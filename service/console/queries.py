@@ -103,8 +103,10 @@ async def decided_since(store: Store, since: datetime) -> list[Decided]:
                            t.approvals.c.decided_at)
                  .where(t.approvals.c.decided_at >= since, t.approvals.c.status != ApprovalStatus.PENDING.value)
                  .order_by(t.approvals.c.decided_at.desc()).limit(MAX_LEVEL_ROWS))
+    # The votes of those approvals only: bounded as they are.
+    chosen = sa.select(approvals.subquery().c.id)
     votes = (sa.select(t.decisions.c.approval_id, t.decisions.c.reviewer_id, t.decisions.c.created_at)
-             .where(t.decisions.c.created_at >= since, t.decisions.c.kind != "delegate"))
+             .where(t.decisions.c.approval_id.in_(chosen), t.decisions.c.kind != "delegate"))
 
     async def q(conn: Any) -> list[Decided]:
         by_approval: dict[str, list[tuple[str, datetime]]] = {}

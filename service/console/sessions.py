@@ -21,7 +21,7 @@ from ..audit_throttle import AuditThrottle, Subject
 from ..metrics import AUDIT_SUPPRESSED
 from ..scopes import Scope, parse_scopes
 from ..store import tables as t
-from ..store.db import Store, Tx, utcnow
+from ..store.db import Store, Tx
 from .identity import LoginRefused, Operator, OperatorLogin
 from .tokens import Signer, new_secret_id, sha256_hex
 
@@ -124,7 +124,7 @@ class Sessions:
         row = await self.store.read(q)
         if row is None or row.ended_at is not None or not self.identity.binding_ok(row.key_id, parts.binding):
             return None
-        now = utcnow()
+        now = self.store.clock()  # the clock its times were written with (tx.now)
         ended = _why_ended(row, now)
         if ended is not None:
             await self._end(digest, row.actor, ended)

@@ -66,6 +66,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     if isinstance(outcome, LoginRefused):
         await console.sessions.refused(outcome, request.remote)
         return _login_page(request, 401, f"Login refused: {outcome.message}.")
+    # A new login ends the session this browser had: a copy of its old cookie opens nothing.
+    if (previous := await current_session(request)) is not None:
+        await console.sessions.end(previous)
     _session, cookie = await console.sessions.open(outcome, request.remote)
     response = redirect(safe_next(form_text(form, "next")))
     console.set_cookie(response, console.session_cookie, cookie)

@@ -4,13 +4,12 @@ CAPTURE_MAILBOX_DIR), newest first: the review requests, the codes, the customer
 from __future__ import annotations
 
 import asyncio
-import mailbox as maildir
 from dataclasses import dataclass
-from email import message_from_bytes, policy
 from pathlib import Path
 
 from aiohttp import web
 
+from ..mail.capture import read_maildir
 from ..scopes import Scope
 from .pages import CONSOLE, page, render
 from .sessions import Session
@@ -29,12 +28,8 @@ class Captured:
 
 def read_mailbox(directory: Path, limit: int = SHOWN) -> list[Captured]:
     """Blocking (a few files): in a thread."""
-    if not directory.exists():
-        return []
-    box = maildir.Maildir(directory, create=False)
     out = []
-    for key in sorted(box.keys(), reverse=True)[:limit]:  # keys begin with the time of arrival
-        message = message_from_bytes(box.get_bytes(key), policy=policy.default)
+    for message in read_maildir(directory, newest_first=True, limit=limit):
         body = message.get_body(("plain",))
         text = str(body.get_content()) if body is not None else ""
         out.append(Captured(str(message["Date"] or ""), str(message["From"] or ""), str(message["To"] or ""),

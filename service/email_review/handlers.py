@@ -35,6 +35,7 @@ from ..foreground import Foreground
 from ..policy import EmailConfirm, Policy
 from ..store import tables as t
 from ..store.db import Store, Tx
+from ..votes import votes_of
 from . import links
 from .page import PageState, ReviewPage, VoteLine, render
 
@@ -112,14 +113,17 @@ class ReviewPages:
         rows = (await self.store.read(lambda conn: conn.execute(_VOTES, {"approval_id": link.approval_id}))).all()
         votes = tuple(VoteLine(r.reviewer_name or r.reviewer_email or r.reviewer_id, _what(r), r.channel, r.created_at)
                       for r in rows)
-        mine = any(link.reviewer.casefold() in {(r.reviewer_email or "").casefold(), r.reviewer_id.casefold()}
-                   for r in rows if (r.draft_version or 1) == view.draft_version)
+        # A vote of this reviewer on the text as it stands, matched as Decisions matches one.
+        identities = Reviewer(id=link.reviewer, email=link.reviewer).identities()
+        mine = any(v.cast_by(identities) for v in votes_of(rows) if v.draft_version == view.draft_version)
         if state is None:
             if link.spent_at is not None and link.spent_reason == "locked":
                 state, message = PageState.EXPIRED, (
                     "This link is locked after too many wrong codes. A reminder brings a new one, or ask for a new "
                     "request.")
-            elif link.spent_at is not None:
+            elif link.spent_at is not None and (mine or not view.is_pending or link.spent_reason != "decided"):
+                # Spent by a vote on an earlier text, it opens again for the edited one (a
+                # multi-vote policy asks everyone again); a delegation or an ended approval stays done.
                 state = PageState.DONE
                 message = message or "Your decision with this link is recorded."
             elif not view.is_pending:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import re
 import socket
 import time
 from email import message_from_bytes, policy
@@ -24,6 +25,26 @@ class _Keep:
         # Maildir writes a few small files; done in the server's own thread, off the service's loop.
         self.maildir.add(envelope.content)
         return "250 2.0.0 captured (Countersign demo: not delivered)"
+
+
+_KEY = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)")
+
+
+def arrival(key: str) -> tuple[int, ...]:
+    """A Maildir key's time of arrival as a sort key. Python's keys are
+    `seconds.M<microseconds>P<pid>Q<n>.host`, microseconds not zero-padded, so the keys
+    themselves do not sort by time within a second."""
+    found = _KEY.match(key)
+    return tuple(int(g) for g in found.groups()) if found else (0,)
+
+
+def read_maildir(directory: Path, *, newest_first: bool = False, limit: int | None = None) -> list[EmailMessage]:
+    """Blocking (a few files): in a thread, off the event loop."""
+    if not directory.exists():
+        return []
+    box = mailbox.Maildir(directory, create=False)
+    keys = sorted(box.keys(), key=arrival, reverse=newest_first)[:limit]
+    return [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in keys]
 
 
 def free_port() -> int:
@@ -48,9 +69,10 @@ class CaptureSmtp:
         self._controller.stop()
 
     def messages(self) -> list[EmailMessage]:
-        box = mailbox.Maildir(self.directory, create=False)
-        return [message_from_bytes(box.get_bytes(key), policy=policy.default)
-                for key in sorted(box.keys())]  # keys begin with the time of arrival
+        return read_maildir(self.directory)
+
+    def count(self) -> int:
+        return len(mailbox.Maildir(self.directory, create=False).keys())
 
     async def wait_for(self, predicate: Any, timeout: float, *, after: int = 0) -> EmailMessage | None:
         """The first message `predicate` holds for among those captured after the first
